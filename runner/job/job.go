@@ -1,0 +1,243 @@
+// Package job defines the normalized job specification that every job
+// source (local job files, GitLab, GitHub) produces and every other part of
+// Airlock consumes. It is a leaf package: it imports nothing of Airlock's.
+package job
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Source names where a job came from. Grants may be restricted to a source.
+type Source string
+
+// The job sources Airlock knows.
+const (
+	SourceLocal  Source = "local"
+	SourceGitLab Source = "gitlab"
+	SourceGitHub Source = "github"
+)
+
+// Valid reports whether s is a known source.
+func (s Source) Valid() bool {
+	switch s {
+	case SourceLocal, SourceGitLab, SourceGitHub:
+		return true
+	}
+	return false
+}
+
+// When says under which outcome of the previous steps a step runs.
+type When string
+
+// Step conditions, with GitLab's meaning.
+const (
+	OnSuccess When = "on_success" // only while every earlier step succeeded
+	OnFailure When = "on_failure" // only after an earlier step failed
+	Always    When = "always"     // whatever happened before
+)
+
+// Valid reports whether w is a known condition.
+func (w When) Valid() bool {
+	switch w {
+	case OnSuccess, OnFailure, Always:
+		return true
+	}
+	return false
+}
+
+// Delivery says how a credential reaches the job.
+type Delivery string
+
+// Credential deliveries.
+const (
+	DeliverEnv   Delivery = "env"   // environment variable at exec time
+	DeliverFile  Delivery = "file"  // file on a read-only tmpfs; its path in the variable
+	DeliverProxy Delivery = "proxy" // a surrogate that only the job's gateway redeems
+)
+
+// Valid reports whether d is a known delivery ("" means the grant decides).
+func (d Delivery) Valid() bool {
+	switch d {
+	case "", DeliverEnv, DeliverFile, DeliverProxy:
+		return true
+	}
+	return false
+}
+
+// Job is one unit of work: a container image and the steps to run in it,
+// with the identity (repo, ref, environment) that decides what it may use.
+type Job struct {
+	ID          string
+	Source      Source
+	Name        string // human-readable job name, e.g. GitLab's job_info.name
+	Repo        string // full path, e.g. "group/project"
+	Ref         string // branch or tag name
+	SHA         string
+	Protected   bool // ref is protected (GitLab) / a protected branch
+	Environment string
+
+	Image     string
+	Steps     []Step
+	Variables []Variable
+	Secrets   []SecretRequest
+	Egress    []string // declared egress entries, see package netpolicy
+	Timeout   time.Duration
+}
+
+// Step is a named script run by one exec in the job's container.
+type Step struct {
+	Name         string
+	Script       []string
+	When         When
+	Timeout      time.Duration // 0: bounded only by the job's timeout
+	AllowFailure bool
+}
+
+// Variable is a job variable as the source gave it.
+type Variable struct {
+	Key    string
+	Value  string
+	Masked bool // must be masked in output
+	File   bool // delivered as a file whose path is the variable's value
+	Raw    bool // no variable expansion
+	Public bool
+}
+
+// SecretRequest is a credential the job declares it needs. Whether it gets
+// it is decided by the admin's grants, never by the job.
+type SecretRequest struct {
+	Name     string   // secret name in the store
+	Var      string   // variable the job reads it from; default derived from Name
+	Delivery Delivery // requested delivery; "" = as granted
+}
+
+// VarName is the variable the credential is delivered in.
+func (s SecretRequest) VarName() string {
+	if s.Var != "" {
+		return s.Var
+	}
+	return DefaultVarName(s.Name)
+}
+
+// DefaultVarName derives an environment variable name from a secret name:
+// upper case, every character outside [A-Z0-9_] replaced by '_'.
+func DefaultVarName(name string) string {
+	b := []byte(strings.ToUpper(name))
+	for i, c := range b {
+		if (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '_' {
+			b[i] = '_'
+		}
+	}
+	if len(b) > 0 && b[0] >= '0' && b[0] <= '9' {
+		return "_" + string(b)
+	}
+	return string(b)
+}
+
+var (
+	varNameRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	secretNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+	jobIDRE      = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+)
+
+// ValidVarName reports whether s can name an environment variable.
+func ValidVarName(s string) bool { return varNameRE.MatchString(s) }
+
+// ValidSecretName reports whether s can name a secret.
+func ValidSecretName(s string) bool { return secretNameRE.MatchString(s) }
+
+// Validate returns every problem of the job at once, joined.
+func (j *Job) Validate() error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+
+	if !jobIDRE.MatchString(j.ID) {
+		add("id %q: must be 1-64 characters of letters, digits, '.', '_' or '-'", j.ID)
+	}
+	if !j.Source.Valid() {
+		add("source %q: must be one of local, gitlab, github", j.Source)
+	}
+	if strings.TrimSpace(j.Image) == "" {
+		add("image: required")
+	}
+	if j.Timeout < 0 {
+		add("timeout: must not be negative")
+	}
+	if len(j.Steps) == 0 {
+		add("steps: at least one step is required")
+	}
+	names := map[string]bool{}
+	hasMain := false
+	for i, s := range j.Steps {
+		where := fmt.Sprintf("steps[%d]", i)
+		if s.Name == "" {
+			add("%s.name: required", where)
+		} else if names[s.Name] {
+			add("%s.name %q: duplicate step name", where, s.Name)
+		}
+		names[s.Name] = true
+		if len(s.Script) == 0 {
+			add("%s (%s).script: must have at least one line", where, s.Name)
+		}
+		if !s.When.Valid() {
+			add("%s (%s).when %q: must be on_success, on_failure or always", where, s.Name, s.When)
+		}
+		if s.When != Always && s.When != OnFailure {
+			hasMain = true
+		}
+		if s.Timeout < 0 {
+			add("%s (%s).timeout: must not be negative", where, s.Name)
+		}
+	}
+	if len(j.Steps) > 0 && !hasMain {
+		add("steps: no step runs on success; a job needs a script")
+	}
+	seenVar := map[string]bool{}
+	for i, v := range j.Variables {
+		if !ValidVarName(v.Key) {
+			add("variables[%d] %q: not a valid variable name", i, v.Key)
+		}
+		seenVar[v.Key] = true
+	}
+	seenSecret := map[string]bool{}
+	for i, s := range j.Secrets {
+		where := fmt.Sprintf("secrets[%d]", i)
+		if !ValidSecretName(s.Name) {
+			add("%s %q: not a valid secret name (letters, digits, '.', '_', '-')", where, s.Name)
+		}
+		if seenSecret[s.Name] {
+			add("%s %q: declared twice", where, s.Name)
+		}
+		seenSecret[s.Name] = true
+		if v := s.VarName(); !ValidVarName(v) {
+			add("%s (%s).var %q: not a valid variable name", where, s.Name, v)
+		} else if seenVar[v] {
+			add("%s (%s).var %q: clashes with a job variable of the same name", where, s.Name, v)
+		}
+		if !s.Delivery.Valid() {
+			add("%s (%s).delivery %q: must be env, file or proxy", where, s.Name, s.Delivery)
+		}
+	}
+	for i, e := range j.Egress {
+		if strings.TrimSpace(e) == "" {
+			add("egress[%d]: empty entry", i)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Masked returns the values the job's output must never show: every masked
+// variable's value.
+func (j *Job) Masked() []string {
+	var out []string
+	for _, v := range j.Variables {
+		if v.Masked && v.Value != "" {
+			out = append(out, v.Value)
+		}
+	}
+	return out
+}
