@@ -71,14 +71,7 @@ func RequireDocker(t testing.TB) {
 }
 
 func pingDocker(sock string) error {
-	c := &http.Client{
-		Timeout: 5 * time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		}},
-	}
-	resp, err := c.Get("http://docker/_ping")
+	resp, err := dockerHTTP(sock).Get("http://docker/_ping")
 	if err != nil {
 		return err
 	}
@@ -87,4 +80,36 @@ func pingDocker(sock string) error {
 		return &net.AddrError{Err: "ping answered " + resp.Status, Addr: sock}
 	}
 	return nil
+}
+
+// TestImage is the locally built image the tests run jobs in (make testimage).
+const TestImage = "airlock-test:busybox"
+
+// RequireTestImage requires Docker and the test image, and returns the
+// image's name. A missing image fails the test when Docker is required:
+// `make test` builds it first.
+func RequireTestImage(t testing.TB) string {
+	t.Helper()
+	RequireDocker(t)
+	c := dockerHTTP(DockerSocket())
+	resp, err := c.Get("http://docker/images/" + TestImage + "/json")
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			return TestImage
+		}
+		err = &net.AddrError{Err: "image inspect answered " + resp.Status, Addr: TestImage}
+	}
+	missing(t, "docker", "test image "+TestImage+" is missing (run `make testimage`): "+err.Error())
+	return TestImage
+}
+
+func dockerHTTP(sock string) *http.Client {
+	return &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}},
+	}
 }

@@ -1,0 +1,483 @@
+// Package docker runs jobs in hardened containers on a Docker engine.
+//
+// A job container starts with an idle entrypoint and no network (the
+// sandbox plumbs one in); every step is an exec whose environment is given
+// at exec time, so no job variable or credential is visible in the
+// container's configuration (`docker inspect`).
+package docker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/mount"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/errdefs"
+	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/airlock-ci/airlock/executors"
+)
+
+// Config configures the Docker executor.
+type Config struct {
+	// Host is the engine address ("unix:///var/run/docker.sock"); empty
+	// takes DOCKER_HOST or the default socket.
+	Host string `toml:"host"`
+	// Pull is the default pull policy for specs that don't set one.
+	Pull string `toml:"pull_policy"`
+	// Default limits for job containers.
+	PidsLimit int64   `toml:"pids_limit"`
+	Memory    string  `toml:"memory"` // e.g. "2g", "512m"
+	CPUs      float64 `toml:"cpus"`
+	// Grace is how long processes get between SIGTERM and SIGKILL.
+	Grace time.Duration `toml:"stop_grace"`
+}
+
+// Defaults for Config's zero fields.
+const (
+	DefaultPidsLimit = 1024
+	DefaultMemory    = 2 << 30
+	DefaultCPUs      = 2
+	DefaultGrace     = 10 * time.Second
+)
+
+// MemoryBytes parses Memory ("" = DefaultMemory).
+func (c Config) MemoryBytes() (int64, error) {
+	if c.Memory == "" {
+		return DefaultMemory, nil
+	}
+	return ParseBytes(c.Memory)
+}
+
+// Validate returns every problem with the configuration, naming its key
+// under prefix (e.g. "docker").
+func (c Config) Validate(prefix string) []error {
+	var errs []error
+	if _, err := executors.ParsePullPolicy(c.Pull); err != nil {
+		errs = append(errs, fmt.Errorf("%s.pull_policy: %w", prefix, err))
+	}
+	if c.PidsLimit < 0 {
+		errs = append(errs, fmt.Errorf("%s.pids_limit: must not be negative", prefix))
+	}
+	if _, err := c.MemoryBytes(); err != nil {
+		errs = append(errs, fmt.Errorf("%s.memory: %w", prefix, err))
+	}
+	if c.CPUs < 0 {
+		errs = append(errs, fmt.Errorf("%s.cpus: must not be negative", prefix))
+	}
+	if c.Grace < 0 {
+		errs = append(errs, fmt.Errorf("%s.stop_grace: must not be negative", prefix))
+	}
+	return errs
+}
+
+// ParseBytes parses a size like "512m", "2g", "1048576".
+func ParseBytes(s string) (int64, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	t = strings.TrimSuffix(t, "b")
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(t, "k"):
+		mult, t = 1<<10, strings.TrimSuffix(t, "k")
+	case strings.HasSuffix(t, "m"):
+		mult, t = 1<<20, strings.TrimSuffix(t, "m")
+	case strings.HasSuffix(t, "g"):
+		mult, t = 1<<30, strings.TrimSuffix(t, "g")
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("size %q: want a positive number with an optional k, m or g suffix", s)
+	}
+	return n * mult, nil
+}
+
+// Executor creates job containers on a Docker engine.
+type Executor struct {
+	cli   *client.Client
+	cfg   Config
+	log   hclog.Logger
+	pull  executors.PullPolicy
+	mem   int64
+	grace time.Duration
+}
+
+var _ executors.Executor = (*Executor)(nil)
+
+// New connects to the engine (negotiating the API version: the engine may
+// speak an older API such as 1.41) and checks that it answers.
+func New(ctx context.Context, cfg Config, log hclog.Logger) (*Executor, error) {
+	if errs := cfg.Validate("docker"); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if cfg.Host != "" {
+		opts = append(opts, client.WithHost(cfg.Host))
+	}
+	cli, err := client.NewClientWithOpts(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("creating Docker client: %w", err)
+	}
+	if _, err := cli.Ping(ctx); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("connecting to the Docker engine at %s: %w", cli.DaemonHost(), err)
+	}
+	pull, _ := executors.ParsePullPolicy(cfg.Pull)
+	mem, _ := cfg.MemoryBytes()
+	grace := cfg.Grace
+	if grace == 0 {
+		grace = DefaultGrace
+	}
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	return &Executor{cli: cli, cfg: cfg, log: log.Named("docker"), pull: pull, mem: mem, grace: grace}, nil
+}
+
+// Close releases the client.
+func (e *Executor) Close() error { return e.cli.Close() }
+
+// Grace is the SIGTERM-to-SIGKILL grace period.
+func (e *Executor) Grace() time.Duration { return e.grace }
+
+// idleScript keeps the container alive, doing nothing, until it is stopped.
+// docker-init (Init) is PID 1: it reaps orphans and forwards SIGTERM here.
+const idleScript = `trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done`
+
+// Create implements executors.Executor.
+func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.Container, error) {
+	if spec.RunnerID == "" || spec.JobID == "" {
+		return nil, errors.New("creating container: runner id and job id are required")
+	}
+	pull := spec.Pull
+	if pull == "" {
+		pull = e.pull
+	}
+	if err := e.ensureImage(ctx, spec.Image, pull); err != nil {
+		return nil, err
+	}
+
+	labels := map[string]string{}
+	for k, v := range spec.Labels {
+		labels[k] = v
+	}
+	labels[executors.LabelRunner] = spec.RunnerID
+	labels[executors.LabelJob] = spec.JobID
+
+	lim := spec.Limits
+	if lim.Pids == 0 {
+		lim.Pids = e.cfg.PidsLimit
+		if lim.Pids == 0 {
+			lim.Pids = DefaultPidsLimit
+		}
+	}
+	if lim.Memory == 0 {
+		lim.Memory = e.mem
+	}
+	if lim.CPUs == 0 {
+		lim.CPUs = e.cfg.CPUs
+		if lim.CPUs == 0 {
+			lim.CPUs = DefaultCPUs
+		}
+	}
+	init := true
+	hc := &container.HostConfig{
+		NetworkMode:    "none",
+		CapDrop:        []string{"ALL"},
+		SecurityOpt:    []string{"no-new-privileges:true"},
+		RestartPolicy:  container.RestartPolicy{Name: container.RestartPolicyDisabled},
+		Init:           &init,
+		ReadonlyRootfs: lim.ReadOnly,
+		Resources: container.Resources{
+			PidsLimit:  &lim.Pids,
+			Memory:     lim.Memory,
+			MemorySwap: lim.Memory,
+			NanoCPUs:   int64(lim.CPUs * 1e9),
+		},
+		Sysctls: map[string]string{
+			"net.ipv6.conf.all.disable_ipv6":     "1",
+			"net.ipv6.conf.default.disable_ipv6": "1",
+			"net.ipv4.ping_group_range":          "1 0",
+		},
+	}
+	if lim.ReadOnly {
+		hc.Tmpfs = map[string]string{"/tmp": "rw,nosuid,nodev,size=1g"}
+		if spec.WorkDir != "" {
+			hc.Tmpfs[spec.WorkDir] = "rw,nosuid,nodev,exec,size=4g"
+		}
+	}
+	for _, m := range spec.Mounts {
+		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: true})
+	}
+	cfg := &container.Config{
+		Image:      spec.Image,
+		Entrypoint: []string{"/bin/sh", "-c", idleScript},
+		Cmd:        nil,
+		WorkingDir: spec.WorkDir,
+		User:       spec.User,
+		Labels:     labels,
+		// Env stays empty on purpose: variables are given per exec.
+		NetworkDisabled: false,
+		AttachStdout:    false,
+		AttachStderr:    false,
+	}
+	name := "airlock-" + spec.RunnerID + "-" + spec.JobID
+	resp, err := e.cli.ContainerCreate(ctx, cfg, hc, nil, nil, name)
+	if err != nil {
+		return nil, fmt.Errorf("creating container for job %s: %w", spec.JobID, err)
+	}
+	c := &Container{e: e, id: resp.ID, job: spec.JobID}
+	if err := e.cli.ContainerStart(ctx, resp.ID, container.StartOptions{}); err != nil {
+		return nil, errors.Join(fmt.Errorf("starting container for job %s: %w", spec.JobID, err), c.Destroy(context.WithoutCancel(ctx)))
+	}
+	info, err := e.cli.ContainerInspect(ctx, resp.ID)
+	if err == nil && (info.State == nil || info.State.Pid == 0) {
+		err = errors.New("container is not running")
+	}
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("inspecting container for job %s: %w", spec.JobID, err), c.Destroy(context.WithoutCancel(ctx)))
+	}
+	c.pid = info.State.Pid
+	c.pidns, err = os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", c.pid))
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("reading pid namespace of job %s: %w", spec.JobID, err), c.Destroy(context.WithoutCancel(ctx)))
+	}
+	if c.idle, err = findIdle(c.pid, c.pidns, 10*time.Second); err != nil {
+		return nil, errors.Join(fmt.Errorf("starting container for job %s: %w", spec.JobID, err), c.Destroy(context.WithoutCancel(ctx)))
+	}
+	e.log.Debug("container created", "job", spec.JobID, "container", shortID(resp.ID), "pid", c.pid)
+	return c, nil
+}
+
+func (e *Executor) ensureImage(ctx context.Context, ref string, pull executors.PullPolicy) error {
+	if pull != executors.PullAlways {
+		_, err := e.cli.ImageInspect(ctx, ref)
+		if err == nil {
+			return nil
+		}
+		if !errdefs.IsNotFound(err) {
+			return fmt.Errorf("inspecting image %s: %w", ref, err)
+		}
+		if pull == executors.PullNever {
+			return fmt.Errorf("image %s: %w locally and the pull policy is \"never\"", ref, executors.ErrImageNotFound)
+		}
+	}
+	rc, err := e.cli.ImagePull(ctx, ref, image.PullOptions{})
+	if err == nil {
+		err = drainPull(rc)
+	}
+	if err != nil {
+		return fmt.Errorf("image %s: %w and pulling it failed: %v", ref, executors.ErrImageNotFound, err)
+	}
+	return nil
+}
+
+// drainPull reads a pull progress stream to its end, returning the error
+// the engine reports in it, if any.
+func drainPull(rc io.ReadCloser) error {
+	defer rc.Close()
+	dec := json.NewDecoder(rc)
+	for {
+		var m struct {
+			Error string `json:"error"`
+		}
+		if err := dec.Decode(&m); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if m.Error != "" {
+			return errors.New(m.Error)
+		}
+	}
+}
+
+// Leftovers lists the ids of containers labelled with runnerID, mapped to
+// their job ids.
+func (e *Executor) Leftovers(ctx context.Context, runnerID string) (map[string]string, error) {
+	list, err := e.cli.ContainerList(ctx, container.ListOptions{
+		All:     true,
+		Filters: filters.NewArgs(filters.Arg("label", executors.LabelRunner+"="+runnerID)),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing containers of runner %s: %w", runnerID, err)
+	}
+	out := make(map[string]string, len(list))
+	for _, c := range list {
+		out[c.ID] = c.Labels[executors.LabelJob]
+	}
+	return out, nil
+}
+
+// Remove force-removes a container by id; a missing container is not an
+// error.
+func (e *Executor) Remove(ctx context.Context, id string) error {
+	err := e.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	if err != nil && !errdefs.IsNotFound(err) && !isRemovalInProgress(err) {
+		return fmt.Errorf("removing container %s: %w", shortID(id), err)
+	}
+	return nil
+}
+
+func isRemovalInProgress(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "is already in progress")
+}
+
+// Container is a job container.
+type Container struct {
+	e     *Executor
+	id    string
+	job   string
+	pid   int    // host pid of the container's init
+	idle  int    // host pid of the idle entrypoint
+	pidns string // its pid namespace, to find the job's processes
+
+	mu      sync.Mutex
+	removed bool
+}
+
+var _ executors.Container = (*Container)(nil)
+
+// ID implements executors.Container.
+func (c *Container) ID() string { return c.id }
+
+// NetNS implements executors.Container.
+func (c *Container) NetNS() string { return fmt.Sprintf("/proc/%d/ns/net", c.pid) }
+
+// Exec implements executors.Container.
+func (c *Container) Exec(ctx context.Context, x executors.Exec) (int, error) {
+	cli := c.e.cli
+	created, err := cli.ContainerExecCreate(ctx, c.id, container.ExecOptions{
+		User:         x.User,
+		AttachStdin:  x.Stdin != nil,
+		AttachStdout: true,
+		AttachStderr: true,
+		Env:          x.Env,
+		WorkingDir:   x.WorkDir,
+		Cmd:          x.Cmd,
+	})
+	if err != nil {
+		return -1, fmt.Errorf("creating exec in job %s: %w", c.job, err)
+	}
+	hj, err := cli.ContainerExecAttach(ctx, created.ID, container.ExecAttachOptions{})
+	if err != nil {
+		return -1, fmt.Errorf("starting exec in job %s: %w", c.job, err)
+	}
+	defer hj.Close()
+
+	stdout, stderr := x.Stdout, x.Stderr
+	if stdout == nil {
+		stdout = io.Discard
+	}
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	if x.Stdin != nil {
+		go func() {
+			_, _ = io.Copy(hj.Conn, x.Stdin)
+			_ = hj.CloseWrite()
+		}()
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := stdcopy.StdCopy(stdout, stderr, hj.Reader)
+		done <- err
+	}()
+
+	select {
+	case err := <-done:
+		if err != nil {
+			return -1, fmt.Errorf("reading output of job %s: %w", c.job, err)
+		}
+	case <-ctx.Done():
+		grace := x.Grace
+		if grace == 0 {
+			grace = c.e.grace
+		}
+		killErr := c.stopProcesses(grace)
+		hj.Close()
+		<-done
+		return -1, errors.Join(context.Cause(ctx), killErr)
+	}
+	// The stream ends when the process exits; the engine may need a moment
+	// to record the exit code.
+	ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	for {
+		ins, err := cli.ContainerExecInspect(ictx, created.ID)
+		if err != nil {
+			return -1, fmt.Errorf("inspecting exec in job %s: %w", c.job, err)
+		}
+		if !ins.Running {
+			return ins.ExitCode, nil
+		}
+		select {
+		case <-ictx.Done():
+			return -1, fmt.Errorf("waiting for exit code in job %s: %w", c.job, ictx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// stopProcesses sends SIGTERM to every process of the job (all processes
+// in the container's pid namespace except its init and the idle
+// entrypoint), then SIGKILL to those left after grace.
+func (c *Container) stopProcesses(grace time.Duration) error {
+	err := signalJob(c.pid, c.idle, c.pidns, termSignal)
+	deadline := time.Now().Add(grace)
+	for time.Now().Before(deadline) {
+		if left, _ := jobProcesses(c.pid, c.idle, c.pidns); len(left) == 0 {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	err = errors.Join(err, signalJob(c.pid, c.idle, c.pidns, killSignal))
+	// SIGKILL is not instant: wait (bounded) for the processes to go.
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if left, _ := jobProcesses(c.pid, c.idle, c.pidns); len(left) == 0 {
+			break
+		}
+	}
+	return err
+}
+
+// Destroy implements executors.Container: SIGTERM to the job's processes,
+// grace, then the container is force-removed (SIGKILL).
+func (c *Container) Destroy(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.removed {
+		return nil
+	}
+	var errs []error
+	if c.pid != 0 {
+		if left, _ := jobProcesses(c.pid, c.idle, c.pidns); len(left) > 0 {
+			errs = append(errs, c.stopProcesses(c.e.grace))
+		}
+	}
+	if err := c.e.Remove(ctx, c.id); err != nil {
+		errs = append(errs, err)
+	} else {
+		c.removed = true
+		c.e.log.Debug("container removed", "job", c.job, "container", shortID(c.id))
+	}
+	return errors.Join(errs...)
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}

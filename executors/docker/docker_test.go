@@ -1,0 +1,316 @@
+package docker
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/internal/testenv"
+)
+
+// newTestExecutor returns an executor and a runner id unique to the test;
+// at cleanup it asserts that no container of that runner is left.
+func newTestExecutor(t *testing.T) (*Executor, string) {
+	t.Helper()
+	testenv.RequireTestImage(t)
+	e, err := New(context.Background(), Config{Grace: 2 * time.Second}, nil)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	b := make([]byte, 4)
+	rand.Read(b)
+	runner := "t" + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		left, err := e.Leftovers(context.Background(), runner)
+		if err != nil {
+			t.Errorf("listing leftovers: %v", err)
+		}
+		for id := range left {
+			t.Errorf("container %s of runner %s left behind", shortID(id), runner)
+			_ = e.Remove(context.Background(), id)
+		}
+		e.Close()
+	})
+	return e, runner
+}
+
+func create(t *testing.T, e *Executor, runner, job string) executors.Container {
+	t.Helper()
+	c, err := e.Create(context.Background(), executors.Spec{
+		RunnerID: runner, JobID: job, Image: testenv.TestImage, Pull: executors.PullNever, WorkDir: "/builds",
+	})
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := c.Destroy(context.Background()); err != nil {
+			t.Errorf("Destroy: %v", err)
+		}
+	})
+	return c
+}
+
+// syncBuffer is a bytes.Buffer safe for the concurrent writes of stdout
+// and stderr.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestExecExitCodesAndOutput(t *testing.T) {
+	e, runner := newTestExecutor(t)
+	c := create(t, e, runner, "exit")
+	tests := []struct {
+		name     string
+		script   string
+		wantCode int
+		wantOut  string
+		wantErr  string
+	}{
+		{"success", "echo hello", 0, "hello\n", ""},
+		{"exit code", "echo before; exit 7", 7, "before\n", ""},
+		{"stderr", "echo oops >&2; exit 1", 1, "", "oops\n"},
+		{"order", "for i in 1 2 3 4 5 6 7 8 9 10; do echo line$i; done", 0,
+			"line1\nline2\nline3\nline4\nline5\nline6\nline7\nline8\nline9\nline10\n", ""},
+		{"workdir", "pwd", 0, "/builds\n", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errOut syncBuffer
+			code, err := c.Exec(context.Background(), executors.Exec{
+				Cmd: []string{"/bin/sh", "-c", tc.script}, Stdout: &out, Stderr: &errOut,
+			})
+			if err != nil {
+				t.Fatalf("Exec: %v", err)
+			}
+			if code != tc.wantCode {
+				t.Errorf("exit code = %d, want %d", code, tc.wantCode)
+			}
+			if out.String() != tc.wantOut {
+				t.Errorf("stdout = %q, want %q", out.String(), tc.wantOut)
+			}
+			if errOut.String() != tc.wantErr {
+				t.Errorf("stderr = %q, want %q", errOut.String(), tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestExecStdin(t *testing.T) {
+	e, runner := newTestExecutor(t)
+	c := create(t, e, runner, "stdin")
+	var out syncBuffer
+	code, err := c.Exec(context.Background(), executors.Exec{
+		Cmd: []string{"/bin/sh", "-c", "tr a-z A-Z"}, Stdin: strings.NewReader("shout\n"), Stdout: &out,
+	})
+	if err != nil || code != 0 {
+		t.Fatalf("Exec = %d, %v", code, err)
+	}
+	if got := out.String(); got != "SHOUT\n" {
+		t.Errorf("stdout = %q, want %q", got, "SHOUT\n")
+	}
+}
+
+// The step environment is given at exec time only: docker inspect of the
+// container must not show it.
+func TestExecEnvNotInInspect(t *testing.T) {
+	e, runner := newTestExecutor(t)
+	c := create(t, e, runner, "env")
+	const secret = "s3cr3t-value-for-inspect-test"
+	var out syncBuffer
+	code, err := c.Exec(context.Background(), executors.Exec{
+		Cmd: []string{"/bin/sh", "-c", `test "$TOKEN" = ` + "'" + secret + "'" + ` && echo present`},
+		Env: []string{"TOKEN=" + secret}, Stdout: &out,
+	})
+	if err != nil || code != 0 || out.String() != "present\n" {
+		t.Fatalf("Exec = %d, %v, %q; want the variable visible to the step", code, err, out.String())
+	}
+	raw, err := exec.Command("docker", "inspect", c.ID()).CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker inspect: %v: %s", err, raw)
+	}
+	if bytes.Contains(raw, []byte(secret)) {
+		t.Errorf("docker inspect shows the step environment")
+	}
+	var info []struct {
+		HostConfig struct {
+			CapDrop     []string
+			SecurityOpt []string
+			NetworkMode string
+			PidsLimit   int64
+			Memory      int64
+			Init        bool
+		}
+		Config struct{ Labels map[string]string }
+	}
+	if err := json.Unmarshal(raw, &info); err != nil || len(info) != 1 {
+		t.Fatalf("decoding inspect: %v", err)
+	}
+	hc := info[0].HostConfig
+	if len(hc.CapDrop) != 1 || hc.CapDrop[0] != "ALL" {
+		t.Errorf("CapDrop = %v, want [ALL]", hc.CapDrop)
+	}
+	if len(hc.SecurityOpt) != 1 || hc.SecurityOpt[0] != "no-new-privileges:true" {
+		t.Errorf("SecurityOpt = %v, want no-new-privileges", hc.SecurityOpt)
+	}
+	if hc.NetworkMode != "none" {
+		t.Errorf("NetworkMode = %q, want none", hc.NetworkMode)
+	}
+	if hc.PidsLimit != DefaultPidsLimit || hc.Memory != DefaultMemory {
+		t.Errorf("limits = pids %d memory %d, want %d and %d", hc.PidsLimit, hc.Memory, DefaultPidsLimit, DefaultMemory)
+	}
+	if got := info[0].Config.Labels[executors.LabelRunner]; got != runner {
+		t.Errorf("runner label = %q, want %q", got, runner)
+	}
+}
+
+// Nothing of the job runs before the first Exec: the only processes are
+// init and the idle entrypoint.
+func TestCreateIsIdle(t *testing.T) {
+	e, runner := newTestExecutor(t)
+	c := create(t, e, runner, "idle").(*Container)
+	pids, err := jobProcesses(c.pid, c.idle, c.pidns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pids) != 0 {
+		t.Errorf("job processes before any exec: %v, want none", pids)
+	}
+}
+
+func TestExecCancelKillsProcesses(t *testing.T) {
+	tests := []struct {
+		name   string
+		script string // must keep running until signalled
+	}{
+		{"terminates", "sleep 300"},
+		// Ignores SIGTERM: killed after the grace period.
+		{"ignores SIGTERM", "trap '' TERM; while :; do sleep 1; done"},
+		// A background child outlives its shell: still found and killed.
+		{"orphans", "sleep 301 & sleep 302 & wait"},
+	}
+	e, runner := newTestExecutor(t)
+	c := create(t, e, runner, "cancel").(*Container)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancelCause(context.Background())
+			errc := make(chan error, 1)
+			go func() {
+				_, err := c.Exec(ctx, executors.Exec{Cmd: []string{"/bin/sh", "-c", tc.script}, Grace: 500 * time.Millisecond})
+				errc <- err
+			}()
+			waitFor(t, func() bool { p, _ := jobProcesses(c.pid, c.idle, c.pidns); return len(p) > 0 })
+			cause := errors.New("canceled by test")
+			cancel(cause)
+			select {
+			case err := <-errc:
+				if !errors.Is(err, cause) {
+					t.Errorf("Exec error = %v, want the cancel cause", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("Exec did not return after cancel")
+			}
+			if p, _ := jobProcesses(c.pid, c.idle, c.pidns); len(p) != 0 {
+				t.Errorf("processes left after cancel: %v", p)
+			}
+		})
+	}
+	// The container is still usable after a cancelled step (after_script).
+	code, err := c.Exec(context.Background(), executors.Exec{Cmd: []string{"true"}})
+	if err != nil || code != 0 {
+		t.Errorf("Exec after cancel = %d, %v; want 0, nil", code, err)
+	}
+}
+
+func TestExecTimeout(t *testing.T) {
+	e, runner := newTestExecutor(t)
+	c := create(t, e, runner, "timeout")
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	_, err := c.Exec(ctx, executors.Exec{Cmd: []string{"sleep", "300"}, Grace: 200 * time.Millisecond})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Exec error = %v, want deadline exceeded", err)
+	}
+}
+
+func TestDestroyIdempotent(t *testing.T) {
+	e, runner := newTestExecutor(t)
+	c, err := e.Create(context.Background(), executors.Spec{RunnerID: runner, JobID: "destroy", Image: testenv.TestImage, Pull: executors.PullNever})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A running step does not stop Destroy.
+	go c.Exec(context.Background(), executors.Exec{Cmd: []string{"sleep", "300"}})
+	time.Sleep(200 * time.Millisecond)
+	for i := 0; i < 2; i++ {
+		if err := c.Destroy(context.Background()); err != nil {
+			t.Errorf("Destroy #%d: %v", i+1, err)
+		}
+	}
+}
+
+func TestCreateMissingImage(t *testing.T) {
+	e, runner := newTestExecutor(t)
+	_, err := e.Create(context.Background(), executors.Spec{RunnerID: runner, JobID: "noimage", Image: "airlock-test:does-not-exist", Pull: executors.PullNever})
+	if !errors.Is(err, executors.ErrImageNotFound) {
+		t.Fatalf("Create error = %v, want ErrImageNotFound", err)
+	}
+	if !strings.Contains(err.Error(), "airlock-test:does-not-exist") || !strings.Contains(err.Error(), "never") {
+		t.Errorf("error %q should name the image and the pull policy", err)
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    int64
+		wantErr bool
+	}{
+		{"1024", 1024, false},
+		{"512m", 512 << 20, false},
+		{"2g", 2 << 30, false},
+		{"2GB", 2 << 30, false},
+		{"1k", 1024, false},
+		{"", 0, true},
+		{"-1m", 0, true},
+		{"lots", 0, true},
+	}
+	for _, tc := range tests {
+		got, err := ParseBytes(tc.in)
+		if (err != nil) != tc.wantErr || got != tc.want {
+			t.Errorf("ParseBytes(%q) = %d, %v; want %d, error %v", tc.in, got, err, tc.want, tc.wantErr)
+		}
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

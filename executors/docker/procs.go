@@ -1,0 +1,141 @@
+package docker
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const (
+	termSignal = syscall.SIGTERM
+	killSignal = syscall.SIGKILL
+)
+
+// proc is one host process as seen in /proc.
+type proc struct {
+	pid, ppid int
+}
+
+// processesIn lists host processes whose pid namespace is pidns.
+func processesIn(pidns string) ([]proc, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("listing processes: %w", err)
+	}
+	var out []proc
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		ns, err := os.Readlink("/proc/" + e.Name() + "/ns/pid")
+		if err != nil || ns != pidns {
+			continue
+		}
+		ppid, state, err := statOf(pid)
+		if err != nil || state == "Z" || state == "X" {
+			continue // exited meanwhile, or a zombie waiting to be reaped
+		}
+		out = append(out, proc{pid: pid, ppid: ppid})
+	}
+	return out, nil
+}
+
+// statOf returns a process's parent pid and state letter.
+func statOf(pid int) (int, string, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, "", err
+	}
+	// The command name may contain spaces and parentheses: fields start
+	// after the last ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, "", errors.New("malformed stat")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 2 {
+		return 0, "", errors.New("malformed stat")
+	}
+	ppid, err := strconv.Atoi(f[1])
+	return ppid, f[0], err
+}
+
+// idleTree returns the container's init, the idle entrypoint (init's first
+// child) and the idle entrypoint's descendants: the processes that are
+// not the job's.
+func idleTree(procs []proc, initPID, idlePID int) map[int]bool {
+	keep := map[int]bool{initPID: true}
+	if idlePID == 0 {
+		return keep
+	}
+	keep[idlePID] = true
+	for changed := true; changed; {
+		changed = false
+		for _, p := range procs {
+			if !keep[p.pid] && keep[p.ppid] && p.ppid != initPID {
+				keep[p.pid] = true
+				changed = true
+			}
+		}
+	}
+	return keep
+}
+
+// jobProcesses lists the pids of the job's processes in the container: all
+// in its pid namespace except init and the idle entrypoint's tree.
+func jobProcesses(initPID, idlePID int, pidns string) ([]int, error) {
+	procs, err := processesIn(pidns)
+	if err != nil {
+		return nil, err
+	}
+	keep := idleTree(procs, initPID, idlePID)
+	var out []int
+	for _, p := range procs {
+		if !keep[p.pid] {
+			out = append(out, p.pid)
+		}
+	}
+	return out, nil
+}
+
+// signalJob sends sig to every job process of the container.
+func signalJob(initPID, idlePID int, pidns string, sig syscall.Signal) error {
+	pids, err := jobProcesses(initPID, idlePID, pidns)
+	if err != nil {
+		return fmt.Errorf("finding job processes: %w", err)
+	}
+	var errs []error
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, fmt.Errorf("signalling pid %d: %w", pid, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// findIdle waits for the container's init to start the idle entrypoint and
+// returns its pid.
+func findIdle(initPID int, pidns string, timeout time.Duration) (int, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		procs, err := processesIn(pidns)
+		if err != nil {
+			return 0, err
+		}
+		for _, p := range procs {
+			if p.ppid == initPID {
+				return p.pid, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return 0, errors.New("the idle entrypoint did not start")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
