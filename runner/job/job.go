@@ -37,7 +37,7 @@ type When string
 const (
 	OnSuccess When = "on_success" // only while every earlier step succeeded
 	OnFailure When = "on_failure" // only after an earlier step failed
-	Always    When = "always"     // whatever happened before
+	Always    When = "always"     // whatever happened, even after cancel or timeout; its exit code does not decide the job (GitLab's after_script)
 )
 
 // Valid reports whether w is a known condition.

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/executors/docker"
+	"github.com/airlock-ci/airlock/runner"
+	"github.com/airlock-ci/airlock/runner/config"
+	"github.com/airlock-ci/airlock/runner/job"
+	"github.com/airlock-ci/airlock/runner/local"
+)
+
+func init() { addCommand(newExecCmd) }
+
+type execOptions struct {
+	image   string
+	timeout time.Duration
+	vars    []string
+	pull    string
+}
+
+func newExecCmd(g *globals) *cobra.Command {
+	var o execOptions
+	cmd := &cobra.Command{
+		Use:   "exec JOBFILE",
+		Short: "Run a job file in a hardened container",
+		Long: `Run a local job file (YAML close to a GitLab CI job: image, before_script,
+script, after_script, variables, timeout, secrets, egress) in a hardened
+container, streaming its output. The process exits with the job's exit code.
+
+The first Ctrl-C cancels the running step (after_script still runs); a
+second one aborts the job at once. Either way the container is removed.`,
+		Example: `  airlock exec testdata/jobs/demo.yml
+  airlock exec --image airlock-test:busybox -e GREETING=hi --timeout 5m job.yml`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runExec(cmd, g, o, args[0])
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.image, "image", "", "image to run the job in (overrides the job file's)")
+	f.DurationVar(&o.timeout, "timeout", 0, "job timeout (overrides the job file's), e.g. 10m")
+	f.StringArrayVarP(&o.vars, "env", "e", nil, "set a job variable KEY=VALUE (repeatable)")
+	f.StringVar(&o.pull, "pull-policy", "", "image pull policy: if-not-present, never or always (default from config)")
+	return cmd
+}
+
+// loadConfig loads the configuration file; it may be missing unless the
+// user named it.
+func loadConfig(cmd *cobra.Command, g *globals) (*config.Config, error) {
+	named := cmd.Flags().Changed("config") || os.Getenv("AIRLOCK_CONFIG") != ""
+	cfg, err := config.Load(g.ConfigPath, !named)
+	if err != nil {
+		return nil, err
+	}
+	if g.StateDir != "" {
+		cfg.StateDir = g.StateDir
+	}
+	return cfg, nil
+}
+
+func runExec(cmd *cobra.Command, g *globals, o execOptions, path string) error {
+	j, err := local.ReadFile(path)
+	if err != nil {
+		// A job file without an image is fine when --image gives one.
+		if o.image == "" {
+			return &exitError{code: 2, msg: err.Error()}
+		}
+		if j, err = readWithImage(path, o.image); err != nil {
+			return &exitError{code: 2, msg: err.Error()}
+		}
+	}
+	if err := applyExecFlags(j, o); err != nil {
+		return &exitError{code: 2, msg: err.Error()}
+	}
+	cfg, err := loadConfig(cmd, g)
+	if err != nil {
+		return &exitError{code: 2, msg: err.Error()}
+	}
+	log := g.Logger()
+	runnerID, err := runner.LoadOrCreateID(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	pull := executors.PullPolicy(cfg.Docker.Pull)
+	if o.pull != "" {
+		if pull, err = executors.ParsePullPolicy(o.pull); err != nil {
+			return &exitError{code: 2, msg: "--pull-policy: " + err.Error()}
+		}
+	}
+
+	ctx, cancel, stop := jobSignals(cmd.Context(), cmd.ErrOrStderr())
+	defer stop()
+	ex, err := docker.New(ctx, cfg.Docker, log)
+	if err != nil {
+		return err
+	}
+	defer ex.Close()
+	r, err := runner.New(runner.Config{
+		RunnerID:   runnerID,
+		RuntimeDir: cfg.RuntimeDir,
+		Grace:      ex.Grace(),
+		Pull:       pull,
+	}, ex, log)
+	if err != nil {
+		return err
+	}
+	out := cmd.OutOrStdout()
+	res, err := r.Run(ctx, j, runner.RunOptions{Out: out, Cancel: cancel})
+	printSummary(out, res)
+	if err != nil {
+		return fmt.Errorf("cleaning up after job %s: %w", j.ID, err)
+	}
+	return resultExit(res)
+}
+
+// readWithImage parses a job file that lacks an image, giving it one.
+func readWithImage(path, image string) (*job.Job, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading job file: %w", err)
+	}
+	return local.Parse(path, append([]byte("image: "+quoteYAML(image)+"\n"), b...))
+}
+
+func quoteYAML(s string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+}
+
+func applyExecFlags(j *job.Job, o execOptions) error {
+	if o.image != "" {
+		j.Image = o.image
+	}
+	if o.timeout < 0 {
+		return errors.New("--timeout: must be positive")
+	}
+	if o.timeout > 0 {
+		j.Timeout = o.timeout
+	}
+	for _, kv := range o.vars {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || !job.ValidVarName(k) {
+			return fmt.Errorf("-e %q: want KEY=VALUE with KEY a valid variable name", kv)
+		}
+		replaced := false
+		for i := range j.Variables {
+			if j.Variables[i].Key == k {
+				j.Variables[i].Value, replaced = v, true
+			}
+		}
+		if !replaced {
+			j.Variables = append(j.Variables, job.Variable{Key: k, Value: v})
+		}
+	}
+	return j.Validate()
+}
+
+// jobSignals watches SIGINT and SIGTERM: the first closes the returned
+// channel (cancel the job; after_script still runs), the second cancels the
+// returned context (abort at once).
+func jobSignals(parent context.Context, w io.Writer) (context.Context, <-chan struct{}, func()) {
+	ctx, abort := context.WithCancelCause(parent)
+	cancel := make(chan struct{})
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		for n := 1; ; n++ {
+			select {
+			case <-sigs:
+			case <-done:
+				return
+			}
+			if n == 1 {
+				fmt.Fprintln(w, "\nairlock: canceling the job (after_script still runs); interrupt again to abort")
+				close(cancel)
+				continue
+			}
+			fmt.Fprintln(w, "\nairlock: aborting the job")
+			abort(runner.ErrAborted)
+			return
+		}
+	}()
+	return ctx, cancel, func() {
+		signal.Stop(sigs)
+		close(done)
+		abort(nil)
+	}
+}
+
+func printSummary(w io.Writer, res *runner.Result) {
+	if res == nil {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Summary:")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, s := range res.Steps {
+		switch {
+		case s.Skipped:
+			fmt.Fprintf(tw, "  %s\tskipped\t\n", s.Name)
+		case s.Err != nil:
+			fmt.Fprintf(tw, "  %s\tstopped\t%s\n", s.Name, s.Duration.Round(time.Millisecond))
+		default:
+			fmt.Fprintf(tw, "  %s\texit %d\t%s\n", s.Name, s.ExitCode, s.Duration.Round(time.Millisecond))
+		}
+	}
+	tw.Flush()
+	switch res.State {
+	case runner.Success:
+		fmt.Fprintf(w, "Job succeeded in %s\n", res.Duration.Round(time.Millisecond))
+	case runner.Canceled:
+		fmt.Fprintf(w, "Job canceled after %s\n", res.Duration.Round(time.Millisecond))
+	default:
+		fmt.Fprintf(w, "Job failed (%s) after %s", res.Reason, res.Duration.Round(time.Millisecond))
+		if res.Err != nil {
+			fmt.Fprintf(w, ": %v", res.Err)
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+// Exit codes of `airlock exec` besides the job's own.
+const (
+	exitRunnerFailure = 1
+	exitRefused       = 2
+	exitTimeout       = 124
+	exitCanceled      = 130
+)
+
+func resultExit(res *runner.Result) error {
+	switch {
+	case res.State == runner.Success:
+		return nil
+	case res.State == runner.Canceled:
+		return &exitError{code: exitCanceled}
+	case res.Reason == runner.ScriptFailure && res.ExitCode > 0:
+		return &exitError{code: res.ExitCode}
+	case res.Reason == runner.JobTimeout:
+		return &exitError{code: exitTimeout}
+	case res.Reason == runner.Unauthorized || res.Reason == runner.ConfigurationError:
+		return &exitError{code: exitRefused}
+	}
+	return &exitError{code: exitRunnerFailure}
+}
