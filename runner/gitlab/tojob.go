@@ -1,0 +1,315 @@
+package gitlab
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/airlock-ci/airlock/runner/job"
+)
+
+// Limits on a job payload. Anything beyond them is refused, never truncated.
+const (
+	maxSteps          = 16
+	maxScriptLines    = 10000
+	maxScriptBytes    = 4 << 20
+	maxVariables      = 4096
+	maxVariableBytes  = 4 << 20
+	maxDeclaredLen    = 64 << 10
+	maxJobTimeout     = 31 * 24 * time.Hour // GitLab's ceiling is one month
+	defaultJobTimeout = 2 * time.Hour       // gitlab-runner's default when none is sent
+)
+
+// Variables Airlock reads its declarations from.
+const (
+	// SecretsVariable declares the credentials the job needs: entries
+	// separated by commas or white space, each NAME[:VAR][@DELIVERY]:
+	// NAME is the secret's name in Airlock's store, VAR the variable the job
+	// reads it from (default: NAME upper-cased, other characters as '_'),
+	// DELIVERY env, file or proxy (default: as the grant says). Example:
+	//   AIRLOCK_SECRETS: "deploy_token, npm:NPM_TOKEN@proxy kubeconfig@file"
+	SecretsVariable = "AIRLOCK_SECRETS"
+	// EgressVariable declares the job's egress: entries separated by commas
+	// or white space, in netpolicy's syntax (e.g. "api.example.com:443").
+	EgressVariable = "AIRLOCK_EGRESS"
+)
+
+// Step names GitLab sends.
+const (
+	StepScript      = "script"
+	StepAfterScript = "after_script"
+	StepRelease     = "release"
+)
+
+// ToJob converts the payload into the normalized job. Every problem is
+// reported at once; error messages name fields and variables, never values.
+// When the job names no image, Image is empty and the runner fills in its
+// default image (and then calls job.Validate again).
+func (r *JobResponse) ToJob() (*job.Job, error) {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+
+	if r.ID <= 0 {
+		add("id: missing or not positive")
+	}
+	if r.Token == "" {
+		add("token: missing")
+	}
+	if len(r.Run) > 0 && string(r.Run) != "null" && string(r.Run) != `""` {
+		add("run: CI steps (run:) are not supported by Airlock; use script")
+	}
+	if len(r.Services) > 0 {
+		add("services: %d service(s) requested; services are not supported by Airlock", len(r.Services))
+	}
+
+	j := &job.Job{
+		ID:     strconv.FormatInt(r.ID, 10),
+		Source: job.SourceGitLab,
+		Name:   r.JobInfo.Name,
+		Ref:    r.GitInfo.Ref,
+		SHA:    r.GitInfo.SHA,
+		Image:  strings.TrimSpace(r.Image.Name),
+	}
+	j.Repo = strings.Trim(r.JobInfo.ProjectFullPath, "/")
+	if j.Repo == "" {
+		j.Repo = repoPath(r.GitInfo.RepoURL)
+	}
+	if j.Repo == "" {
+		add("job_info.project_full_path: missing, and git_info.repo_url names no project")
+	} else if !cleanText(j.Repo) || strings.Contains(j.Repo, "..") {
+		add("job_info.project_full_path: contains control characters or '..'")
+	}
+
+	switch t := r.RunnerInfo.Timeout; {
+	case t < 0:
+		add("runner_info.timeout: negative")
+	case time.Duration(t) > maxJobTimeout/time.Second:
+		add("runner_info.timeout: %d seconds is more than %s", t, maxJobTimeout)
+	case t == 0:
+		j.Timeout = defaultJobTimeout
+	default:
+		j.Timeout = time.Duration(t) * time.Second
+	}
+
+	errs = append(errs, r.convertSteps(j)...)
+	errs = append(errs, r.convertVariables(j)...)
+
+	if len(errs) == 0 {
+		// job.Validate checks names and the step set; the image may be the
+		// runner's default, filled in later.
+		check := *j
+		if check.Image == "" {
+			check.Image = "runner-default"
+		}
+		if err := check.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("converting GitLab job %d: %w", r.ID, errors.Join(errs...))
+	}
+	return j, nil
+}
+
+func (r *JobResponse) convertSteps(j *job.Job) []error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if len(r.Steps) > maxSteps {
+		add("steps: %d steps, at most %d", len(r.Steps), maxSteps)
+		return errs
+	}
+	hasScript := false
+	total := 0
+	for i, s := range r.Steps {
+		where := fmt.Sprintf("steps[%d]", i)
+		var when job.When
+		switch s.Name {
+		case StepScript:
+			hasScript = true
+			when = job.OnSuccess
+		case StepAfterScript:
+			when = job.Always
+		case StepRelease:
+			add("%s: release steps are not supported by Airlock (use the release-cli in a script instead)", where)
+			continue
+		default:
+			add("%s.name %q: unknown step (want script or after_script)", where, truncate(s.Name))
+			continue
+		}
+		if s.When != "" {
+			when = job.When(s.When)
+			if !when.Valid() {
+				add("%s (%s).when %q: must be on_success, on_failure or always", where, s.Name, truncate(s.When))
+			}
+		}
+		if s.Timeout < 0 || time.Duration(s.Timeout) > maxJobTimeout/time.Second {
+			add("%s (%s).timeout: %d seconds is out of range", where, s.Name, s.Timeout)
+		}
+		if len(s.Script) > maxScriptLines {
+			add("%s (%s).script: %d lines, at most %d", where, s.Name, len(s.Script), maxScriptLines)
+			continue
+		}
+		for k, line := range s.Script {
+			total += len(line)
+			if strings.IndexByte(line, 0) >= 0 {
+				add("%s (%s).script[%d]: contains a NUL byte", where, s.Name, k)
+			}
+		}
+		if len(s.Script) == 0 {
+			if s.Name == StepScript {
+				add("%s (script).script: no lines", where)
+			}
+			continue // an empty after_script is no step
+		}
+		j.Steps = append(j.Steps, job.Step{
+			Name:         s.Name,
+			Script:       append([]string(nil), s.Script...),
+			When:         when,
+			Timeout:      time.Duration(max(s.Timeout, 0)) * time.Second,
+			AllowFailure: s.AllowFailure,
+		})
+	}
+	if total > maxScriptBytes {
+		add("steps: %d bytes of script, at most %d", total, maxScriptBytes)
+	}
+	if !hasScript && len(errs) == 0 {
+		add("steps: no script step")
+	}
+	return errs
+}
+
+func (r *JobResponse) convertVariables(j *job.Job) []error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if len(r.Variables) > maxVariables {
+		add("variables: %d variables, at most %d", len(r.Variables), maxVariables)
+		return errs
+	}
+	var secrets, egress *JobVariable
+	var protected *bool = r.GitInfo.Protected
+	for i := range r.Variables {
+		v := &r.Variables[i]
+		if !job.ValidVarName(v.Key) {
+			add("variables[%d] %q: not a valid variable name", i, truncate(v.Key))
+			continue
+		}
+		if strings.IndexByte(v.Value, 0) >= 0 {
+			add("variables[%d] %s: value contains a NUL byte", i, v.Key)
+			continue
+		}
+		if len(v.Value) > maxVariableBytes {
+			add("variables[%d] %s: value of %d bytes, at most %d", i, v.Key, len(v.Value), maxVariableBytes)
+			continue
+		}
+		j.Variables = append(j.Variables, job.Variable{
+			Key: v.Key, Value: v.Value, Masked: v.Masked, File: v.File, Raw: v.Raw, Public: v.Public,
+		})
+		switch v.Key {
+		case "CI_ENVIRONMENT_NAME":
+			j.Environment = v.Value
+		case "CI_COMMIT_REF_PROTECTED":
+			if r.GitInfo.Protected == nil {
+				p := v.Value == "true"
+				protected = &p
+			}
+		case SecretsVariable:
+			secrets = v
+		case EgressVariable:
+			egress = v
+		}
+	}
+	if protected != nil {
+		j.Protected = *protected
+	}
+	if secrets != nil {
+		reqs, err := ParseSecrets(secrets.Value)
+		if err != nil {
+			if secrets.Masked {
+				err = errors.New("invalid declaration (masked, not shown)")
+			}
+			add("variable %s: %w", SecretsVariable, err)
+		}
+		j.Secrets = reqs
+	}
+	if egress != nil {
+		if len(egress.Value) > maxDeclaredLen {
+			add("variable %s: longer than %d bytes", EgressVariable, maxDeclaredLen)
+		} else {
+			j.Egress = splitList(egress.Value)
+		}
+	}
+	return errs
+}
+
+// ParseSecrets parses the AIRLOCK_SECRETS syntax (see SecretsVariable).
+func ParseSecrets(s string) ([]job.SecretRequest, error) {
+	if len(s) > maxDeclaredLen {
+		return nil, fmt.Errorf("longer than %d bytes", maxDeclaredLen)
+	}
+	var out []job.SecretRequest
+	var errs []error
+	for i, e := range splitList(s) {
+		rest := e
+		var req job.SecretRequest
+		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+			req.Delivery = job.Delivery(rest[at+1:])
+			rest = rest[:at]
+			if req.Delivery == "" || !req.Delivery.Valid() {
+				errs = append(errs, fmt.Errorf("entry %d %q: delivery must be env, file or proxy", i, truncate(e)))
+				continue
+			}
+		}
+		if colon := strings.IndexByte(rest, ':'); colon >= 0 {
+			req.Var = rest[colon+1:]
+			rest = rest[:colon]
+			if !job.ValidVarName(req.Var) {
+				errs = append(errs, fmt.Errorf("entry %d %q: %q is not a valid variable name", i, truncate(e), truncate(req.Var)))
+				continue
+			}
+		}
+		req.Name = rest
+		if !job.ValidSecretName(req.Name) {
+			errs = append(errs, fmt.Errorf("entry %d %q: want NAME[:VAR][@env|file|proxy] with NAME of letters, digits, '.', '_', '-'", i, truncate(e)))
+			continue
+		}
+		out = append(out, req)
+	}
+	return out, errors.Join(errs...)
+}
+
+// splitList splits on commas and white space, dropping empty entries.
+func splitList(s string) []string {
+	return strings.FieldsFunc(s, func(r rune) bool {
+		return r == ',' || r == ' ' || r == '\t' || r == '\n' || r == '\r'
+	})
+}
+
+// repoPath returns "group/project" from a clone URL, without credentials.
+func repoPath(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return ""
+	}
+	return strings.TrimSuffix(strings.Trim(u.Path, "/"), ".git")
+}
+
+func cleanText(s string) bool {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// truncate bounds a payload string quoted in an error.
+func truncate(s string) string {
+	const n = 64
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
