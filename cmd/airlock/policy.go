@@ -1,0 +1,110 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/airlock-ci/airlock/secrets"
+)
+
+func init() { addCommand(newPolicyCmd) }
+
+func newPolicyCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "policy",
+		Short: "Manage egress ceilings by repository pattern",
+		Long: `An egress ceiling is the most a repository's jobs may reach: a job's effective
+egress is the ceiling intersected with what it declares. For a repository the
+most specific matching pattern wins (an exact repo over group/* over group/**);
+ceilings are not added up. Without a matching ceiling a job reaches nothing
+beyond what the runner itself needs.`,
+	}
+	cmd.AddCommand(newPolicySetCmd(g), newPolicyLsCmd(g), newPolicyRmCmd(g))
+	return cmd
+}
+
+func newPolicySetCmd(g *globals) *cobra.Command {
+	var p secrets.EgressPolicy
+	cmd := &cobra.Command{
+		Use:   "set --repo PATTERN --egress host:port,... [--audit]",
+		Short: "Create or replace the egress ceiling of a repo pattern",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withSecretStore(g, func(st *secrets.Store) error {
+				if err := st.SetPolicy(p); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(cmd.OutOrStdout(), "egress ceiling for %s: %s\n", p.RepoPattern, strings.Join(p.Egress, ","))
+				return err
+			})
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&p.RepoPattern, "repo", "", "repository pattern")
+	fl.StringSliceVar(&p.Egress, "egress", nil, "allowed host[:port] entries, comma-separated (empty: nothing)")
+	fl.BoolVar(&p.Audit, "audit", false, "audit every allowed request, not only denials")
+	_ = cmd.MarkFlagRequired("repo")
+	return cmd
+}
+
+func newPolicyLsCmd(g *globals) *cobra.Command {
+	var repo string
+	cmd := &cobra.Command{
+		Use:   "ls [--repo REPO]",
+		Short: "List egress ceilings (with --repo: the one that applies to REPO)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return readSecretStore(g, func(st *secrets.Store) error {
+				ps, err := st.Policies()
+				if err != nil {
+					return err
+				}
+				if repo != "" {
+					p, ok := secrets.Ceiling(ps, repo)
+					if !ok {
+						_, err := fmt.Fprintf(cmd.OutOrStdout(), "no egress ceiling matches %s: its jobs reach nothing beyond the runner's own needs\n", repo)
+						return err
+					}
+					ps = []secrets.EgressPolicy{p}
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "REPO\tEGRESS\tAUDIT")
+				for _, p := range ps {
+					fmt.Fprintf(tw, "%s\t%s\t%t\n", p.RepoPattern, dashIfEmpty(strings.Join(p.Egress, ",")), p.Audit)
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	cmd.Flags().StringVar(&repo, "repo", "", "show the ceiling that applies to this repository")
+	return cmd
+}
+
+func newPolicyRmCmd(g *globals) *cobra.Command {
+	var repo string
+	cmd := &cobra.Command{
+		Use:   "rm --repo PATTERN",
+		Short: "Remove the egress ceiling of a repo pattern",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if repo == "" && len(args) == 1 {
+				repo = args[0]
+			}
+			if repo == "" {
+				return fmt.Errorf("policy rm needs --repo PATTERN")
+			}
+			return readSecretStore(g, func(st *secrets.Store) error {
+				if err := st.DeletePolicy(repo); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(cmd.OutOrStdout(), "egress ceiling for %s removed\n", repo)
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringVar(&repo, "repo", "", "repository pattern")
+	return cmd
+}

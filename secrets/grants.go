@@ -1,0 +1,192 @@
+package secrets
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/airlock-ci/airlock/runner/job"
+)
+
+// AddGrant validates g, gives it an id and a creation time when it has
+// none, and stores it. The secret must exist.
+func (s *Store) AddGrant(g Grant) (Grant, error) {
+	out, err := s.putGrants([]Grant{g})
+	if err != nil {
+		return Grant{}, err
+	}
+	return out[0], nil
+}
+
+// PutGrants validates every grant, and only if all are valid stores them
+// in one transaction (replacing grants with the same id). The error names
+// each bad entry by index and id.
+func (s *Store) PutGrants(gs []Grant) ([]Grant, error) { return s.putGrants(gs) }
+
+func (s *Store) putGrants(gs []Grant) ([]Grant, error) {
+	known := map[string]bool{}
+	infos, err := s.Secrets()
+	if err != nil {
+		return nil, err
+	}
+	for _, i := range infos {
+		known[i.Name] = true
+	}
+	out := make([]Grant, len(gs))
+	var errs []error
+	seen := map[string]int{}
+	for i, g := range gs {
+		if g.ID == "" {
+			g.ID = newID(8)
+		}
+		if g.Created.IsZero() {
+			g.Created = time.Now().UTC()
+		}
+		where := fmt.Sprintf("grant %d (id %s, secret %s)", i+1, g.ID, g.Secret)
+		if err := g.Validate(); err != nil {
+			errs = append(errs, prefixed(where, err)...)
+		} else if !known[g.Secret] {
+			errs = append(errs, fmt.Errorf("%s: secret: no secret named %q (create it with airlock secret set %s)", where, g.Secret, g.Secret))
+		}
+		if j, dup := seen[g.ID]; dup {
+			errs = append(errs, fmt.Errorf("%s: id: duplicates grant %d", where, j+1))
+		}
+		seen[g.ID] = i
+		out[i] = g
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("validating grants: %w", err)
+	}
+	err = s.update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketGrants)
+		for _, g := range out {
+			v, err := json.Marshal(g)
+			if err != nil {
+				return err
+			}
+			if err := b.Put([]byte(g.ID), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("storing grants: %w", err)
+	}
+	return out, nil
+}
+
+// Grants returns every grant, sorted by secret then id.
+func (s *Store) Grants() ([]Grant, error) {
+	var out []Grant
+	err := s.view(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketGrants).ForEach(func(k, v []byte) error {
+			var g Grant
+			if err := json.Unmarshal(v, &g); err != nil {
+				return fmt.Errorf("decoding grant %s: %w", k, err)
+			}
+			out = append(out, g)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing grants: %w", err)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Secret != out[j].Secret {
+			return out[i].Secret < out[j].Secret
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+// DeleteGrant removes the grant with id.
+func (s *Store) DeleteGrant(id string) error {
+	err := s.update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketGrants)
+		if b.Get([]byte(id)) == nil {
+			return fmt.Errorf("grant %q: %w", id, ErrNotFound)
+		}
+		return b.Delete([]byte(id))
+	})
+	if err != nil {
+		return fmt.Errorf("deleting grant %s: %w", id, err)
+	}
+	return nil
+}
+
+// Decide matches one declared secret of a job against the stored grants.
+func (s *Store) Decide(id JobIdentity, req job.SecretRequest) (Decision, error) {
+	gs, err := s.Grants()
+	if err != nil {
+		return Decision{}, err
+	}
+	return Decide(gs, id, req), nil
+}
+
+// SetPolicy creates or replaces the egress ceiling for p.RepoPattern.
+func (s *Store) SetPolicy(p EgressPolicy) error {
+	if err := p.Validate(); err != nil {
+		return fmt.Errorf("validating policy: %w", err)
+	}
+	if p.Created.IsZero() {
+		p.Created = time.Now().UTC()
+	}
+	v, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("storing policy %s: %w", p.RepoPattern, err)
+	}
+	if err := s.update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPolicies).Put([]byte(p.RepoPattern), v) }); err != nil {
+		return fmt.Errorf("storing policy %s: %w", p.RepoPattern, err)
+	}
+	return nil
+}
+
+// Policies returns every egress ceiling, sorted by pattern.
+func (s *Store) Policies() ([]EgressPolicy, error) {
+	var out []EgressPolicy
+	err := s.view(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketPolicies).ForEach(func(k, v []byte) error {
+			var p EgressPolicy
+			if err := json.Unmarshal(v, &p); err != nil {
+				return fmt.Errorf("decoding policy %s: %w", k, err)
+			}
+			out = append(out, p)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing policies: %w", err)
+	}
+	return out, nil
+}
+
+// DeletePolicy removes the ceiling for a repo pattern.
+func (s *Store) DeletePolicy(pattern string) error {
+	err := s.update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketPolicies)
+		if b.Get([]byte(pattern)) == nil {
+			return fmt.Errorf("policy for %q: %w", pattern, ErrNotFound)
+		}
+		return b.Delete([]byte(pattern))
+	})
+	if err != nil {
+		return fmt.Errorf("deleting policy %s: %w", pattern, err)
+	}
+	return nil
+}
+
+// EgressCeiling returns the ceiling for repo (see Ceiling).
+func (s *Store) EgressCeiling(repo string) (EgressPolicy, bool, error) {
+	ps, err := s.Policies()
+	if err != nil {
+		return EgressPolicy{}, false, err
+	}
+	p, ok := Ceiling(ps, repo)
+	return p, ok, nil
+}

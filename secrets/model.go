@@ -1,0 +1,250 @@
+// Package secrets holds Airlock's state store (encrypted secrets, grants,
+// egress ceilings, the lease journal and job records), the grant engine
+// that decides which job may use which secret, and the credential broker
+// that mints credentials for a job and revokes them when it ends.
+//
+// Backends (builtin here; Vault and GitHub App in subpackages) sit behind
+// the small Backend interface. Nothing in this package ever logs, returns
+// in an error, or emits in an event a secret value: credentials are named
+// by grant id, lease id and a short keyed fingerprint.
+package secrets
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/airlock-ci/airlock/runner/job"
+)
+
+// Backend names.
+const (
+	BackendBuiltin   = "builtin"
+	BackendVault     = "vault"
+	BackendGitHubApp = "githubapp"
+)
+
+// MinValueLen is the shortest secret value the store accepts: the masker
+// cannot reliably mask shorter values without masking ordinary output.
+const MinValueLen = 8
+
+// DefaultHeader is the header template of a proxy grant without one.
+const DefaultHeader = "Authorization: Bearer {{value}}"
+
+// Secret is a named secret. Params are the backend's non-secret settings
+// (Vault address, path, role id; GitHub App id, installation id); Value is
+// the secret material (the builtin value, a Vault token or AppRole
+// secret_id, a GitHub App private key). Value is only ever stored
+// encrypted.
+type Secret struct {
+	Name    string
+	Backend string
+	Created time.Time
+	Params  map[string]string
+	Value   []byte
+}
+
+// SecretInfo is what may be shown about a secret: never its value.
+type SecretInfo struct {
+	Name    string
+	Backend string
+	Created time.Time
+	Params  map[string]string
+}
+
+// Validate returns every problem of the secret at once.
+func (s *Secret) Validate() error {
+	var errs []error
+	if !job.ValidSecretName(s.Name) {
+		errs = append(errs, fmt.Errorf("name %q: must be 1-128 letters, digits, '.', '_' or '-'", s.Name))
+	}
+	switch s.Backend {
+	case BackendBuiltin, BackendVault, BackendGitHubApp:
+	default:
+		errs = append(errs, fmt.Errorf("backend %q: must be builtin, vault or githubapp", s.Backend))
+	}
+	if len(s.Value) < MinValueLen {
+		errs = append(errs, fmt.Errorf("value: %d bytes is too short; at least %d are needed so that the value can be masked in job output without masking ordinary text", len(s.Value), MinValueLen))
+	}
+	return errors.Join(errs...)
+}
+
+// Grant allows jobs matching its repo, ref, protection, environment and
+// source patterns to receive a secret, delivered one way.
+type Grant struct {
+	ID            string
+	Secret        string
+	Repo          string   // glob: '*' within a path segment, '**' across segments
+	Refs          []string // globs; empty = any ref
+	ProtectedOnly bool
+	Envs          []string // globs; empty = any environment (including none)
+	Source        job.Source
+	Delivery      job.Delivery // env, file or proxy
+	Var           string       // default variable name; the job's declaration wins
+	TTL           time.Duration
+	Hosts         []string          // proxy: hosts the real credential is bound to
+	Header        string            // proxy: header template containing {{value}}
+	Scope         map[string]string // backend specific (vault policies, github permissions)
+	Created       time.Time
+}
+
+// Validate returns every problem of the grant at once, each naming its key.
+func (g *Grant) Validate() error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if !job.ValidSecretName(g.Secret) {
+		add("secret %q: not a valid secret name", g.Secret)
+	}
+	if err := validPattern(g.Repo); err != nil {
+		add("repo %q: %v", g.Repo, err)
+	}
+	for _, r := range g.Refs {
+		if err := validPattern(r); err != nil {
+			add("ref %q: %v", r, err)
+		}
+	}
+	for _, e := range g.Envs {
+		if err := validPattern(e); err != nil {
+			add("env %q: %v", e, err)
+		}
+	}
+	if g.Source != "" && !g.Source.Valid() {
+		add("source %q: must be gitlab, github or local", g.Source)
+	}
+	switch g.Delivery {
+	case job.DeliverEnv, job.DeliverFile:
+		if len(g.Hosts) > 0 {
+			add("host: only proxy delivery binds a credential to hosts")
+		}
+		if g.Header != "" {
+			add("header: only proxy delivery uses a header template")
+		}
+	case job.DeliverProxy:
+		if len(g.Hosts) == 0 {
+			add("host: proxy delivery needs at least one host the credential is bound to")
+		}
+		if g.Header != "" && !strings.Contains(g.Header, "{{value}}") {
+			add("header %q: must contain {{value}}", g.Header)
+		}
+		if g.Header != "" && !strings.Contains(g.Header, ":") {
+			add("header %q: must look like 'Name: template'", g.Header)
+		}
+	default:
+		add("deliver %q: must be env, file or proxy", g.Delivery)
+	}
+	for _, h := range g.Hosts {
+		if h == "" || strings.ContainsAny(h, " /\t") {
+			add("host %q: must be a host name, optionally with :port", h)
+		}
+	}
+	if g.Var != "" && !job.ValidVarName(g.Var) {
+		add("var %q: not a valid variable name", g.Var)
+	}
+	if g.TTL < 0 {
+		add("ttl: must not be negative")
+	}
+	for k := range g.Scope {
+		if k == "" {
+			add("scope: empty key")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// HeaderTemplate is the grant's header template, or DefaultHeader.
+func (g *Grant) HeaderTemplate() string {
+	if g.Header == "" {
+		return DefaultHeader
+	}
+	return g.Header
+}
+
+// EgressPolicy is an admin's egress ceiling for repositories matching
+// RepoPattern: a job may reach at most these host:port entries.
+//
+// Ceilings do not add up: for a repository the most specific matching
+// pattern wins (see Specificity), so an admin can narrow a broad
+// `group/**` ceiling for one project with an exact entry.
+type EgressPolicy struct {
+	RepoPattern string
+	Egress      []string
+	Audit       bool // audit every allowed request, not only denials
+	Created     time.Time
+}
+
+// Validate returns every problem of the policy at once.
+func (p *EgressPolicy) Validate() error {
+	var errs []error
+	if err := validPattern(p.RepoPattern); err != nil {
+		errs = append(errs, fmt.Errorf("repo %q: %w", p.RepoPattern, err))
+	}
+	for _, e := range p.Egress {
+		if strings.TrimSpace(e) == "" || strings.ContainsAny(e, " \t/") {
+			errs = append(errs, fmt.Errorf("egress %q: must be host or host:port", e))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// JobIdentity is what the grant engine and the backends know of a job.
+type JobIdentity struct {
+	JobID       string
+	Repo        string
+	Ref         string
+	Protected   bool
+	Environment string
+	Source      job.Source
+	Timeout     time.Duration
+}
+
+// IdentityOf returns the identity of j.
+func IdentityOf(j *job.Job) JobIdentity {
+	return JobIdentity{JobID: j.ID, Repo: j.Repo, Ref: j.Ref, Protected: j.Protected,
+		Environment: j.Environment, Source: j.Source, Timeout: j.Timeout}
+}
+
+const idAlphabet = "abcdefghijkmnpqrstuvwxyz23456789"
+
+// newID returns n random characters of an unambiguous alphabet.
+func newID(n int) string {
+	return randomString(idAlphabet, n)
+}
+
+func randomString(alphabet string, n int) string {
+	out := make([]byte, n)
+	buf := make([]byte, 1)
+	limit := 256 - 256%len(alphabet)
+	for i := 0; i < n; {
+		if _, err := rand.Read(buf); err != nil {
+			panic(fmt.Sprintf("reading random bytes: %v", err)) // crypto/rand never fails on Linux
+		}
+		if int(buf[0]) >= limit {
+			continue
+		}
+		out[i] = alphabet[int(buf[0])%len(alphabet)]
+		i++
+	}
+	return string(out)
+}
+
+const base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+// SurrogatePrefix starts every surrogate, so the masker and the gateway
+// recognise one.
+const SurrogatePrefix = "airlock_sur_"
+
+// NewSurrogate returns a fresh random surrogate: SurrogatePrefix and 32
+// base62 characters (190 bits).
+func NewSurrogate() string { return SurrogatePrefix + randomString(base62, 32) }
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
