@@ -49,6 +49,9 @@ type Result struct {
 	// Err explains a failure that is not a step's exit code: a refused
 	// declaration, a runner failure, a timeout or a cancel.
 	Err error
+	// AuditTrail is the path of the job's sealed audit trail, when the
+	// runner keeps one.
+	AuditTrail string
 }
 
 // Sentinel causes for cancelling a job's context.

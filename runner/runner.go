@@ -108,6 +108,15 @@ type RunOptions struct {
 	// and only steps that run "always" (after_script) still run. GitLab's
 	// Job-Status "canceling", a first Ctrl-C.
 	Cancel <-chan struct{}
+	// Mask lists values the output must never show besides the job's
+	// masked variables and credentials (e.g. the coordinator's job token).
+	Mask []string
+	// Workspace, if set, fills dir (a fresh, empty host directory) with
+	// the job's sources before the first step, e.g. a git clone done on
+	// the host so that no clone credential enters the job. The runner
+	// copies dir into the job's working directory. Output written to out
+	// goes to the job's log (masked).
+	Workspace func(ctx context.Context, dir string, out io.Writer) error
 }
 
 // Run runs j and returns how it went. Cancelling ctx aborts the job: the
