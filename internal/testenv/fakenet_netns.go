@@ -1,0 +1,102 @@
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync/atomic"
+	"testing"
+
+	"github.com/vishvananda/netns"
+)
+
+var nsCounter atomic.Int64
+
+// NewNetNS creates a named network namespace that stands in for a job
+// container and returns its path (/var/run/netns/NAME). The name carries
+// the test process's pid. It is deleted in t.Cleanup, which also checks
+// that it is gone.
+func NewNetNS(t testing.TB, prefix string) string {
+	t.Helper()
+	name := fmt.Sprintf("%s-%d-%d", prefix, os.Getpid(), nsCounter.Add(1))
+	if err := createNamedNS(name); err != nil {
+		t.Fatalf("creating network namespace %s: %v", name, err)
+	}
+	path := filepath.Join("/var/run/netns", name)
+	t.Cleanup(func() {
+		if err := netns.DeleteNamed(name); err != nil {
+			t.Errorf("deleting network namespace %s: %v", name, err)
+		}
+		if _, err := os.Stat(path); !os.IsNotExist(err) {
+			t.Errorf("network namespace %s still exists after cleanup (stat: %v)", path, err)
+		}
+	})
+	return path
+}
+
+// createNamedNS creates a named namespace on a locked thread and moves the
+// thread back to its original namespace.
+func createNamedNS(name string) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		h, err := netns.NewNamed(name)
+		if err == nil {
+			h.Close()
+		}
+		if serr := netns.Set(orig); serr != nil {
+			errc <- fmt.Errorf("returning to original namespace: %w", serr)
+			return // thread stays locked and is discarded
+		}
+		runtime.UnlockOSThread()
+		errc <- err
+	}()
+	return <-errc
+}
+
+// InNetNS runs fn on a locked OS thread inside the namespace at path.
+// Sockets opened by fn stay in that namespace.
+func InNetNS(path string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromPath(path)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- fmt.Errorf("returning to original namespace: %w", err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// HostNetNS returns the path of the test process's own network namespace.
+func HostNetNS() string { return fmt.Sprintf("/proc/%d/ns/net", os.Getpid()) }

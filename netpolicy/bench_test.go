@@ -1,0 +1,209 @@
+package netpolicy
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const bulkSize = 256 << 20
+
+// startBulkServer serves bulkSize bytes to every connection once the client
+// has sent one byte.
+func startBulkServer(b *testing.B, addr netip.Addr) int {
+	b.Helper()
+	ln, err := net.Listen("tcp4", netip.AddrPortFrom(addr, 0).String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	buf := make([]byte, 1<<20)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				one := make([]byte, 1)
+				if _, err := io.ReadFull(c, one); err != nil {
+					return
+				}
+				for n := 0; n < bulkSize; n += len(buf) {
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// startRelay is a minimal TCP relay on addr:any to target (io.Copy both
+// ways between *net.TCPConn, i.e. splice(2)), the baseline for the gateway.
+func startRelay(b *testing.B, addr netip.Addr, target string) string {
+	b.Helper()
+	ln, err := net.Listen("tcp4", netip.AddrPortFrom(addr, 0).String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				u, err := net.Dial("tcp4", target)
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				go func() {
+					_, _ = io.Copy(u, c)
+					_ = u.(*net.TCPConn).CloseWrite()
+				}()
+				_, _ = io.Copy(c, u)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// cpuTime is this process's user+system CPU time so far.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func fetchBulk(b *testing.B, c net.Conn) time.Duration {
+	b.Helper()
+	defer c.Close()
+	start := time.Now()
+	if _, err := c.Write([]byte{'G'}); err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	var n int
+	var err error
+	for {
+		var m int
+		m, err = c.Read(buf)
+		n += m
+		if err != nil {
+			break
+		}
+	}
+	if err != io.EOF || n != bulkSize {
+		b.Fatalf("received %d bytes (%v), want %d", n, err, bulkSize)
+	}
+	return time.Since(start)
+}
+
+// BenchmarkConnectThroughput moves 256 MiB through a CONNECT tunnel and the
+// same transfer directly, in the same run, and reports both rates and the
+// ratio (target >= 0.9).
+func BenchmarkConnectThroughput(b *testing.B) {
+	tn := newTestNet()
+	port := startBulkServer(b, tn.up1)
+	p := &Policy{Allow: mustEntries(b, "bulk.test:"+strconv.Itoa(port), cidrFor(tn.up1, port))}
+	g := newTestGateway(b, tn, p, gatewayOpts{resolver: StaticResolver{"bulk.test": {tn.up1}}})
+	target := netip.AddrPortFrom(tn.up1, uint16(port)).String()
+	relay := startRelay(b, tn.up2, target)
+	var direct, proxied, relayed, directCPU, proxiedCPU time.Duration
+	for b.Loop() {
+		rc, err := dialer(tn.job).Dial("tcp4", relay)
+		if err != nil {
+			b.Fatal(err)
+		}
+		relayed += fetchBulk(b, rc)
+		c, err := dialer(tn.job).Dial("tcp4", target)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cpu := cpuTime(b)
+		direct += fetchBulk(b, c)
+		directCPU += cpuTime(b) - cpu
+		pc, status := g.connect(b, "bulk.test:"+strconv.Itoa(port))
+		if status != 200 {
+			b.Fatalf("CONNECT = %d", status)
+		}
+		cpu = cpuTime(b)
+		proxied += fetchBulk(b, pc)
+		proxiedCPU += cpuTime(b) - cpu
+	}
+	mb := float64(bulkSize) / (1 << 20) * float64(b.N)
+	b.ReportMetric(mb/direct.Seconds(), "direct-MiB/s")
+	b.ReportMetric(mb/proxied.Seconds(), "connect-MiB/s")
+	b.ReportMetric(direct.Seconds()/proxied.Seconds(), "ratio")
+	// A bare splice relay (no policy, no gateway) bounds what any
+	// userspace TCP proxy can reach on this machine.
+	b.ReportMetric(mb/relayed.Seconds(), "bare-relay-MiB/s")
+	b.ReportMetric(relayed.Seconds()/proxied.Seconds(), "vs-bare-relay")
+	// CPU (user+system, all three parties are in this process) per GiB:
+	// on a CPU-bound loopback run the ratio follows the CPU cost.
+	gib := mb / 1024
+	b.ReportMetric(directCPU.Seconds()*1000/gib, "direct-cpu-ms/GiB")
+	b.ReportMetric(proxiedCPU.Seconds()*1000/gib, "connect-cpu-ms/GiB")
+}
+
+// BenchmarkRequestLatency measures a small GET directly and through the
+// gateway (explicit proxy for http, CONNECT tunnel for https), keep-alive.
+func BenchmarkRequestLatency(b *testing.B) {
+	tn := newTestNet()
+	fake := newFakeCA(b)
+	plain := startUpstream(b, tn.up1, 0, nil, "plain.test")
+	secure := startUpstream(b, tn.up1, 0, fake, "secure.test")
+	p := &Policy{Allow: mustEntries(b, "plain.test:"+strconv.Itoa(plain.port), "secure.test:"+strconv.Itoa(secure.port),
+		cidrFor(tn.up1, plain.port), cidrFor(tn.up1, secure.port))}
+	g := newTestGateway(b, tn, p, gatewayOpts{resolver: StaticResolver{"*.test": {tn.up1}}})
+	direct := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			_, port, _ := net.SplitHostPort(addr)
+			return dialer(tn.job).DialContext(ctx, network, net.JoinHostPort(tn.up1.String(), port))
+		},
+		TLSClientConfig: &tls.Config{RootCAs: fake.pool},
+	}}
+	proxied := g.proxyClient(fake.pool)
+	for _, tc := range []struct {
+		name   string
+		client *http.Client
+		url    string
+	}{
+		{"direct-http", direct, fmt.Sprintf("http://plain.test:%d/", plain.port)},
+		{"proxy-http", proxied, fmt.Sprintf("http://plain.test:%d/", plain.port)},
+		{"direct-https", direct, fmt.Sprintf("https://secure.test:%d/", secure.port)},
+		{"connect-https", proxied, fmt.Sprintf("https://secure.test:%d/", secure.port)},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			for b.Loop() {
+				resp, err := tc.client.Get(tc.url)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+					b.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					b.Fatalf("GET %s = %d", tc.url, resp.StatusCode)
+				}
+			}
+		})
+	}
+}

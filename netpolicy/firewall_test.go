@@ -1,0 +1,319 @@
+package netpolicy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/airlock-ci/airlock/internal/testenv"
+)
+
+func TestNames(t *testing.T) {
+	tests := []struct {
+		runner, job string
+	}{
+		{"runner-1", "job-1"},
+		{"a-very-long-runner-identifier-that-goes-on-and-on", "12345678901234567890"},
+		{"r", "job with spaces and \"quotes\""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.runner+"/"+tc.job, func(t *testing.T) {
+			ifName := HostIfName(tc.runner, tc.job)
+			if len(ifName) > 15 {
+				t.Errorf("HostIfName(%q, %q) = %q, longer than 15", tc.runner, tc.job, ifName)
+			}
+			chain := ChainName(tc.runner, tc.job)
+			if len(chain) > 28 {
+				t.Errorf("ChainName(%q, %q) = %q, longer than 28", tc.runner, tc.job, chain)
+			}
+			rt, jt, ok := parseHostIfName(ifName)
+			if !ok || rt != RunnerTag(tc.runner) || jt != JobTag(tc.job) {
+				t.Errorf("parseHostIfName(%q) = %q, %q, %t, want %q, %q, true", ifName, rt, jt, ok, RunnerTag(tc.runner), JobTag(tc.job))
+			}
+			rt, jt, ok = parseChainName(chain)
+			if !ok || rt != RunnerTag(tc.runner) || jt != JobTag(tc.job) {
+				t.Errorf("parseChainName(%q) = %q, %q, %t", chain, rt, jt, ok)
+			}
+			if jt2, ok := JobTagOfHostIf(RunnerTag(tc.runner), ifName); !ok || jt2 != JobTag(tc.job) {
+				t.Errorf("JobTagOfHostIf(%q) = %q, %t", ifName, jt2, ok)
+			}
+			if c := RuleComment(tc.runner, tc.job); strings.ContainsAny(c, "\"\\\n") || len(c) > 256 {
+				t.Errorf("RuleComment(%q, %q) = %q, has unsafe characters or is too long", tc.runner, tc.job, c)
+			}
+		})
+	}
+	for _, name := range []string{"eth0", "docker0", "al", "alzzzzzzzzzzzzz", "AIRLOCK-abc", "AIRLOCK-abcde-1234567", "AIRLOCK-ABCDE-12345678"} {
+		if _, _, ok := parseHostIfName(name); ok {
+			t.Errorf("parseHostIfName(%q) matched, want no match", name)
+		}
+		if _, _, ok := parseChainName(name); ok {
+			t.Errorf("parseChainName(%q) matched, want no match", name)
+		}
+	}
+}
+
+func testSpec(runner, job string) FirewallSpec {
+	return FirewallSpec{
+		RunnerID: runner, JobID: job, HostIf: HostIfName(runner, job),
+		GatewayIP: netip.MustParseAddr("10.213.0.1"), JobIP: netip.MustParseAddr("10.213.0.2"),
+		TCPPorts: []uint16{3128, 53}, UDPPorts: []uint16{53},
+		TransparentHTTP: 3129, TransparentTLS: 3130,
+	}
+}
+
+func TestRuleSets(t *testing.T) {
+	s := testSpec("r1", "j1")
+	chain := ChainName("r1", "j1")
+	tests := []struct {
+		name      string
+		rules     string
+		want      []string
+		wantNot   []string
+		wantCount map[string]int
+	}{
+		{
+			name:  "host v4 with jumps",
+			rules: hostRules4(s, true),
+			want: []string{
+				":" + chain + " - [0:0]",
+				"-A " + chain + " -s 10.213.0.2/32 -d 10.213.0.1/32 -p tcp -m tcp --dport 3128 -m comment --comment \"airlock runner=r1 job=j1\" -j ACCEPT",
+				"-A " + chain + " -s 10.213.0.2/32 -d 10.213.0.1/32 -p tcp -m tcp --dport 3130 ",
+				"-A " + chain + " -s 10.213.0.2/32 -d 10.213.0.1/32 -p udp -m udp --dport 53 ",
+				"-I INPUT 1 -i " + s.HostIf + " -m comment --comment \"airlock runner=r1 job=j1\" -j " + chain,
+				"-I FORWARD 1 -i " + s.HostIf + " ",
+			},
+			wantCount: map[string]int{"--dport 53 ": 2, "-j DROP": 2},
+		},
+		{
+			name:    "host v4 rewrite",
+			rules:   hostRules4(s, false),
+			wantNot: []string{"INPUT", "FORWARD"},
+		},
+		{
+			name:  "host v6",
+			rules: hostRules6(s),
+			want:  []string{"-I INPUT 1 -i " + s.HostIf, "-I FORWARD 1 -i " + s.HostIf},
+		},
+		{
+			name:  "namespace v4",
+			rules: nsRules4(s),
+			want: []string{
+				":OUTPUT DROP [0:0]", "-A OUTPUT -o lo -j ACCEPT",
+				"-A OUTPUT -d 10.213.0.1/32 -p tcp -m tcp --dport 3129 -j ACCEPT",
+				"-A OUTPUT -p tcp -j REJECT --reject-with tcp-reset",
+				"-A OUTPUT -j REJECT --reject-with icmp-admin-prohibited",
+				"--dport 80 -j DNAT --to-destination 10.213.0.1:3129",
+				"--dport 443 -j DNAT --to-destination 10.213.0.1:3130",
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, w := range tc.want {
+				if !strings.Contains(tc.rules, w) {
+					t.Errorf("rules lack %q:\n%s", w, tc.rules)
+				}
+			}
+			for _, w := range tc.wantNot {
+				if strings.Contains(tc.rules, w) {
+					t.Errorf("rules contain %q:\n%s", w, tc.rules)
+				}
+			}
+			for w, n := range tc.wantCount {
+				if got := strings.Count(tc.rules, w); got != n {
+					t.Errorf("rules contain %q %d times, want %d:\n%s", w, got, n, tc.rules)
+				}
+			}
+		})
+	}
+	noTransparent := s
+	noTransparent.TransparentHTTP, noTransparent.TransparentTLS = 0, 0
+	if r := nsRules4(noTransparent); strings.Contains(r, "DNAT") {
+		t.Errorf("nsRules4 without transparent ports has DNAT rules:\n%s", r)
+	}
+}
+
+func TestDeletionScript(t *testing.T) {
+	mine, other := testSpec("runner-a", "job-1"), testSpec("runner-b", "job-1")
+	mc, oc := ChainName("runner-a", "job-1"), ChainName("runner-b", "job-1")
+	saved := strings.Join([]string{
+		"# Generated by iptables-save",
+		"*filter",
+		":INPUT ACCEPT [0:0]",
+		":FORWARD DROP [0:0]",
+		":" + mc + " - [0:0]",
+		":" + oc + " - [0:0]",
+		":DOCKER - [0:0]",
+		"-A INPUT -i " + mine.HostIf + " -m comment --comment \"airlock runner=runner-a job=job-1\" -j " + mc,
+		"-A INPUT -i " + mine.HostIf + " -m comment --comment \"airlock runner=runner-a job=job-1\" -j " + mc,
+		"-A INPUT -i " + other.HostIf + " -m comment --comment \"airlock runner=runner-b job=job-1\" -j " + oc,
+		"-A FORWARD -i " + mine.HostIf + " -m comment --comment \"airlock runner=runner-a job=job-1\" -j DROP",
+		"-A FORWARD -o docker0 -j DOCKER",
+		"-A " + mc + " -j DROP",
+		"COMMIT",
+		"*nat",
+		":" + mc + " - [0:0]",
+		"COMMIT",
+	}, "\n")
+	runnerA := RunnerTag("runner-a")
+	got := deletionScript(saved, func(rt, jt string) bool { return rt == runnerA })
+	want := strings.Join([]string{
+		"*filter",
+		"-D INPUT -i " + mine.HostIf + " -m comment --comment \"airlock runner=runner-a job=job-1\" -j " + mc,
+		"-D INPUT -i " + mine.HostIf + " -m comment --comment \"airlock runner=runner-a job=job-1\" -j " + mc,
+		"-D FORWARD -i " + mine.HostIf + " -m comment --comment \"airlock runner=runner-a job=job-1\" -j DROP",
+		":" + mc + " - [0:0]",
+		"-X " + mc,
+		"COMMIT", "",
+	}, "\n")
+	if got != want {
+		t.Errorf("deletionScript() =\n%s\nwant\n%s", got, want)
+	}
+	if got := deletionScript(saved, func(string, string) bool { return false }); got != "" {
+		t.Errorf("deletionScript() with no match = %q, want empty", got)
+	}
+}
+
+// TestApplyRemoveOnHost applies a job's rules on the host (without a
+// namespace) with each backend, checks them, re-applies, and removes them
+// twice.
+func TestApplyRemoveOnHost(t *testing.T) {
+	testenv.RequireRoot(t)
+	fw, err := NewFirewall(hclog.NewNullLogger())
+	if err != nil {
+		t.Fatalf("NewFirewall() error = %v", err)
+	}
+	other := map[string]string{"nf_tables": "legacy", "legacy": "nf_tables"}[fw.Backend()]
+	fw2, err := newFirewall(hclog.NewNullLogger(), other)
+	if err != nil {
+		t.Fatalf("newFirewall(%s) error = %v", other, err)
+	}
+	for _, fw := range []*Firewall{fw, fw2} {
+		t.Run(fw.Backend(), func(t *testing.T) { testApplyRemove(t, fw) })
+	}
+}
+
+func testApplyRemove(t *testing.T, fw *Firewall) {
+	runner := fmt.Sprintf("fwtest-%d-%d", os.Getpid(), time.Now().UnixNano())
+	spec := testSpec(runner, "job-1")
+	ctx := context.Background()
+	count := func() int {
+		n := 0
+		for _, bin := range []string{fw.v4.save, fw.v6.save} {
+			out, err := exec.Command(bin).Output()
+			if err != nil {
+				t.Fatalf("%s: %v", bin, err)
+			}
+			n += strings.Count(string(out), RunnerTag(runner))
+		}
+		return n
+	}
+	t.Cleanup(func() {
+		_ = fw.Remove(ctx, spec)
+		if n := count(); n != 0 {
+			t.Errorf("%d iptables lines of runner %s left", n, runner)
+		}
+	})
+	if err := fw.Apply(ctx, spec); err != nil {
+		t.Fatalf("Apply() error = %v", err)
+	}
+	if err := fw.Verify(ctx, spec); err != nil {
+		t.Errorf("Verify() after Apply error = %v", err)
+	}
+	first := count()
+	if err := fw.Apply(ctx, spec); err != nil {
+		t.Fatalf("second Apply() error = %v", err)
+	}
+	if n := count(); n != first {
+		t.Errorf("after second Apply %d lines carry the runner tag, want %d (no duplicates)", n, first)
+	}
+	for i := range 2 {
+		if err := fw.Remove(ctx, spec); err != nil {
+			t.Fatalf("Remove() #%d error = %v", i+1, err)
+		}
+	}
+	if n := count(); n != 0 {
+		t.Errorf("after Remove %d lines carry the runner tag, want 0", n)
+	}
+	if err := fw.Verify(ctx, spec); err == nil {
+		t.Errorf("Verify() after Remove succeeded, want an error")
+	}
+	hostNS := spec
+	hostNS.NetNS = testenv.HostNetNS()
+	if err := fw.Apply(ctx, hostNS); err == nil || !strings.Contains(err.Error(), "refusing") {
+		t.Errorf("Apply() in the host namespace error = %v, want a refusal", err)
+	}
+	if err := fw.Apply(ctx, FirewallSpec{RunnerID: runner, JobID: "j", HostIf: "bad name"}); err == nil {
+		t.Errorf("Apply() with an invalid spec succeeded, want an error")
+	}
+}
+
+func TestGroupCommit(t *testing.T) {
+	var g groupCommit
+	var mu sync.Mutex
+	var calls []string
+	release := make(chan struct{})
+	run := func(_ context.Context, body string) error {
+		if body == "block\n" {
+			<-release
+		}
+		mu.Lock()
+		calls = append(calls, body)
+		mu.Unlock()
+		if strings.Contains(body, "bad") {
+			return errors.New("bad rule")
+		}
+		return nil
+	}
+	ctx := context.Background()
+	first := make(chan error, 1)
+	go func() { first <- g.submit(ctx, "block\n", run) }()
+	// Wait until the first batch runs, then queue more behind it.
+	for {
+		g.mu.Lock()
+		running := g.running
+		g.mu.Unlock()
+		if running {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	bodies := []string{"a\n", "bad\n", "c\n"}
+	errs := make([]error, len(bodies))
+	var wg sync.WaitGroup
+	for i, b := range bodies {
+		wg.Go(func() { errs[i] = g.submit(ctx, b, run) })
+	}
+	for {
+		g.mu.Lock()
+		n := len(g.pending)
+		g.mu.Unlock()
+		if n == len(bodies) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	if err := <-first; err != nil {
+		t.Errorf("submit(block) = %v, want nil", err)
+	}
+	for i, b := range bodies {
+		if wantErr := b == "bad\n"; (errs[i] != nil) != wantErr {
+			t.Errorf("submit(%q) = %v, want error %t", b, errs[i], wantErr)
+		}
+	}
+	// One combined attempt, then one by one.
+	if got := len(calls); got != 5 {
+		t.Errorf("run called %d times (%q), want 5: block, the failed batch and 3 single retries", got, calls)
+	}
+}

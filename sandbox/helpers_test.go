@@ -1,0 +1,131 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/vishvananda/netlink"
+
+	"github.com/airlock-ci/airlock/internal/testenv"
+	"github.com/airlock-ci/airlock/netpolicy"
+)
+
+// Gateway ports used by the tests.
+const (
+	proxyPort       = 3128
+	dnsPort         = 53
+	transparentHTTP = 3129
+	transparentTLS  = 3130
+)
+
+var runnerSeq atomic.Int64
+
+// uniqueRunnerID returns a runner id no other test process uses, so that
+// parallel test processes never sweep each other.
+func uniqueRunnerID() string {
+	return fmt.Sprintf("test-%d-%d-%d", os.Getpid(), time.Now().UnixNano(), runnerSeq.Add(1))
+}
+
+func newFirewall(t testing.TB) *netpolicy.Firewall {
+	t.Helper()
+	fw, err := netpolicy.NewFirewall(testLogger())
+	if err != nil {
+		t.Fatalf("NewFirewall() error = %v", err)
+	}
+	return fw
+}
+
+// newManager returns a Manager with its own runner id and pool file; at
+// cleanup it asserts that nothing of the runner is left on the host.
+func newManager(t testing.TB, runnerID, poolFile string) *Manager {
+	t.Helper()
+	if poolFile == "" {
+		poolFile = filepath.Join(t.TempDir(), "netpool.json")
+	}
+	m, err := NewManager(Config{
+		RunnerID:        runnerID,
+		PoolFile:        poolFile,
+		Firewall:        newFirewall(t),
+		TCPPorts:        []uint16{dnsPort, proxyPort},
+		UDPPorts:        []uint16{dnsPort},
+		TransparentHTTP: transparentHTTP,
+		TransparentTLS:  transparentTLS,
+		Logger:          testLogger(),
+	})
+	if err != nil {
+		t.Fatalf("NewManager() error = %v", err)
+	}
+	t.Cleanup(func() { assertNothingLeft(t, runnerID) })
+	return m
+}
+
+// setup sets up a sandbox in a fresh namespace, torn down at cleanup.
+func setup(t testing.TB, m *Manager, jobID string) *Network {
+	t.Helper()
+	ns := testenv.NewNetNS(t, "airlock-sbx")
+	n, err := m.Setup(context.Background(), jobID, ns)
+	if err != nil {
+		t.Fatalf("Setup(%q) error = %v", jobID, err)
+	}
+	t.Cleanup(func() {
+		if err := n.Teardown(context.Background()); err != nil {
+			t.Errorf("Teardown(%q) error = %v", jobID, err)
+		}
+	})
+	return n
+}
+
+// leftovers lists the links, iptables and ip6tables lines that carry the
+// runner's tag or id.
+func leftovers(t testing.TB, runnerID string) []string {
+	t.Helper()
+	tag := netpolicy.RunnerTag(runnerID)
+	var out []string
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Fatalf("listing links: %v", err)
+	}
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, netpolicy.HostIfPrefix+tag) {
+			out = append(out, "link "+l.Attrs().Name)
+		}
+	}
+	for _, bin := range []string{"iptables-save", "ip6tables-save"} {
+		b, err := exec.Command(bin).Output()
+		if err != nil {
+			t.Fatalf("running %s: %v", bin, err)
+		}
+		for line := range strings.Lines(string(b)) {
+			if strings.Contains(line, netpolicy.ChainPrefix+tag) || strings.Contains(line, netpolicy.HostIfPrefix+tag) ||
+				strings.Contains(line, "runner="+runnerID+" ") {
+				out = append(out, bin+": "+strings.TrimSpace(line))
+			}
+		}
+	}
+	return out
+}
+
+func assertNothingLeft(t testing.TB, runnerID string) {
+	t.Helper()
+	if l := leftovers(t, runnerID); len(l) > 0 {
+		t.Errorf("resources of runner %s left on the host:\n%s", runnerID, strings.Join(l, "\n"))
+	}
+}
+
+// testLogger logs to stderr at the level AIRLOCK_TEST_LOG names (e.g.
+// "debug" shows Setup's phase timings), and nothing by default.
+func testLogger() hclog.Logger {
+	lvl := os.Getenv("AIRLOCK_TEST_LOG")
+	if lvl == "" {
+		return hclog.NewNullLogger()
+	}
+	return hclog.New(&hclog.LoggerOptions{Level: hclog.LevelFromString(lvl), Output: os.Stderr})
+}

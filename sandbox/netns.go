@@ -1,0 +1,61 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+
+	"github.com/vishvananda/netns"
+)
+
+// inNetNS runs fn on a locked OS thread that has entered target. Use it for
+// what follows the thread's namespace (/proc/sys/net, sockets, exec); use
+// netlink.NewHandleAt for link operations. If the thread cannot return to
+// its original namespace it stays locked, so the Go runtime discards it.
+func inNetNS(target netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("getting current network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(target); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("entering network namespace: %w", err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("leaving network namespace: %w", err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// writeSysctls writes /proc/sys values (keys use "/" separators) in the
+// calling thread's network namespace. A missing net/ipv6 key means the
+// kernel has no IPv6, which is what disabling it wants.
+func writeSysctls(kv map[string]string) error {
+	var errs []error
+	for k, v := range kv {
+		err := os.WriteFile("/proc/sys/"+k, []byte(v), 0o644)
+		if errors.Is(err, os.ErrNotExist) && strings.HasPrefix(k, "net/ipv6/") {
+			if _, serr := os.Stat("/proc/sys/net/ipv6"); errors.Is(serr, os.ErrNotExist) {
+				continue
+			}
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("setting sysctl %s: %w", k, err))
+		}
+	}
+	return errors.Join(errs...)
+}
