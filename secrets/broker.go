@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/airlock-ci/airlock/internal/procs"
 	"github.com/airlock-ci/airlock/runner/job"
 )
 
@@ -171,7 +172,11 @@ func (b *Broker) Prepare(ctx context.Context, id JobIdentity, reqs []job.SecretR
 	}
 
 	now := time.Now().UTC()
-	jr := &JobRecord{ID: id.JobID, Repo: id.Repo, Ref: id.Ref, State: JobRunning, Started: now}
+	owner, err := procs.Self()
+	if err != nil {
+		return nil, fmt.Errorf("preparing credentials for job %s: %w", id.JobID, err)
+	}
+	jr := &JobRecord{ID: id.JobID, Repo: id.Repo, Ref: id.Ref, State: JobRunning, Started: now, Owner: owner}
 	leases := make([]*leaseRecord, len(plan))
 	for i := range plan {
 		p := &plan[i]
@@ -282,7 +287,8 @@ func (b *Broker) Release(ctx context.Context, jobID string) error {
 }
 
 // Recover, run once on start before any job, revokes every credential of
-// every job the journal shows unfinished (a crash), marks those jobs
+// every job the journal shows unfinished whose owning process is gone (a
+// crash; jobs of other live airlock processes are left alone), marks those jobs
 // recovered and returns them so the caller can report them failed. An
 // intent without a handle (crash between journal and mint) cannot be
 // revoked by handle: it is recorded and evented as outcome unknown; the
@@ -293,8 +299,12 @@ func (b *Broker) Recover(ctx context.Context) ([]JobRecord, error) {
 		return nil, fmt.Errorf("recovering: %w", err)
 	}
 	var errs []error
+	var recovered []JobRecord
 	for i := range jobs {
 		jr := &jobs[i]
+		if jr.Owner.Alive() {
+			continue // another airlock process on this host runs it
+		}
 		b.log.Warn("revoking credentials of a job left by a crash", "job", jr.ID)
 		leases, err := b.store.jobLeases(jr.ID)
 		if err != nil {
@@ -319,9 +329,10 @@ func (b *Broker) Recover(ctx context.Context) ([]JobRecord, error) {
 			errs = append(errs, fmt.Errorf("marking job %s recovered: %w", jr.ID, err))
 		}
 		jr.State = JobRecovered
+		recovered = append(recovered, *jr)
 	}
 	if err := errors.Join(errs...); err != nil {
-		return jobs, fmt.Errorf("recovering: %w", err)
+		return recovered, fmt.Errorf("recovering: %w", err)
 	}
-	return jobs, nil
+	return recovered, nil
 }

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/airlock-ci/airlock/internal/procs"
 )
 
 // LeaseState is where a credential is in its life.
@@ -83,6 +85,9 @@ type JobRecord struct {
 	State    JobState  `json:"state"`
 	Started  time.Time `json:"started"`
 	Finished time.Time `json:"finished,omitzero"`
+	// Owner is the process that runs the job; recovery leaves the jobs of
+	// live processes alone.
+	Owner procs.Owner `json:"owner"`
 }
 
 // putLeases writes lease records (and optionally a job record) in one
