@@ -115,3 +115,9 @@ const (
 	LabelRunner = "io.airlock.runner"
 	LabelJob    = "io.airlock.job"
 )
+
+// Uploader is an optional Container capability: copying a tar stream into
+// a directory of the container (the job's sources, for example).
+type Uploader interface {
+	Upload(ctx context.Context, dir string, tarStream io.Reader) error
+}

@@ -3,6 +3,8 @@ package runner
 import (
 	"errors"
 	"time"
+
+	"github.com/airlock-ci/airlock/netpolicy"
 )
 
 // State is how a job ended.
@@ -52,6 +54,9 @@ type Result struct {
 	// AuditTrail is the path of the job's sealed audit trail, when the
 	// runner keeps one.
 	AuditTrail string
+	// Egress is what the job's gateway allowed and denied (nil when the
+	// runner gives jobs no network).
+	Egress *netpolicy.Summary
 }
 
 // Sentinel causes for cancelling a job's context.

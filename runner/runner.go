@@ -17,8 +17,14 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/airlock-ci/airlock/audit"
 	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/executors/docker"
+	"github.com/airlock-ci/airlock/internal/procs"
+	"github.com/airlock-ci/airlock/netpolicy"
 	"github.com/airlock-ci/airlock/runner/job"
+	"github.com/airlock-ci/airlock/secrets"
+	"github.com/airlock-ci/airlock/secrets/mask"
 )
 
 // Config configures a Runner.
@@ -63,9 +69,19 @@ type Runner struct {
 	exec executors.Executor
 	log  hclog.Logger
 
-	// Hooks observe the job's lifecycle (audit trail, metrics, the
-	// terminal summary). Each hook must return quickly.
+	// Hooks observe the job's lifecycle (metrics, for example). Each hook
+	// must return quickly.
 	Hooks []Hook
+
+	// Optional parts. A job that declares what a missing part provides
+	// (egress, secrets) is refused before anything of it runs.
+	Network *Network        // per-job netns, firewall and egress gateway
+	Broker  *secrets.Broker // grants, minting and revocation of credentials
+	Audit   *Auditor        // tamper-evident trail of every job
+
+	owner   procs.Owner
+	docker  *docker.Executor // for recovery, when Open built the runner
+	closers *closers
 }
 
 // New returns a Runner that creates job containers with exec.
@@ -88,7 +104,11 @@ func New(cfg Config, exec executors.Executor, log hclog.Logger) (*Runner, error)
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	return &Runner{cfg: cfg, exec: exec, log: log}, nil
+	owner, err := procs.Self()
+	if err != nil {
+		return nil, fmt.Errorf("creating runner: %w", err)
+	}
+	return &Runner{cfg: cfg, exec: exec, log: log, owner: owner}, nil
 }
 
 // Hook observes a job. Calls for one job come from one goroutine, in
@@ -117,6 +137,10 @@ type RunOptions struct {
 	// copies dir into the job's working directory. Output written to out
 	// goes to the job's log (masked).
 	Workspace func(ctx context.Context, dir string, out io.Writer) error
+	// AwaitAudit makes Run wait (bounded by the cleanup timeout) until the
+	// sealed audit trail is in the directory sink, so that
+	// Result.AuditTrail can be read (e.g. uploaded) when Run returns.
+	AwaitAudit bool
 }
 
 // Run runs j and returns how it went. Cancelling ctx aborts the job: the
@@ -132,12 +156,23 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 	if out == nil {
 		out = io.Discard
 	}
+	masker := mask.New(out, append(j.Masked(), o.Mask...)...)
 	res = &Result{State: Failed, Reason: RunnerSystemFailure}
+	e := &execution{r: r, j: j, log: log, out: masker, masker: masker, opts: o}
 	for _, h := range r.Hooks {
 		h.JobStarted(j)
 	}
 	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.CleanupTimeout)
+		defer cancel()
 		res.Duration = time.Since(start)
+		err = e.finish(cctx, res)
+		if err != nil {
+			log.Error("teardown failed", "error", err)
+		}
+		if cerr := masker.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("flushing job output: %w", cerr)
+		}
 		for _, h := range r.Hooks {
 			h.JobFinished(j, res)
 		}
@@ -147,9 +182,17 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 		res.Reason, res.Err = ConfigurationError, fmt.Errorf("invalid job: %w", err)
 		return res, nil
 	}
-	if err := r.refuseUnsupported(j); err != nil {
-		res.Reason, res.Err = Unauthorized, err
-		return res, nil
+	if r.Audit != nil {
+		// No job runs unaudited: a trail that cannot be written fails it.
+		var err error
+		if e.trail, err = r.Audit.open(r.cfg.RunnerID, j, masker.MaskString, log); err != nil {
+			res.Err = err
+			return res, nil
+		}
+		if err := e.trail.record(ctx, audit.NewJobAccepted(string(j.Source), j.Repo, j.Ref, j.SHA, j.Protected, j.Environment, j.Image)); err != nil {
+			res.Err = err
+			return res, nil
+		}
 	}
 
 	timeout := j.Timeout
@@ -173,17 +216,17 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 		}()
 	}
 
-	e := &execution{r: r, j: j, log: log, out: out}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.CleanupTimeout)
-		defer cancel()
-		if err = e.teardown(cctx); err != nil {
-			log.Error("teardown failed", "error", err)
+	fmt.Fprintf(masker, "Running job %s on runner %s\n", j.ID, r.cfg.RunnerID)
+	if err := e.decide(jobCtx); err != nil {
+		res.Err = err
+		var denied *DeniedError
+		if errors.As(err, &denied) {
+			res.Reason = Unauthorized
+			fmt.Fprintf(masker, "\x1b[31;1mJob refused before running: %v\x1b[0;m\n", err)
 		}
-	}()
-
-	fmt.Fprintf(out, "Running job %s on runner %s\n", j.ID, r.cfg.RunnerID)
-	fmt.Fprintf(out, "Preparing a hardened container from %s\n", j.Image)
+		return res, nil
+	}
+	fmt.Fprintf(masker, "Preparing a hardened container from %s\n", j.Image)
 	if err := e.prepare(jobCtx); err != nil {
 		res.Err = err
 		if errors.Is(err, executors.ErrImageNotFound) {
@@ -192,26 +235,11 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 		if jobCtx.Err() != nil {
 			r.endState(res, ctx, jobCtx)
 		}
+		fmt.Fprintf(masker, "\x1b[31;1mPreparing the job failed: %v\x1b[0;m\n", err)
 		return res, nil
 	}
 	e.runSteps(ctx, jobCtx, res)
 	return res, nil
-}
-
-// refuseUnsupported refuses declarations this runner cannot honour yet,
-// rather than silently ignore them.
-func (r *Runner) refuseUnsupported(j *job.Job) error {
-	var errs []error
-	if len(j.Secrets) > 0 {
-		errs = append(errs, fmt.Errorf("the job declares secrets (%s), but this runner has no secrets broker: Airlock does not yet deliver credentials", j.Secrets[0].Name))
-	}
-	if len(j.Egress) > 0 {
-		errs = append(errs, fmt.Errorf("the job declares egress (%s), but this runner has no egress gateway: Airlock does not yet give jobs a network", j.Egress[0]))
-	}
-	if len(errs) > 0 {
-		return &DeniedError{Err: errors.Join(errs...)}
-	}
-	return nil
 }
 
 // endState sets a result's state from why the job's context ended.
@@ -233,29 +261,92 @@ func (r *Runner) endState(res *Result, ctx, jobCtx context.Context) {
 
 // execution is one job's run: what was set up, to be torn down.
 type execution struct {
-	r   *Runner
-	j   *job.Job
-	log hclog.Logger
-	out io.Writer
+	r      *Runner
+	j      *job.Job
+	log    hclog.Logger
+	out    io.Writer // masked
+	masker *mask.Writer
+	opts   RunOptions
 
-	dir string // runtime directory on the host
-	ctr executors.Container
-	env []string
+	trail  *jobTrail
+	dir    string // runtime directory on the host
+	policy *netpolicy.Policy
+	creds  *jobCredentials
+	ctr    executors.Container
+	net    *jobNetwork
+	env    []string
 }
 
-func (e *execution) prepare(ctx context.Context) error {
-	e.dir = filepath.Join(e.r.cfg.RuntimeDir, "jobs", e.r.cfg.RunnerID+"-"+e.j.ID)
+// decide settles what the job may use before anything of it exists: its
+// effective egress and its credentials (minted here). A declaration the
+// admin's policy does not allow is a *DeniedError.
+func (e *execution) decide(ctx context.Context) error {
+	j, r := e.j, e.r
+	if len(j.Secrets) > 0 && r.Broker == nil {
+		return &DeniedError{Err: fmt.Errorf("the job declares secrets (%s), but this runner has no secret store", j.Secrets[0].Name)}
+	}
+	if len(j.Egress) > 0 && r.Network == nil {
+		return &DeniedError{Err: fmt.Errorf("the job declares egress (%s), but this runner has no egress gateway", j.Egress[0])}
+	}
+	if r.Network != nil {
+		p, err := r.Network.policy(j)
+		if err != nil {
+			return err
+		}
+		e.policy = p
+	}
+	e.dir = filepath.Join(r.cfg.RuntimeDir, "jobs", r.cfg.RunnerID+"-"+j.ID)
 	if err := os.MkdirAll(filepath.Dir(e.dir), 0o700); err != nil {
 		return fmt.Errorf("creating runtime directory: %w", err)
 	}
 	if err := os.Mkdir(e.dir, 0o755); err != nil {
-		return fmt.Errorf("creating runtime directory for job %s: %w", e.j.ID, err)
+		e.dir = "" // not ours to remove
+		return fmt.Errorf("creating runtime directory for job %s: %w", j.ID, err)
 	}
+	if err := os.WriteFile(filepath.Join(e.dir, ownerFile), []byte(r.owner.String()+"\n"), 0o444); err != nil {
+		return fmt.Errorf("creating runtime directory for job %s: %w", j.ID, err)
+	}
+	if len(j.Secrets) == 0 {
+		return nil
+	}
+	jc, err := r.credentials(ctx, j, e.dir)
+	e.creds = jc // release whatever was minted, also on error
+	if jc != nil {
+		e.masker.Add(jc.mask...)
+	}
+	if err != nil {
+		return err
+	}
+	if e.policy != nil && len(jc.bound) > 0 {
+		hosts, err := netpolicy.ParseEntries(jc.hosts)
+		if err != nil {
+			return fmt.Errorf("credential hosts: %w", err)
+		}
+		e.policy.Allow = append(e.policy.Allow, hosts...)
+		e.policy.Credentials = jc.bound
+	}
+	return nil
+}
+
+func (e *execution) prepare(ctx context.Context) error {
 	env, err := e.variables()
 	if err != nil {
 		return err
 	}
-	e.env = env
+	mounts := []executors.Mount{{Source: e.dir, Target: containerRunDir}}
+	resolv := filepath.Join(e.dir, "resolv.conf")
+	if e.r.Network != nil {
+		// Written again once the gateway's address is known (same inode,
+		// so the bind mount shows the new content).
+		if err := os.WriteFile(resolv, []byte("# the job's gateway is not up yet\n"), 0o444); err != nil {
+			return fmt.Errorf("writing resolv.conf: %w", err)
+		}
+		mounts = append(mounts, executors.Mount{Source: resolv, Target: "/etc/resolv.conf"})
+		if err := os.WriteFile(filepath.Join(e.dir, "ca.pem"), e.r.Network.trustBundle(), 0o444); err != nil {
+			return fmt.Errorf("writing the job's CA bundle: %w", err)
+		}
+		env = append(env, caVariables(containerRunDir+"/ca.pem")...)
+	}
 	ctr, err := e.r.exec.Create(ctx, executors.Spec{
 		RunnerID: e.r.cfg.RunnerID,
 		JobID:    e.j.ID,
@@ -264,13 +355,48 @@ func (e *execution) prepare(ctx context.Context) error {
 		Limits:   e.r.cfg.Limits,
 		WorkDir:  e.r.cfg.WorkDir,
 		User:     e.r.cfg.User,
-		Mounts:   []executors.Mount{{Source: e.dir, Target: containerRunDir}},
+		Mounts:   mounts,
+		Labels:   map[string]string{labelOwner: e.r.owner.String()},
 	})
 	if err != nil {
 		return fmt.Errorf("preparing container: %w", err)
 	}
 	e.ctr = ctr
+	if e.r.Network != nil {
+		var events func(netpolicy.Event)
+		if e.trail != nil {
+			events = func(ev netpolicy.Event) { e.trail.note(context.Background(), gatewayEvent(ev)) }
+		}
+		jn, err := e.r.Network.attach(ctx, e.j.ID, ctr.NetNS(), e.policy, events)
+		if err != nil {
+			return fmt.Errorf("isolating the job's network: %w", err)
+		}
+		e.net = jn
+		if err := rewriteInPlace(resolv, resolvConf(jn.gateway())); err != nil {
+			return fmt.Errorf("writing resolv.conf: %w", err)
+		}
+		env = append(env, jn.env()...)
+	}
+	if e.creds != nil {
+		env = append(env, e.creds.env...)
+	}
+	e.env = env
+	if e.opts.Workspace != nil {
+		if err := e.workspace(ctx); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// rewriteInPlace replaces a file's content keeping its inode.
+func rewriteInPlace(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write(b)
+	return errors.Join(werr, f.Close())
 }
 
 // variables returns the steps' environment: predefined variables, then
@@ -369,6 +495,7 @@ func (e *execution) step(ctx, jobCtx context.Context, s job.Step) StepResult {
 		defer cancel()
 	}
 	fmt.Fprintf(e.out, "\x1b[36;1m>>> step %s\x1b[0;m\n", s.Name)
+	e.trail.note(ctx, audit.NewStepStarted(s.Name))
 	start := time.Now()
 	code, err := e.ctr.Exec(stepCtx, executors.Exec{
 		Cmd:     stepShell,
@@ -385,23 +512,54 @@ func (e *execution) step(ctx, jobCtx context.Context, s job.Step) StepResult {
 		sr.ExitCode = -1
 		fmt.Fprintf(e.out, "\x1b[31;1mstep %s stopped: %v\x1b[0;m\n", s.Name, err)
 	}
+	e.trail.note(ctx, audit.NewStepFinished(s.Name, sr.ExitCode, sr.Duration))
 	for _, h := range e.r.Hooks {
 		h.StepFinished(e.j, sr)
 	}
 	return sr
 }
 
-// teardown undoes everything prepare did, whatever state it reached.
-func (e *execution) teardown(ctx context.Context) error {
+// finish undoes everything decide and prepare did, whatever state they
+// reached, on every path: the container goes first (so nothing of the job
+// runs any more), then its network, then its credentials are revoked; the
+// audit trail is sealed last so that it records the revocations.
+func (e *execution) finish(ctx context.Context, res *Result) error {
 	var errs []error
 	if e.ctr != nil {
 		if err := e.ctr.Destroy(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("removing container of job %s: %w", e.j.ID, err))
 		}
 	}
+	if e.net != nil {
+		res.Egress = e.net.summary()
+		if err := e.net.close(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if e.creds != nil {
+		if err := e.r.release(ctx, e.j.ID, e.creds); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if e.dir != "" {
 		if err := os.RemoveAll(e.dir); err != nil {
 			errs = append(errs, fmt.Errorf("removing runtime directory of job %s: %w", e.j.ID, err))
+		}
+	}
+	if e.trail != nil {
+		if len(errs) > 0 {
+			e.trail.note(ctx, audit.NewAlert("teardown", errors.Join(errs...).Error(), nil))
+		}
+		path, size, err := e.r.Audit.seal(ctx, e.trail, res)
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			res.AuditTrail = path
+			if e.opts.AwaitAudit {
+				if err := awaitDelivered(ctx, path, size); err != nil {
+					errs = append(errs, err)
+				}
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -15,7 +16,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/airlock-ci/airlock/executors"
-	"github.com/airlock-ci/airlock/executors/docker"
 	"github.com/airlock-ci/airlock/runner"
 	"github.com/airlock-ci/airlock/runner/config"
 	"github.com/airlock-ci/airlock/runner/job"
@@ -25,10 +25,14 @@ import (
 func init() { addCommand(newExecCmd) }
 
 type execOptions struct {
-	image   string
-	timeout time.Duration
-	vars    []string
-	pull    string
+	image     string
+	timeout   time.Duration
+	vars      []string
+	pull      string
+	repo      string
+	ref       string
+	env       string
+	protected bool
 }
 
 func newExecCmd(g *globals) *cobra.Command {
@@ -52,8 +56,12 @@ second one aborts the job at once. Either way the container is removed.`,
 	f := cmd.Flags()
 	f.StringVar(&o.image, "image", "", "image to run the job in (overrides the job file's)")
 	f.DurationVar(&o.timeout, "timeout", 0, "job timeout (overrides the job file's), e.g. 10m")
-	f.StringArrayVarP(&o.vars, "env", "e", nil, "set a job variable KEY=VALUE (repeatable)")
+	f.StringArrayVarP(&o.vars, "var", "e", nil, "set a job variable KEY=VALUE (repeatable)")
 	f.StringVar(&o.pull, "pull-policy", "", "image pull policy: if-not-present, never or always (default from config)")
+	f.StringVar(&o.repo, "repo", "", "repository the job runs for, which decides its grants and egress ceiling (default: the git checkout's remote path)")
+	f.StringVar(&o.ref, "ref", "", "branch or tag the job runs for (default: the git checkout's current branch)")
+	f.StringVar(&o.env, "env", "", "deployment environment the job runs in (grants may be limited to environments)")
+	f.BoolVar(&o.protected, "protected", false, "the ref is protected (grants may be limited to protected refs)")
 	return cmd
 }
 
@@ -89,36 +97,29 @@ func runExec(cmd *cobra.Command, g *globals, o execOptions, path string) error {
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
-	log := g.Logger()
-	runnerID, err := runner.LoadOrCreateID(cfg.StateDir)
-	if err != nil {
-		return err
-	}
-	pull := executors.PullPolicy(cfg.Docker.Pull)
 	if o.pull != "" {
-		if pull, err = executors.ParsePullPolicy(o.pull); err != nil {
+		if _, err := executors.ParsePullPolicy(o.pull); err != nil {
 			return &exitError{code: 2, msg: "--pull-policy: " + err.Error()}
 		}
+		cfg.Docker.Pull = o.pull
 	}
-
+	log := g.Logger()
 	ctx, cancel, stop := jobSignals(cmd.Context(), cmd.ErrOrStderr())
 	defer stop()
-	ex, err := docker.New(ctx, cfg.Docker, log)
+	r, err := runner.Open(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	defer ex.Close()
-	r, err := runner.New(runner.Config{
-		RunnerID:   runnerID,
-		RuntimeDir: cfg.RuntimeDir,
-		Grace:      ex.Grace(),
-		Pull:       pull,
-	}, ex, log)
-	if err != nil {
-		return err
+	defer func() {
+		if cerr := r.Close(); cerr != nil {
+			log.Error("closing the runner", "error", cerr)
+		}
+	}()
+	if _, err := r.Recover(ctx); err != nil {
+		log.Warn("recovering after an earlier crash", "error", err)
 	}
 	out := cmd.OutOrStdout()
-	res, err := r.Run(ctx, j, runner.RunOptions{Out: out, Cancel: cancel})
+	res, err := r.Run(ctx, j, runner.RunOptions{Out: out, Cancel: cancel, AwaitAudit: true})
 	printSummary(out, res)
 	if err != nil {
 		return fmt.Errorf("cleaning up after job %s: %w", j.ID, err)
@@ -149,6 +150,14 @@ func applyExecFlags(j *job.Job, o execOptions) error {
 	if o.timeout > 0 {
 		j.Timeout = o.timeout
 	}
+	j.Repo, j.Ref, j.SHA = gitIdentity()
+	if o.repo != "" {
+		j.Repo = o.repo
+	}
+	if o.ref != "" {
+		j.Ref = o.ref
+	}
+	j.Environment, j.Protected = o.env, o.protected
 	for _, kv := range o.vars {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || !job.ValidVarName(k) {
@@ -218,6 +227,12 @@ func printSummary(w io.Writer, res *runner.Result) {
 		}
 	}
 	tw.Flush()
+	if res.Egress != nil {
+		fmt.Fprintf(w, "Egress: %s\n", res.Egress)
+	}
+	if res.AuditTrail != "" {
+		fmt.Fprintf(w, "Audit trail: %s (airlock audit verify %s)\n", res.AuditTrail, res.AuditTrail)
+	}
 	switch res.State {
 	case runner.Success:
 		fmt.Fprintf(w, "Job succeeded in %s\n", res.Duration.Round(time.Millisecond))
@@ -254,4 +269,40 @@ func resultExit(res *runner.Result) error {
 		return &exitError{code: exitRefused}
 	}
 	return &exitError{code: exitRunnerFailure}
+}
+
+// gitIdentity reads the repository path, branch and commit of the git
+// checkout in the working directory; empty where there is none.
+func gitIdentity() (repo, ref, sha string) {
+	git := func(args ...string) string {
+		out, err := exec.Command("git", args...).Output()
+		if err != nil {
+			return ""
+		}
+		return strings.TrimSpace(string(out))
+	}
+	repo = repoPath(git("remote", "get-url", "origin"))
+	if ref = git("rev-parse", "--abbrev-ref", "HEAD"); ref == "HEAD" {
+		ref = ""
+	}
+	return repo, ref, git("rev-parse", "HEAD")
+}
+
+// repoPath turns a git remote URL into a repository path: group/project.
+func repoPath(remote string) string {
+	s := strings.TrimSuffix(strings.TrimSpace(remote), ".git")
+	if s == "" {
+		return ""
+	}
+	if i := strings.Index(s, "://"); i >= 0 {
+		s = s[i+3:]
+		if j := strings.IndexByte(s, '/'); j >= 0 {
+			return strings.Trim(s[j+1:], "/")
+		}
+		return ""
+	}
+	if _, after, ok := strings.Cut(s, ":"); ok { // scp-like git@host:group/project
+		return strings.Trim(after, "/")
+	}
+	return strings.Trim(s, "/")
 }

@@ -303,9 +303,9 @@ func drainPull(rc io.ReadCloser) error {
 	}
 }
 
-// Leftovers lists the ids of containers labelled with runnerID, mapped to
-// their job ids.
-func (e *Executor) Leftovers(ctx context.Context, runnerID string) (map[string]string, error) {
+// Leftovers lists the containers labelled with runnerID: their ids mapped
+// to their labels.
+func (e *Executor) Leftovers(ctx context.Context, runnerID string) (map[string]map[string]string, error) {
 	list, err := e.cli.ContainerList(ctx, container.ListOptions{
 		All:     true,
 		Filters: filters.NewArgs(filters.Arg("label", executors.LabelRunner+"="+runnerID)),
@@ -313,9 +313,9 @@ func (e *Executor) Leftovers(ctx context.Context, runnerID string) (map[string]s
 	if err != nil {
 		return nil, fmt.Errorf("listing containers of runner %s: %w", runnerID, err)
 	}
-	out := make(map[string]string, len(list))
+	out := make(map[string]map[string]string, len(list))
 	for _, c := range list {
-		out[c.ID] = c.Labels[executors.LabelJob]
+		out[c.ID] = c.Labels
 	}
 	return out, nil
 }
@@ -480,4 +480,12 @@ func shortID(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+// Upload implements executors.Uploader.
+func (c *Container) Upload(ctx context.Context, dir string, tarStream io.Reader) error {
+	if err := c.e.cli.CopyToContainer(ctx, c.id, dir, tarStream, container.CopyToContainerOptions{}); err != nil {
+		return fmt.Errorf("copying into %s of job %s: %w", dir, c.job, err)
+	}
+	return nil
 }

@@ -7,13 +7,18 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/airlock-ci/airlock/audit"
 	"github.com/airlock-ci/airlock/executors/docker"
+	"github.com/airlock-ci/airlock/netpolicy"
+	"github.com/airlock-ci/airlock/runner/gitlab"
+	"github.com/airlock-ci/airlock/sandbox"
 )
 
 // DefaultPath is where the service reads its configuration.
@@ -35,7 +40,14 @@ type Config struct {
 	StateDir   string `toml:"state_dir"`
 	RuntimeDir string `toml:"runtime_dir"`
 
-	Docker docker.Config `toml:"docker"`
+	Docker  docker.Config `toml:"docker"`
+	Network Network       `toml:"network"`
+	Gateway Gateway       `toml:"gateway"`
+	Egress  Egress        `toml:"egress"`
+	Audit   audit.Config  `toml:"audit"`
+
+	// Runners are the GitLab runners this agent serves ([[runners]]).
+	Runners []gitlab.RunnerConfig `toml:"runners"`
 
 	path string
 	meta toml.MetaData
@@ -122,6 +134,21 @@ func (c *Config) Validate() []error {
 		errs = append(errs, fmt.Errorf("runtime_dir %q: must be an absolute path", c.RuntimeDir))
 	}
 	errs = append(errs, c.Docker.Validate("docker")...)
+	errs = append(errs, c.Network.validate()...)
+	errs = append(errs, c.Gateway.validate()...)
+	errs = append(errs, c.Egress.validate()...)
+	errs = append(errs, c.Audit.Validate()...)
+	names := map[string]int{}
+	for i, r := range c.Runners {
+		key := fmt.Sprintf("runners[%d]", i)
+		errs = append(errs, r.Validate(key)...)
+		if r.Name != "" {
+			if j, dup := names[r.Name]; dup {
+				errs = append(errs, fmt.Errorf("%s.name: %q is also the name of runners[%d]", key, r.Name, j))
+			}
+			names[r.Name] = i
+		}
+	}
 	return errs
 }
 
@@ -160,5 +187,80 @@ func (c *Config) Save(path string) error {
 		return fmt.Errorf("writing configuration: %w", err)
 	}
 	c.path = path
+	return nil
+}
+
+// Network is the [network] section: where job addresses come from.
+type Network struct {
+	// Pool is the prefix each job's /30 is taken from.
+	Pool string `toml:"pool"`
+	// PoolFile records the allocations of every airlock process on the host.
+	PoolFile string `toml:"pool_file"`
+}
+
+// Prefix parses Pool ("" = the default).
+func (n Network) Prefix() (netip.Prefix, error) {
+	if n.Pool == "" {
+		return netip.MustParsePrefix(sandbox.DefaultPool), nil
+	}
+	p, err := netip.ParsePrefix(n.Pool)
+	if err != nil || !p.Addr().Is4() || p.Bits() > 28 {
+		return netip.Prefix{}, fmt.Errorf("%q: want an IPv4 prefix of /28 or wider, like 10.213.0.0/16", n.Pool)
+	}
+	return p.Masked(), nil
+}
+
+func (n Network) validate() []error {
+	if _, err := n.Prefix(); err != nil {
+		return []error{fmt.Errorf("network.pool %w", err)}
+	}
+	if n.PoolFile != "" && !filepath.IsAbs(n.PoolFile) {
+		return []error{fmt.Errorf("network.pool_file %q: must be an absolute path", n.PoolFile)}
+	}
+	return nil
+}
+
+// Gateway is the [gateway] section.
+type Gateway struct {
+	// Hosts maps names to addresses for the gateway, like /etc/hosts
+	// (internal services; a fake internet in tests). The system resolver
+	// answers every other name.
+	Hosts map[string]string `toml:"hosts"`
+	// UpstreamCAFile is a PEM bundle trusted, besides the system roots,
+	// for upstreams of credential-bound hosts (where the gateway
+	// terminates TLS and connects on).
+	UpstreamCAFile string `toml:"upstream_ca_file"`
+}
+
+func (g Gateway) validate() []error {
+	var errs []error
+	if _, err := netpolicy.ParseHosts(g.Hosts); err != nil {
+		errs = append(errs, fmt.Errorf("gateway.hosts: %w", err))
+	}
+	if g.UpstreamCAFile != "" {
+		if _, err := os.Stat(g.UpstreamCAFile); err != nil {
+			errs = append(errs, fmt.Errorf("gateway.upstream_ca_file: %w", err))
+		}
+	}
+	return errs
+}
+
+// Egress is the [egress] section: the default ceiling for repositories
+// that have none of their own (`airlock policy set`).
+type Egress struct {
+	// Ceiling lists the most any job may declare (host, host:port,
+	// *.suffix:port, cidr:port). Empty: jobs get no egress at all.
+	Ceiling []string `toml:"ceiling"`
+	// Audit lets every name through and records everything (onboarding).
+	Audit bool `toml:"audit"`
+}
+
+// Entries parses the ceiling.
+func (e Egress) Entries() ([]netpolicy.Entry, error) { return netpolicy.ParseEntries(e.Ceiling) }
+
+func (e Egress) validate() []error {
+	if _, err := e.Entries(); err != nil {
+		return []error{fmt.Errorf("egress.ceiling: %w", err)}
+	}
 	return nil
 }

@@ -1,0 +1,163 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/airlock-ci/airlock/audit"
+	"github.com/airlock-ci/airlock/netpolicy"
+	"github.com/airlock-ci/airlock/runner/job"
+	"github.com/airlock-ci/airlock/secrets"
+)
+
+// Auditor keeps every job's tamper-evident trail: records are fsynced to
+// the spool before anything else sees them, and a shipper delivers them to
+// the sinks (the directory sink among them, where sealed trails land).
+type Auditor struct {
+	SpoolDir string
+	// Dir is where the directory sink writes <job>.jsonl.
+	Dir string
+	Key *audit.Key
+	// Kick wakes the shipper when a record is durable (may be nil).
+	Kick func(job string)
+
+	mu     sync.RWMutex
+	trails map[string]*jobTrail
+}
+
+// jobTrail is one job's open trail.
+type jobTrail struct {
+	t   *audit.Trail
+	log hclog.Logger
+}
+
+func (a *Auditor) open(runnerID string, j *job.Job, mask func(string) string, log hclog.Logger) (*jobTrail, error) {
+	opts := []audit.Option{audit.WithMask(mask)}
+	if a.Kick != nil {
+		opts = append(opts, audit.WithDurable(a.Kick))
+	}
+	t, err := audit.Open(a.SpoolDir, runnerID, j.ID, a.Key, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("opening the audit trail of job %s: %w", j.ID, err)
+	}
+	jt := &jobTrail{t: t, log: log}
+	a.mu.Lock()
+	if a.trails == nil {
+		a.trails = map[string]*jobTrail{}
+	}
+	a.trails[j.ID] = jt
+	a.mu.Unlock()
+	return jt, nil
+}
+
+func (a *Auditor) trail(jobID string) *jobTrail {
+	if a == nil {
+		return nil
+	}
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.trails[jobID]
+}
+
+func (a *Auditor) forget(jobID string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.trails, jobID)
+}
+
+// record appends an event; the error matters where the caller must fail
+// closed (credential decisions), elsewhere it is logged.
+func (jt *jobTrail) record(ctx context.Context, ev audit.Event) error {
+	if jt == nil {
+		return nil
+	}
+	if _, err := jt.t.Log(ctx, ev); err != nil {
+		return fmt.Errorf("writing the audit trail: %w", err)
+	}
+	return nil
+}
+
+// note appends an event, logging a failure.
+func (jt *jobTrail) note(ctx context.Context, ev audit.Event) {
+	if err := jt.record(ctx, ev); err != nil {
+		jt.log.Error("audit record lost", "type", ev.Type, "error", err)
+	}
+}
+
+// seal closes the trail with the job's outcome and returns where the
+// sealed copy will be delivered and how long it is.
+func (a *Auditor) seal(ctx context.Context, jt *jobTrail, res *Result) (string, int64, error) {
+	defer a.forget(jt.t.Job())
+	jt.note(ctx, audit.NewJobFinished(string(res.State), res.ExitCode, res.Duration, string(res.Reason)))
+	if _, err := jt.t.Seal(ctx, string(res.State)); err != nil {
+		return "", 0, errors.Join(fmt.Errorf("sealing the audit trail of job %s: %w", jt.t.Job(), err), jt.t.Close())
+	}
+	return filepath.Join(a.Dir, jt.t.Job()+audit.SpoolExt), jt.t.Synced(), nil
+}
+
+// awaitDelivered waits (bounded by ctx) until the directory sink holds
+// the sealed trail at path, as long as the spool copy.
+func awaitDelivered(ctx context.Context, path string, size int64) error {
+	for {
+		if fi, err := os.Stat(path); err == nil && fi.Size() >= size {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the audit trail at %s: %w", path, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// brokerEvent turns a broker event into the job's audit record. It is the
+// broker's event sink: an error fails a credential decision closed.
+func (a *Auditor) brokerEvent(ctx context.Context, e secrets.Event) error {
+	jt := a.trail(e.JobID)
+	if jt == nil {
+		return nil // revocations by the sweeper after the job's trail was sealed
+	}
+	return jt.record(ctx, credentialEvent(e))
+}
+
+func credentialEvent(e secrets.Event) audit.Event {
+	switch e.Type {
+	case secrets.EventGrantDecision:
+		decision := "denied"
+		if e.Allowed {
+			decision = "granted"
+		}
+		return audit.NewGrantDecision(e.Secret, e.GrantID, decision, string(e.Delivery), e.Reason)
+	case secrets.EventMinted:
+		return audit.NewCredentialMinted(e.Secret, e.GrantID, e.LeaseID, e.Fingerprint, string(e.Delivery), e.Expires)
+	case secrets.EventRevoked:
+		return audit.NewCredentialRevoked(e.Secret, e.GrantID, e.LeaseID, e.Fingerprint)
+	case secrets.EventRevokeFailed:
+		return audit.NewCredentialRevokeFailed(e.Secret, e.GrantID, e.LeaseID, e.Attempt, errors.New(e.Reason))
+	}
+	return audit.NewAlert(string(e.Type), e.Reason, audit.Fields{
+		audit.FieldSecret: e.Secret, audit.FieldGrant: e.GrantID, audit.FieldLease: e.LeaseID,
+	})
+}
+
+// gatewayEvent turns a gateway decision into an audit record.
+func gatewayEvent(e netpolicy.Event) audit.Event {
+	switch e.Kind {
+	case netpolicy.KindDNS:
+		return audit.NewDNS(e.Host, e.Method, e.Verdict, e.Reason)
+	case netpolicy.KindProxied:
+		return audit.NewProxiedRequest(e.Method, e.Host, e.Path, e.Status, e.Bytes, e.Duration, e.GrantID)
+	case netpolicy.KindAlert:
+		return audit.NewAlert("gateway", e.Reason, audit.Fields{
+			audit.FieldHost: e.Host, audit.FieldPort: e.Port, audit.FieldGrant: e.GrantID, "addr": e.Addr,
+		})
+	}
+	return audit.NewEgress(e.Kind, e.Host, e.Port, e.Verdict, e.Reason, e.Bytes, e.Duration)
+}

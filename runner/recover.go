@@ -1,0 +1,122 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/airlock-ci/airlock/audit"
+	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/internal/procs"
+)
+
+// labelOwner marks a job container with the process that runs it, so that
+// recovery leaves the jobs of live airlock processes alone.
+const labelOwner = "io.airlock.owner"
+
+// ownerFile in a job's runtime directory names the process that runs it.
+const ownerFile = "owner"
+
+// Recovered is a job of this runner that did not finish before its
+// process died: its credentials are revoked, its container, network and
+// runtime files removed and its audit trail sealed with runner_crashed.
+type Recovered struct {
+	JobID string
+	// Trail is where the sealed audit trail is delivered ("" if the job
+	// had none).
+	Trail string
+}
+
+// Recover cleans up after jobs of this runner whose process died (a crash,
+// a SIGKILL): revoke, remove leftovers, seal their audit trails. Jobs of
+// other live airlock processes sharing the host and state directory, and
+// everything of other runners, are left alone. Run it before the first job.
+func (r *Runner) Recover(ctx context.Context) ([]Recovered, error) {
+	var errs []error
+	jobs := map[string]*Recovered{}
+	found := func(id string) *Recovered {
+		if jobs[id] == nil {
+			jobs[id] = &Recovered{JobID: id}
+		}
+		return jobs[id]
+	}
+	if r.Broker != nil {
+		recs, err := r.Broker.Recover(ctx)
+		errs = append(errs, err)
+		for _, j := range recs {
+			found(j.ID)
+		}
+	}
+	if r.docker != nil {
+		left, err := r.docker.Leftovers(ctx, r.cfg.RunnerID)
+		errs = append(errs, err)
+		for id, lab := range left {
+			if o, err := procs.Parse(lab[labelOwner]); err == nil && o.Alive() {
+				continue
+			}
+			errs = append(errs, r.docker.Remove(ctx, id))
+			found(lab[executors.LabelJob])
+		}
+	}
+	if r.Network != nil {
+		errs = append(errs, r.Network.Sandbox.Sweep(ctx))
+	}
+	errs = append(errs, r.sweepRuntime(found))
+	if r.Audit != nil {
+		res, err := audit.Recover(ctx, r.Audit.SpoolDir, r.cfg.RunnerID, r.Audit.Key, audit.WithDurable(r.Audit.Kick))
+		errs = append(errs, err)
+		for _, id := range res.Sealed {
+			found(id).Trail = filepath.Join(r.Audit.Dir, id+audit.SpoolExt)
+		}
+	}
+	out := make([]Recovered, 0, len(jobs))
+	for _, j := range jobs {
+		if j.JobID != "" {
+			out = append(out, *j)
+		}
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].JobID < out[b].JobID })
+	for _, j := range out {
+		r.log.Warn("recovered a job left by a crashed runner", "job", j.JobID)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return out, fmt.Errorf("recovering: %w", err)
+	}
+	return out, nil
+}
+
+// sweepRuntime removes the runtime directories of this runner's jobs whose
+// process is gone.
+func (r *Runner) sweepRuntime(found func(string) *Recovered) error {
+	base := filepath.Join(r.cfg.RuntimeDir, "jobs")
+	ents, err := os.ReadDir(base)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("listing runtime directories: %w", err)
+	}
+	var errs []error
+	prefix := r.cfg.RunnerID + "-"
+	for _, e := range ents {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), prefix) {
+			continue
+		}
+		dir := filepath.Join(base, e.Name())
+		if b, err := os.ReadFile(filepath.Join(dir, ownerFile)); err == nil {
+			if o, err := procs.Parse(strings.TrimSpace(string(b))); err == nil && o.Alive() {
+				continue
+			}
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("removing runtime directory %s: %w", dir, err))
+			continue
+		}
+		found(strings.TrimPrefix(e.Name(), prefix))
+	}
+	return errors.Join(errs...)
+}
