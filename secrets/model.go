@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/airlock-ci/airlock/netpolicy"
 	"github.com/airlock-ci/airlock/runner/job"
 )
 
@@ -171,7 +172,7 @@ func (g *Grant) HeaderTemplate() string {
 type EgressPolicy struct {
 	RepoPattern string
 	Egress      []string
-	Audit       bool // audit every allowed request, not only denials
+	Audit       bool // audit mode: every name is let through (still only via the gateway) and recorded
 	Created     time.Time
 }
 
@@ -181,10 +182,8 @@ func (p *EgressPolicy) Validate() error {
 	if err := validPattern(p.RepoPattern); err != nil {
 		errs = append(errs, fmt.Errorf("repo %q: %w", p.RepoPattern, err))
 	}
-	for _, e := range p.Egress {
-		if strings.TrimSpace(e) == "" || strings.ContainsAny(e, " \t/") {
-			errs = append(errs, fmt.Errorf("egress %q: must be host or host:port", e))
-		}
+	if _, err := netpolicy.ParseEntries(p.Egress); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

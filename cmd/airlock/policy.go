@@ -45,7 +45,7 @@ func newPolicySetCmd(g *globals) *cobra.Command {
 	fl := cmd.Flags()
 	fl.StringVar(&p.RepoPattern, "repo", "", "repository pattern")
 	fl.StringSliceVar(&p.Egress, "egress", nil, "allowed host[:port] entries, comma-separated (empty: nothing)")
-	fl.BoolVar(&p.Audit, "audit", false, "audit every allowed request, not only denials")
+	fl.BoolVar(&p.Audit, "audit", false, "audit mode: let every name through the gateway and record it (onboard a repo, then `airlock audit suggest-policy`)")
 	_ = cmd.MarkFlagRequired("repo")
 	return cmd
 }
