@@ -106,18 +106,24 @@ func runExec(cmd *cobra.Command, g *globals, o execOptions, path string) error {
 	log := g.Logger()
 	ctx, cancel, stop := jobSignals(cmd.Context(), cmd.ErrOrStderr())
 	defer stop()
+	t0 := time.Now()
 	r, err := runner.Open(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
+	log.Debug("runner opened", "took", time.Since(t0))
 	defer func() {
+		t0 := time.Now()
 		if cerr := r.Close(); cerr != nil {
 			log.Error("closing the runner", "error", cerr)
 		}
+		log.Debug("runner closed", "took", time.Since(t0))
 	}()
+	t0 = time.Now()
 	if _, err := r.Recover(ctx); err != nil {
 		log.Warn("recovering after an earlier crash", "error", err)
 	}
+	log.Debug("recovery done", "took", time.Since(t0))
 	out := cmd.OutOrStdout()
 	res, err := r.Run(ctx, j, runner.RunOptions{Out: out, Cancel: cancel, AwaitAudit: true})
 	printSummary(out, res)

@@ -1,0 +1,133 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func write(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadExample(t *testing.T) {
+	c, err := Load("../../testdata/config.example.toml", false)
+	if err != nil {
+		t.Fatalf("Load(example): %v", err)
+	}
+	if c.Concurrent != 1 || c.CheckInterval != 3*time.Second || c.StateDir != DefaultStateDir {
+		t.Errorf("defaults not kept: %+v", c)
+	}
+}
+
+func TestLoadMissing(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nope.toml")
+	if _, err := Load(missing, true); err != nil {
+		t.Errorf("Load(missing, optional) = %v, want defaults", err)
+	}
+	if _, err := Load(missing, false); err == nil || !strings.Contains(err.Error(), "nope.toml") {
+		t.Errorf("Load(missing, required) = %v, want an error naming the file", err)
+	}
+}
+
+func TestLoadValues(t *testing.T) {
+	p := write(t, `
+concurrent = 4
+check_interval = "10s"
+shutdown_timeout = "5m"
+log_format = "json"
+[docker]
+pull_policy = "never"
+memory = "512m"
+[network]
+pool = "10.99.0.0/16"
+[gateway.hosts]
+"db.internal" = "10.1.2.3"
+[egress]
+ceiling = ["*.example.test:443", "10.1.2.0/24:5432"]
+`)
+	c, err := Load(p, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Concurrent != 4 || c.CheckInterval != 10*time.Second || c.ShutdownTimeout != 5*time.Minute || c.LogFormat != "json" {
+		t.Errorf("agent settings = %+v", c)
+	}
+	if c.Docker.Pull != "never" || c.Docker.Memory != "512m" {
+		t.Errorf("docker = %+v", c.Docker)
+	}
+	if pf, _ := c.Network.Prefix(); pf.String() != "10.99.0.0/16" {
+		t.Errorf("pool = %v", pf)
+	}
+	if e, err := c.Egress.Entries(); err != nil || len(e) != 2 {
+		t.Errorf("egress entries = %v, %v", e, err)
+	}
+}
+
+// Every problem is reported at once, each with its key (and the file).
+func TestLoadErrors(t *testing.T) {
+	p := write(t, `
+concurrent = 0
+check_interval = "-1s"
+log_format = "xml"
+bogus = 1
+[docker]
+pull_policy = "sometimes"
+memory = "lots"
+[network]
+pool = "not-a-prefix"
+[gateway.hosts]
+"db.internal" = "not-an-ip"
+[egress]
+ceiling = ["", "http://x"]
+`)
+	_, err := Load(p, false)
+	if err == nil {
+		t.Fatal("Load accepted a bad configuration")
+	}
+	for _, want := range []string{"config.toml", "concurrent", "check_interval", "log_format", `unknown key "bogus"`,
+		"docker.pull_policy", "docker.memory", "network.pool", "gateway.hosts", "egress.ceiling"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestLoadSyntaxError(t *testing.T) {
+	p := write(t, "concurrent = \n")
+	_, err := Load(p, false)
+	if err == nil || !strings.Contains(err.Error(), "config.toml:1") {
+		t.Errorf("Load = %v, want an error with file and line", err)
+	}
+}
+
+func TestSaveRoundTrip(t *testing.T) {
+	c := Defaults()
+	c.Concurrent = 3
+	c.Egress.Ceiling = []string{"api.example.test:443"}
+	p := filepath.Join(t.TempDir(), "sub", "config.toml")
+	if err := c.Save(p); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("config mode = %v, want 0600 (it holds runner tokens)", fi.Mode().Perm())
+	}
+	got, err := Load(p, false)
+	if err != nil {
+		t.Fatalf("Load(saved): %v", err)
+	}
+	if got.Concurrent != 3 || len(got.Egress.Ceiling) != 1 || got.CheckInterval != c.CheckInterval {
+		t.Errorf("round trip = %+v", got)
+	}
+}
