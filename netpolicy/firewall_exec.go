@@ -3,15 +3,13 @@ package netpolicy
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/airlock-ci/airlock/internal/nsenter"
 )
 
 // restoreRules feeds rules to iptables-restore (or ip6tables-restore) in the
@@ -134,47 +132,7 @@ func (t tools) saveFilter(ctx context.Context) (string, error) {
 	return stdout.String(), nil
 }
 
-// inNetNS runs fn on a locked OS thread that has entered the network
-// namespace at path. Processes started by fn inherit that namespace. If the
-// thread cannot be moved back to its original namespace, it is left locked
-// so that the Go runtime discards it.
-func inNetNS(path string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("getting current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(path)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("opening network namespace %s: %w", path, err)
-			return
-		}
-		defer target.Close()
-		if target.Equal(orig) {
-			// A full restore here would wipe the host's (Docker's) rules.
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("refusing to enter %s: it is the caller's own network namespace", path)
-			return
-		}
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering network namespace %s: %w", path, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Keep the thread locked: it dies with this goroutine.
-			errc <- errors.Join(ferr, fmt.Errorf("leaving network namespace %s: %w", path, err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// inNetNS runs fn on a locked OS thread in the network namespace at path
+// (never the caller's own: a full restore there would wipe the host's,
+// Docker's, rules).
+func inNetNS(path string, fn func() error) error { return nsenter.RunPath(path, true, fn) }

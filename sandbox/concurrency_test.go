@@ -76,7 +76,7 @@ func TestHelperProcess(t *testing.T) {
 
 func newHelperManager(t *testing.T, runner, poolFile string) *Manager {
 	t.Helper()
-	m, err := NewManager(Config{RunnerID: runner, PoolFile: poolFile, Firewall: newFirewall(t),
+	m, err := NewManager(Config{RunnerID: runner, Pool: privatePool, PoolFile: poolFile, Firewall: newFirewall(t),
 		TCPPorts: []uint16{proxyPort}, UDPPorts: []uint16{dnsPort}, Logger: hclog.NewNullLogger()})
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -43,15 +43,24 @@ func newFirewall(t testing.TB) *netpolicy.Firewall {
 	return fw
 }
 
-// newManager returns a Manager with its own runner id and pool file; at
-// cleanup it asserts that nothing of the runner is left on the host.
+// privatePool is the prefix of tests that use a pool file of their own:
+// the default prefix belongs to the host's shared pool file, which other
+// airlock processes (and other test packages running in parallel) use.
+var privatePool = netip.MustParsePrefix("10.214.0.0/16")
+
+// newManager returns a Manager with its own runner id; at cleanup it
+// asserts that nothing of the runner is left on the host. With no
+// poolFile it uses the host's shared pool, as every airlock process does;
+// with one, it allocates from privatePool.
 func newManager(t testing.TB, runnerID, poolFile string) *Manager {
 	t.Helper()
-	if poolFile == "" {
-		poolFile = filepath.Join(t.TempDir(), "netpool.json")
+	pool := netip.Prefix{}
+	if poolFile != "" {
+		pool = privatePool
 	}
 	m, err := NewManager(Config{
 		RunnerID:        runnerID,
+		Pool:            pool,
 		PoolFile:        poolFile,
 		Firewall:        newFirewall(t),
 		TCPPorts:        []uint16{dnsPort, proxyPort},

@@ -4,42 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"strings"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/airlock-ci/airlock/internal/nsenter"
 )
 
 // inNetNS runs fn on a locked OS thread that has entered target. Use it for
 // what follows the thread's namespace (/proc/sys/net, sockets, exec); use
-// netlink.NewHandleAt for link operations. If the thread cannot return to
-// its original namespace it stays locked, so the Go runtime discards it.
-func inNetNS(target netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("getting current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering network namespace: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leaving network namespace: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// netlink.NewHandleAt for link operations.
+func inNetNS(target netns.NsHandle, fn func() error) error { return nsenter.Run(target, fn) }
 
 // writeSysctls writes /proc/sys values (keys use "/" separators) in the
 // calling thread's network namespace. A missing net/ipv6 key means the

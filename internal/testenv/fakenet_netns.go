@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/airlock-ci/airlock/internal/nsenter"
 )
 
 var nsCounter atomic.Int64
@@ -64,39 +66,7 @@ func createNamedNS(name string) error {
 
 // InNetNS runs fn on a locked OS thread inside the namespace at path.
 // Sockets opened by fn stay in that namespace.
-func InNetNS(path string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(path)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("returning to original namespace: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+func InNetNS(path string, fn func() error) error { return nsenter.RunPath(path, false, fn) }
 
 // HostNetNS returns the path of the test process's own network namespace.
 func HostNetNS() string { return fmt.Sprintf("/proc/%d/ns/net", os.Getpid()) }
