@@ -3,9 +3,9 @@ package sandbox
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
-	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
