@@ -37,6 +37,9 @@ func Open(ctx context.Context, cfg *config.Config, log hclog.Logger) (r *Runner,
 			err = errors.Join(err, c.close())
 		}
 	}()
+	if os.Geteuid() != 0 {
+		return nil, errors.New("airlock needs root: it creates network namespaces, veth pairs and iptables rules for every job (run it with sudo, or as the airlock service)")
+	}
 	state := cfg.StateDir
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return nil, fmt.Errorf("creating state directory: %w", err)
