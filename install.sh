@@ -5,6 +5,7 @@
 #   - the airlock binary in /usr/local/bin (built from this checkout),
 #   - /etc/airlock and /var/lib/airlock,
 #   - the local test image (no registry needed),
+#   - the systemd unit airlock.service (enabled where systemd runs),
 # then runs testdata/jobs/demo.yml with `airlock exec`.
 # Re-running it is safe: nothing that exists is overwritten.
 set -euo pipefail
@@ -18,7 +19,7 @@ die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 command -v apt-get >/dev/null || die "this installer supports Debian and Ubuntu (apt-get not found)"
 
 need=()
-for p in iptables iproute2 busybox-static ca-certificates git make; do
+for p in iptables iproute2 busybox-static ca-certificates git make systemd; do
 	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ! docker info >/dev/null 2>&1; then
@@ -49,6 +50,14 @@ fi
 
 say "building the local test image"
 make -s testimage
+
+say "checking the host: airlock doctor"
+/usr/local/bin/airlock doctor || die "airlock doctor reported FAIL lines above; fix them and re-run"
+
+# The service runs `airlock run` (the GitLab agent). It is enabled here and
+# started once a runner is registered: airlock register --url ... --token glrt-...
+say "installing the systemd unit: airlock service install --enable"
+/usr/local/bin/airlock service install --enable
 
 say "running the demo job: airlock exec testdata/jobs/demo.yml"
 /usr/local/bin/airlock exec testdata/jobs/demo.yml

@@ -1,0 +1,82 @@
+package hostcheck
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/docker/docker/api/types/versions"
+	"github.com/docker/docker/client"
+)
+
+// MinDockerAPI is the oldest Docker Engine API Airlock supports (Docker
+// 20.10).
+const MinDockerAPI = "1.41"
+
+// dockerTimeout bounds each Docker check.
+const dockerTimeout = 10 * time.Second
+
+// checkDocker pings the engine at host ("" = DOCKER_HOST or the default
+// socket), checks its API version and, when image is set, whether the
+// image is present (info only).
+func checkDocker(ctx context.Context, host, image string) []Result {
+	r := Result{Name: "docker"}
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if host != "" {
+		opts = append(opts, client.WithHost(host))
+	}
+	cli, err := client.NewClientWithOpts(opts...)
+	if err != nil {
+		r.Status = Fail
+		r.Detail = "creating a Docker client: " + err.Error()
+		r.Fix = "correct [docker] host in the configuration (or DOCKER_HOST)"
+		return []Result{r}
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(ctx, dockerTimeout)
+	defer cancel()
+
+	if _, err := cli.Ping(ctx); err != nil {
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("the engine at %s does not answer: %s", cli.DaemonHost(), oneLine(err.Error()))
+		r.Fix = "start Docker (systemctl start docker) or set [docker] host in the configuration"
+		if errors.Is(err, syscall.EACCES) || strings.Contains(err.Error(), "permission denied") {
+			r.Fix = "run airlock doctor as root (the service runs as root)"
+		}
+		return []Result{r}
+	}
+	v, err := cli.ServerVersion(ctx)
+	if err != nil {
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("reading the engine's version at %s: %s", cli.DaemonHost(), oneLine(err.Error()))
+		r.Fix = "check the engine: docker version"
+		return []Result{r}
+	}
+	if versions.LessThan(v.APIVersion, MinDockerAPI) {
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("Docker %s speaks API %s, older than %s", v.Version, v.APIVersion, MinDockerAPI)
+		r.Fix = "upgrade Docker to 20.10 or newer"
+		return []Result{r}
+	}
+	r.Detail = fmt.Sprintf("Docker %s (API %s) at %s", v.Version, v.APIVersion, cli.DaemonHost())
+	rs := []Result{r}
+	if image == "" {
+		return rs
+	}
+	img := Result{Name: "test image"}
+	switch _, err := cli.ImageInspect(ctx, image); {
+	case err == nil:
+		img.Detail = image + " present"
+	case client.IsErrNotFound(err):
+		img.Status = Info
+		img.Detail = image + " not present (only the tests and the demo job use it)"
+		img.Fix = "make testimage (in the source tree)"
+	default:
+		img.Status = Warn
+		img.Detail = fmt.Sprintf("inspecting %s: %s", image, oneLine(err.Error()))
+	}
+	return append(rs, img)
+}
