@@ -234,7 +234,7 @@ func printSummary(w io.Writer, res *runner.Result) {
 	}
 	tw.Flush()
 	if res.Egress != nil {
-		fmt.Fprintf(w, "Egress: %s\n", res.Egress)
+		fmt.Fprintln(w, res.Egress)
 	}
 	if res.AuditTrail != "" {
 		fmt.Fprintf(w, "Audit trail: %s (airlock audit verify %s)\n", res.AuditTrail, res.AuditTrail)
