@@ -392,8 +392,8 @@ func (t *Trail) release() error {
 	return nil
 }
 
-// maskFields returns a copy of fields with every string passed through the
-// mask hook; "redacted": true is added when anything changed.
+// maskFields returns a copy of fields with every string value passed
+// through the mask hook; "redacted": true is added when anything changed.
 func (t *Trail) maskFields(fields Fields) Fields {
 	if t.opts.mask == nil {
 		return fields
@@ -409,9 +409,12 @@ func (t *Trail) maskFields(fields Fields) Fields {
 			}
 			return m
 		case map[string]any:
+			// Keys are field names of the schema, not data: masking one
+			// (a value that happens to start like "secret...") would lose
+			// the field or let two collide.
 			out := make(map[string]any, len(x))
 			for k, e := range x {
-				out[walk(k).(string)] = walk(e)
+				out[k] = walk(e)
 			}
 			return out
 		case Fields:

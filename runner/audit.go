@@ -147,13 +147,49 @@ func credentialEvent(e secrets.Event) audit.Event {
 	})
 }
 
-// gatewayEvent turns a gateway decision into an audit record.
+// gatewayRecorder turns one job's gateway decisions into audit records.
+type gatewayRecorder struct {
+	trail *jobTrail
+	// grants names the job's proxy credentials by grant id: the gateway
+	// knows grants, the trail names secrets.
+	grants map[string]grantInfo
+	used   map[string]bool // grant+host already recorded as credential_used
+}
+
+type grantInfo struct{ secret, fingerprint string }
+
+func newGatewayRecorder(jt *jobTrail, jc *jobCredentials) *gatewayRecorder {
+	g := &gatewayRecorder{trail: jt, grants: map[string]grantInfo{}, used: map[string]bool{}}
+	if jc != nil && jc.creds != nil {
+		for _, d := range jc.creds.Creds {
+			g.grants[d.GrantID] = grantInfo{secret: d.Secret, fingerprint: d.Fingerprint}
+		}
+	}
+	return g
+}
+
+// record is the gateway's event sink for the job; the gateway calls it
+// from one goroutine.
+func (g *gatewayRecorder) record(e netpolicy.Event) {
+	ctx := context.Background()
+	if e.Kind == netpolicy.KindProxied {
+		gi := g.grants[e.GrantID]
+		if key := e.GrantID + " " + e.Host; !g.used[key] {
+			g.used[key] = true
+			g.trail.note(ctx, audit.NewCredentialUsed(gi.secret, e.GrantID, gi.fingerprint, e.Host))
+		}
+		g.trail.note(ctx, audit.NewProxiedRequest(e.Method, e.Host, e.Path, e.Status, e.Bytes, e.Duration, gi.secret))
+		return
+	}
+	g.trail.note(ctx, gatewayEvent(e))
+}
+
+// gatewayEvent turns a gateway decision (other than a proxied request)
+// into an audit record.
 func gatewayEvent(e netpolicy.Event) audit.Event {
 	switch e.Kind {
 	case netpolicy.KindDNS:
 		return audit.NewDNS(e.Host, e.Method, e.Verdict, e.Reason)
-	case netpolicy.KindProxied:
-		return audit.NewProxiedRequest(e.Method, e.Host, e.Path, e.Status, e.Bytes, e.Duration, e.GrantID)
 	case netpolicy.KindAlert:
 		return audit.NewAlert("gateway", e.Reason, audit.Fields{
 			audit.FieldHost: e.Host, audit.FieldPort: e.Port, audit.FieldGrant: e.GrantID, "addr": e.Addr,

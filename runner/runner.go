@@ -365,7 +365,7 @@ func (e *execution) prepare(ctx context.Context) error {
 	if e.r.Network != nil {
 		var events func(netpolicy.Event)
 		if e.trail != nil {
-			events = func(ev netpolicy.Event) { e.trail.note(context.Background(), gatewayEvent(ev)) }
+			events = newGatewayRecorder(e.trail, e.creds).record
 		}
 		jn, err := e.r.Network.attach(ctx, e.j.ID, ctr.NetNS(), e.policy, events)
 		if err != nil {
