@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -72,7 +73,10 @@ func Open(ctx context.Context, cfg *config.Config, log hclog.Logger) (r *Runner,
 	r.Broker, err = secrets.NewBroker(secrets.BrokerOptions{
 		Store:  store,
 		Logger: log,
-		Events: r.Audit.brokerEvent,
+		Events: func(ctx context.Context, e secrets.Event) error {
+			r.metrics.Load().credentialEvent(e)
+			return r.Audit.brokerEvent(ctx, e)
+		},
 		Backends: map[string]secrets.Backend{
 			secrets.BackendVault:     vault.New(0),
 			secrets.BackendGitHubApp: githubapp.New(nil),
@@ -84,6 +88,15 @@ func Open(ctx context.Context, cfg *config.Config, log hclog.Logger) (r *Runner,
 	if r.Network, err = openNetwork(cfg, runnerID, store, log, c); err != nil {
 		return nil, err
 	}
+	// Revocations that failed at a job's end are retried until they
+	// succeed or the credential expires.
+	sctx, stopSweeper := context.WithCancel(context.WithoutCancel(ctx))
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		r.Broker.RunSweeper(sctx, time.Minute)
+	}()
+	c.add(func() error { stopSweeper(); <-swept; return nil })
 	r.closers = c
 	return r, nil
 }
@@ -169,6 +182,10 @@ func openNetwork(cfg *config.Config, runnerID string, store *secrets.Store, log 
 			return nil, fmt.Errorf("gateway.upstream_ca_file %s: no PEM certificate in it", f)
 		}
 	}
+	configName := cfg.Path()
+	if configName == "" {
+		configName = "the built-in configuration"
+	}
 	ceiling, err := cfg.Egress.Entries()
 	if err != nil {
 		return nil, fmt.Errorf("egress.ceiling: %w", err)
@@ -180,7 +197,7 @@ func openNetwork(cfg *config.Config, runnerID string, store *secrets.Store, log 
 			return Ceiling{}, err
 		}
 		if !ok {
-			return Ceiling{Entries: ceiling, Audit: cfg.Egress.Audit, Scope: fmt.Sprintf("repo %q (the default ceiling of %s)", repo, cfg.Path())}, nil
+			return Ceiling{Entries: ceiling, Audit: cfg.Egress.Audit, Scope: fmt.Sprintf("repo %q (no policy set; [egress] ceiling of %s)", repo, configName)}, nil
 		}
 		entries, err := netpolicy.ParseEntries(p.Egress)
 		if err != nil {
@@ -188,8 +205,12 @@ func openNetwork(cfg *config.Config, runnerID string, store *secrets.Store, log 
 		}
 		return Ceiling{Entries: entries, Audit: p.Audit, Scope: fmt.Sprintf("repo %q (policy %s)", repo, p.RepoPattern)}, nil
 	}
+	resolver := netpolicy.HostsResolver{Hosts: hosts, Next: netpolicy.SystemResolver{}}
+	if cfg.Gateway.HostsOnly {
+		resolver.Next = nil
+	}
 	gw, err := netpolicy.NewGateway(netpolicy.GatewayConfig{
-		Resolver: netpolicy.HostsResolver{Hosts: hosts, Next: netpolicy.SystemResolver{}},
+		Resolver: resolver,
 		Guard:    netpolicy.GuardConfig{JobPool: []netip.Prefix{pool}},
 		Events:   n,
 		Logger:   log,

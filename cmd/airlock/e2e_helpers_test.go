@@ -221,7 +221,8 @@ func newE2E(t *testing.T, o e2eOptions) *e2eEnv {
 	// A pool of our own: other tests on the host may hold addresses of
 	// the default pool under pool files of their own.
 	fmt.Fprintf(&b, "[network]\npool = %q\npool_file = %q\n\n", e2ePool(), filepath.Join(dir, "netpool.json"))
-	b.WriteString("[gateway]\n")
+	// hosts_only: the gateway must never ask a real resolver in a test.
+	b.WriteString("[gateway]\nhosts_only = true\n")
 	if o.UpstreamCA != "" {
 		fmt.Fprintf(&b, "upstream_ca_file = %q\n", o.UpstreamCA)
 	}

@@ -226,6 +226,10 @@ type Gateway struct {
 	// (internal services; a fake internet in tests). The system resolver
 	// answers every other name.
 	Hosts map[string]string `toml:"hosts"`
+	// HostsOnly resolves only the names in Hosts (everything else is
+	// unknown): for hosts without DNS, and for tests, which must never send
+	// a DNS query outside the machine.
+	HostsOnly bool `toml:"hosts_only"`
 	// UpstreamCAFile is a PEM bundle trusted, besides the system roots,
 	// for upstreams of credential-bound hosts (where the gateway
 	// terminates TLS and connects on).
