@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -82,6 +83,14 @@ type Runner struct {
 	owner   procs.Owner
 	docker  *docker.Executor // for recovery, when Open built the runner
 	closers *closers
+	metrics atomic.Pointer[Metrics]
+}
+
+// SetMetrics makes the runner count its jobs, egress decisions and
+// credentials in m.
+func (r *Runner) SetMetrics(m *Metrics) {
+	r.metrics.Store(m)
+	r.Hooks = append(r.Hooks, m)
 }
 
 // New returns a Runner that creates job containers with exec.
@@ -363,9 +372,16 @@ func (e *execution) prepare(ctx context.Context) error {
 	}
 	e.ctr = ctr
 	if e.r.Network != nil {
-		var events func(netpolicy.Event)
+		m := e.r.metrics.Load()
+		var rec *gatewayRecorder
 		if e.trail != nil {
-			events = newGatewayRecorder(e.trail, e.creds).record
+			rec = newGatewayRecorder(e.trail, e.creds)
+		}
+		events := func(ev netpolicy.Event) {
+			m.egressEvent(ev)
+			if rec != nil {
+				rec.record(ev)
+			}
 		}
 		jn, err := e.r.Network.attach(ctx, e.j.ID, ctr.NetNS(), e.policy, events)
 		if err != nil {

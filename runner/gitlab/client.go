@@ -48,6 +48,9 @@ type Client struct {
 
 	mu         sync.Mutex
 	lastUpdate map[string]string // runner token -> last X-GitLab-Last-Update
+
+	// observe, if set, is told the outcome of every request (metrics).
+	observe RequestObserver
 }
 
 // Option configures a Client.
@@ -205,6 +208,7 @@ func (c *Client) do(ctx context.Context, cl call) (*response, error) {
 	if err != nil {
 		// url.Error carries the URL, which never holds a token here.
 		var certErr *tls.CertificateVerificationError
+		c.observed(cl, 0)
 		return nil, &APIError{Op: cl.op, Err: err, retryable: ctx.Err() == nil && !errors.As(err, &certErr)}
 	}
 	defer resp.Body.Close()
@@ -215,6 +219,7 @@ func (c *Client) do(ctx context.Context, cl call) (*response, error) {
 	if len(data) > maxResponseBody {
 		return nil, &APIError{Op: cl.op, Status: resp.StatusCode, Err: fmt.Errorf("response body larger than %d bytes", maxResponseBody)}
 	}
+	c.observed(cl, resp.StatusCode)
 	c.log.Trace("api request", "op", cl.op, "method", cl.method, "status", resp.StatusCode, "request_id", rid)
 	return &response{status: resp.StatusCode, header: resp.Header, body: data}, nil
 }

@@ -15,8 +15,8 @@ type RunnerConfig struct {
 	URL                string    `toml:"url"`
 	ID                 int64     `toml:"id"`
 	Token              string    `toml:"token"`
-	TokenObtainedAt    time.Time `toml:"token_obtained_at"`
-	TokenExpiresAt     time.Time `toml:"token_expires_at"`
+	TokenObtainedAt    time.Time `toml:"token_obtained_at,omitzero"`
+	TokenExpiresAt     time.Time `toml:"token_expires_at,omitzero"`
 	Executor           string    `toml:"executor"`
 	Limit              int       `toml:"limit"`               // concurrent jobs of this runner; 0 = no own limit
 	RequestConcurrency int       `toml:"request_concurrency"` // parallel job requests; 0 = 1
@@ -55,7 +55,7 @@ func (r RunnerConfig) Validate(key string) []error {
 	}
 	switch {
 	case r.Token == "":
-		add("token", "required: run `airlock gitlab register` or paste the runner's glrt- token")
+		add("token", "required: run `airlock register` or paste the runner's glrt- token")
 	case strings.TrimSpace(r.Token) != r.Token || strings.ContainsAny(r.Token, " \t\r\n"):
 		add("token", "contains white space")
 	}

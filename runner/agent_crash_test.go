@@ -1,0 +1,143 @@
+package runner
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/executors/docker"
+	"github.com/airlock-ci/airlock/runner/gitlab"
+)
+
+// Environment of the child agent TestAgentRecoversAfterSIGKILL starts.
+const (
+	crashChildEnv   = "AIRLOCK_TEST_AGENT_CHILD"
+	crashURLEnv     = "AIRLOCK_TEST_AGENT_URL"
+	crashTokenEnv   = "AIRLOCK_TEST_AGENT_TOKEN"
+	crashStateEnv   = "AIRLOCK_TEST_AGENT_STATE"
+	crashRuntimeEnv = "AIRLOCK_TEST_AGENT_RUNTIME"
+	crashIDEnv      = "AIRLOCK_TEST_AGENT_RUNNER_ID"
+)
+
+// TestAgentCrashChild is the child agent of TestAgentRecoversAfterSIGKILL:
+// it does nothing unless started by it, and then serves jobs until killed.
+func TestAgentCrashChild(t *testing.T) {
+	if os.Getenv(crashChildEnv) != "1" {
+		return // only as the child of TestAgentRecoversAfterSIGKILL
+	}
+	ex, err := docker.New(context.Background(), docker.Config{Grace: time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Config{RunnerID: os.Getenv(crashIDEnv), RuntimeDir: os.Getenv(crashRuntimeEnv),
+		Grace: time.Second, Pull: executors.PullNever}, ex, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := NewAgent(AgentConfig{
+		Runners:       []gitlab.RunnerConfig{{Name: "child", URL: os.Getenv(crashURLEnv), Token: os.Getenv(crashTokenEnv)}},
+		CheckInterval: 100 * time.Millisecond,
+		StateDir:      os.Getenv(crashStateEnv),
+		TraceInterval: 200 * time.Millisecond,
+		Logger:        hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: os.Stderr, Name: "child"}),
+	}, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Run(context.Background()) // until SIGKILL
+}
+
+func TestAgentRecoversAfterSIGKILL(t *testing.T) {
+	e := newAgentEnv(t)
+	id := e.gl.Enqueue(gitlabSpec([]string{"echo started", "sleep 300"}, nil))
+
+	var childOut bytes.Buffer
+	child := exec.Command(os.Args[0], "-test.run=^TestAgentCrashChild$", "-test.count=1")
+	child.Env = append(os.Environ(), crashChildEnv+"=1", crashURLEnv+"="+e.gl.URL, crashTokenEnv+"="+e.token,
+		crashStateEnv+"="+e.stateDir, crashRuntimeEnv+"="+e.runtime, crashIDEnv+"="+e.runnerID)
+	child.Stdout, child.Stderr = &childOut, &childOut
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	killed := false
+	t.Cleanup(func() {
+		if !killed {
+			child.Process.Kill()
+			child.Wait()
+		}
+	})
+	waitTrace(t, e.gl, id, "started\n", 2*time.Minute)
+
+	left, err := e.ex.Leftovers(context.Background(), e.runnerID)
+	if err != nil || len(left) != 1 {
+		t.Fatalf("containers of the child before the kill: %v, %v; want 1\nchild:\n%s", left, err, childOut.String())
+	}
+	if err := child.Process.Kill(); err != nil { // SIGKILL
+		t.Fatal(err)
+	}
+	child.Wait()
+	killed = true
+	token := e.gl.Job(id).Token
+	if hits := filesContaining(t, e.stateDir, token); len(hits) > 0 {
+		t.Errorf("the job token is on disk in plaintext: %v", hits)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.stateDir, agentJournalDir)); len(ents) != 1 {
+		t.Errorf("journal after the crash holds %d records, want 1", len(ents))
+	}
+
+	cfg := e.config(1)
+	var recovered []string
+	// As Runner.Recover does for a runner built by Open: remove the
+	// containers, hand back a sealed trail to upload.
+	trail := filepath.Join(t.TempDir(), "trail.jsonl")
+	if err := os.WriteFile(trail, []byte(`{"seq":1,"type":"runner_crashed"}`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.RecoverLocal = func(ctx context.Context) ([]Recovered, error) {
+		left, err := e.ex.Leftovers(ctx, e.runnerID)
+		if err != nil {
+			return nil, err
+		}
+		var out []Recovered
+		for c, labels := range left {
+			if err := e.ex.Remove(ctx, c); err != nil {
+				return out, err
+			}
+			recovered = append(recovered, labels[executors.LabelJob])
+			out = append(out, Recovered{JobID: labels[executors.LabelJob], Trail: trail})
+		}
+		sort.Strings(recovered)
+		return out, nil
+	}
+	_, stop := startAgent(t, cfg, e.rec)
+	defer stop()
+	st := waitJob(t, e.gl, id, time.Minute)
+	if st.Status != "failed" || st.FailureReason != "runner_system_failure" {
+		t.Errorf("crashed job ended %s/%q, want failed/runner_system_failure", st.Status, st.FailureReason)
+	}
+	if trace := e.gl.Trace(id); !bytes.Contains(trace, []byte("stopped unexpectedly")) {
+		t.Errorf("crashed job's trace does not say what happened:\n%s", trace)
+	}
+	if len(recovered) != 1 || recovered[0] != strconv.FormatInt(id, 10) {
+		t.Errorf("RecoverLocal cleaned up jobs %v, want [%d]", recovered, id)
+	}
+	if arts := e.gl.Artifacts(id); len(arts) != 1 || arts[0].Name != agentAuditArtifact || arts[0].Format != "zip" {
+		t.Errorf("artifacts of the crashed job: %+v, want its audit trail", arts)
+	}
+	if left, err := e.ex.Leftovers(context.Background(), e.runnerID); err != nil || len(left) != 0 {
+		t.Errorf("containers of runner %s after recovery: %v, %v; want none", e.runnerID, left, err)
+	}
+	stop()
+	if ents, _ := os.ReadDir(filepath.Join(e.stateDir, agentJournalDir)); len(ents) != 0 {
+		t.Errorf("journal after recovery holds %d records, want 0", len(ents))
+	}
+}
