@@ -131,7 +131,12 @@ func (j *jobState) forwardPlain(w http.ResponseWriter, r *http.Request, hostport
 // forward sends r to scheme://host:port through the job's transport and
 // streams the response back; it emits ev completed with the outcome.
 func (j *jobState) forward(w http.ResponseWriter, r *http.Request, scheme, host string, port int, ev Event, start time.Time) {
-	out := r.Clone(r.Context())
+	// The job's context, not the request's: the server cancels a request's
+	// context when the client half-closes its side after sending (printf |
+	// nc), which would fail a request the client still waits for. A client
+	// that is really gone fails the copy of the response below; Unregister
+	// cancels the job's context.
+	out := r.Clone(j.ctx)
 	out.RequestURI = ""
 	out.URL.Scheme = scheme
 	out.URL.Host = host

@@ -332,3 +332,29 @@ func TestAuditMode(t *testing.T) {
 		t.Errorf("audit CONNECT 9.9.9.9:443 status = %d, want 403", status)
 	}
 }
+
+// A client that half-closes its side after sending the request (printf |
+// nc) still gets the response: the upstream request must not be tied to
+// the client's read side.
+func TestPlainHTTPProxyHalfClose(t *testing.T) {
+	e := newProxyEnv(t, false)
+	c, err := dialer(e.net.job).Dial("tcp", e.reg.Addrs().Proxy.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	target := "plain.allowed.test:" + strconv.Itoa(e.plainUp.port)
+	fmt.Fprintf(c, "GET http://%s/half HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", target, target)
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("reading the response after a half-close: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("status after a half-close = %d, want 200", resp.StatusCode)
+	}
+}
