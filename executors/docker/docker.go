@@ -235,7 +235,12 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	name := "airlock-" + spec.RunnerID + "-" + spec.JobID
 	resp, err := e.cli.ContainerCreate(ctx, cfg, hc, nil, nil, name)
 	if err != nil {
-		return nil, fmt.Errorf("creating container for job %s: %w", spec.JobID, err)
+		err = fmt.Errorf("creating container for job %s: %w", spec.JobID, err)
+		if ctx.Err() != nil {
+			// Cancelled mid-request: the engine may have created it anyway.
+			err = errors.Join(err, e.Remove(context.WithoutCancel(ctx), name))
+		}
+		return nil, err
 	}
 	c := &Container{e: e, id: resp.ID, job: spec.JobID}
 	if err := e.cli.ContainerStart(ctx, resp.ID, container.StartOptions{}); err != nil {
