@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -119,16 +120,22 @@ func Open(spoolDir, runnerID, jobID string, key *Key, opts ...Option) (*Trail, e
 	if err := os.MkdirAll(spoolDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating audit spool %s: %w", spoolDir, err)
 	}
-	f, err := os.OpenFile(t.path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	f, err := createLocked(t.path)
 	if err != nil {
 		return nil, fmt.Errorf("opening audit spool for job %s: %w", jobID, err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("opening audit trail of job %s: %w", jobID, ErrLocked)
+	if f == nil {
+		// The trail exists: continue it, if no live process holds it.
+		if f, err = os.OpenFile(t.path, os.O_RDWR|os.O_APPEND, 0o600); err != nil {
+			return nil, fmt.Errorf("opening audit spool for job %s: %w", jobID, err)
 		}
-		return nil, fmt.Errorf("locking audit spool of job %s: %w", jobID, err)
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			f.Close()
+			if errors.Is(err, syscall.EWOULDBLOCK) {
+				return nil, fmt.Errorf("opening audit trail of job %s: %w", jobID, ErrLocked)
+			}
+			return nil, fmt.Errorf("locking audit spool of job %s: %w", jobID, err)
+		}
 	}
 	t.f = f
 	if err := t.load(); err != nil {
@@ -139,6 +146,34 @@ func Open(spoolDir, runnerID, jobID string, key *Key, opts ...Option) (*Trail, e
 	}
 	registerLive(t)
 	return t, nil
+}
+
+// createLocked creates the spool file at path already locked: it is made
+// under a temporary name, locked, then linked into place, so that Recover
+// (in this or another process) never finds it unlocked and seals a live
+// job's trail as crashed. It returns nil, nil when path exists already.
+func createLocked(path string) (*os.File, error) {
+	if _, err := os.Lstat(path); err == nil {
+		return nil, nil
+	}
+	tmp := fmt.Sprintf("%s.new-%d-%d", path, os.Getpid(), time.Now().UnixNano())
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(tmp)
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := os.Link(tmp, path); err != nil {
+		f.Close()
+		if errors.Is(err, fs.ErrExist) {
+			return nil, nil // created meanwhile by another process
+		}
+		return nil, err
+	}
+	return f, nil
 }
 
 // load reads back an existing spool file.

@@ -112,7 +112,7 @@ func awaitDelivered(ctx context.Context, path string, size int64) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for the audit trail at %s: %w", path, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(5 * time.Millisecond):
 		}
 	}
 }

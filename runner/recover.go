@@ -103,14 +103,24 @@ func (r *Runner) sweepRuntime(found func(string) *Recovered) error {
 	var errs []error
 	prefix := r.cfg.RunnerID + "-"
 	for _, e := range ents {
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), prefix) {
+		// ".new-" directories are being created (see makeRuntimeDir); one
+		// whose owner is dead was left by a crash in between.
+		partial := strings.HasPrefix(e.Name(), ".new-")
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), prefix) && !partial {
 			continue
 		}
 		dir := filepath.Join(base, e.Name())
-		if b, err := os.ReadFile(filepath.Join(dir, ownerFile)); err == nil {
+		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+		if err == nil {
 			if o, err := procs.Parse(strings.TrimSpace(string(b))); err == nil && o.Alive() {
 				continue
 			}
+		}
+		if partial {
+			if err == nil { // an owner file says whose it is: a dead process's
+				errs = append(errs, os.RemoveAll(dir))
+			}
+			continue
 		}
 		if err := os.RemoveAll(dir); err != nil {
 			errs = append(errs, fmt.Errorf("removing runtime directory %s: %w", dir, err))

@@ -304,17 +304,11 @@ func (e *execution) decide(ctx context.Context) error {
 		}
 		e.policy = p
 	}
-	e.dir = filepath.Join(r.cfg.RuntimeDir, "jobs", r.cfg.RunnerID+"-"+j.ID)
-	if err := os.MkdirAll(filepath.Dir(e.dir), 0o700); err != nil {
-		return fmt.Errorf("creating runtime directory: %w", err)
+	dir, err := r.makeRuntimeDir(j.ID)
+	if err != nil {
+		return err
 	}
-	if err := os.Mkdir(e.dir, 0o755); err != nil {
-		e.dir = "" // not ours to remove
-		return fmt.Errorf("creating runtime directory for job %s: %w", j.ID, err)
-	}
-	if err := os.WriteFile(filepath.Join(e.dir, ownerFile), []byte(r.owner.String()+"\n"), 0o444); err != nil {
-		return fmt.Errorf("creating runtime directory for job %s: %w", j.ID, err)
-	}
+	e.dir = dir
 	if len(j.Secrets) == 0 {
 		return nil
 	}
@@ -403,6 +397,38 @@ func (e *execution) prepare(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// makeRuntimeDir creates the job's runtime directory with its owner file
+// in place: it is made under a temporary name and renamed, so that a
+// recovery running beside it never sees it without an owner and removes it.
+func (r *Runner) makeRuntimeDir(jobID string) (string, error) {
+	base := filepath.Join(r.cfg.RuntimeDir, "jobs")
+	if err := os.MkdirAll(base, 0o700); err != nil {
+		return "", fmt.Errorf("creating runtime directory: %w", err)
+	}
+	tmp, err := os.MkdirTemp(base, ".new-")
+	if err != nil {
+		return "", fmt.Errorf("creating runtime directory for job %s: %w", jobID, err)
+	}
+	dir := filepath.Join(base, r.cfg.RunnerID+"-"+jobID)
+	err = errors.Join(
+		os.Chmod(tmp, 0o755),
+		os.WriteFile(filepath.Join(tmp, ownerFile), []byte(r.owner.String()+"\n"), 0o444),
+	)
+	if err == nil {
+		// Rename replaces an empty directory: refuse an existing one.
+		if _, serr := os.Lstat(dir); serr == nil {
+			err = fmt.Errorf("%s exists already", dir)
+		} else {
+			err = os.Rename(tmp, dir)
+		}
+	}
+	if err != nil {
+		os.RemoveAll(tmp)
+		return "", fmt.Errorf("creating runtime directory for job %s: %w", jobID, err)
+	}
+	return dir, nil
 }
 
 // rewriteInPlace replaces a file's content keeping its inode.
@@ -536,15 +562,18 @@ func (e *execution) step(ctx, jobCtx context.Context, s job.Step) StepResult {
 }
 
 // finish undoes everything decide and prepare did, whatever state they
-// reached, on every path: the container goes first (so nothing of the job
-// runs any more), then its network, then its credentials are revoked; the
-// audit trail is sealed last so that it records the revocations.
+// reached, on every path. The container is stopped and removed while the
+// job's network is torn down and its credentials revoked (cutting the
+// network and revoking before the job's last process is gone only makes
+// its end stricter); the audit trail is sealed last so that it records
+// the revocations.
 func (e *execution) finish(ctx context.Context, res *Result) error {
 	var errs []error
+	destroyed := make(chan error, 1)
 	if e.ctr != nil {
-		if err := e.ctr.Destroy(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("removing container of job %s: %w", e.j.ID, err))
-		}
+		go func() { destroyed <- e.ctr.Destroy(ctx) }()
+	} else {
+		destroyed <- nil
 	}
 	if e.net != nil {
 		res.Egress = e.net.summary()
@@ -556,6 +585,9 @@ func (e *execution) finish(ctx context.Context, res *Result) error {
 		if err := e.r.release(ctx, e.j.ID, e.creds); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := <-destroyed; err != nil {
+		errs = append(errs, fmt.Errorf("removing container of job %s: %w", e.j.ID, err))
 	}
 	if e.dir != "" {
 		if err := os.RemoveAll(e.dir); err != nil {

@@ -119,11 +119,18 @@ func runExec(cmd *cobra.Command, g *globals, o execOptions, path string) error {
 		}
 		log.Debug("runner closed", "took", time.Since(t0))
 	}()
-	t0 = time.Now()
-	if _, err := r.Recover(ctx); err != nil {
-		log.Warn("recovering after an earlier crash", "error", err)
-	}
-	log.Debug("recovery done", "took", time.Since(t0))
+	// Cleaning up after crashed earlier runs does not touch this job (only
+	// dead processes' leftovers), so it runs beside it.
+	recovered := make(chan struct{})
+	go func() {
+		defer close(recovered)
+		t0 := time.Now()
+		if _, err := r.Recover(ctx); err != nil {
+			log.Warn("recovering after an earlier crash", "error", err)
+		}
+		log.Debug("recovery done", "took", time.Since(t0))
+	}()
+	defer func() { <-recovered }()
 	out := cmd.OutOrStdout()
 	res, err := r.Run(ctx, j, runner.RunOptions{Out: out, Cancel: cancel, AwaitAudit: true})
 	printSummary(out, res)
