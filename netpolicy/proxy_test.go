@@ -328,8 +328,8 @@ func TestAuditMode(t *testing.T) {
 	if _, status := e.connect(t, "meta.test:80"); status != 502 {
 		t.Errorf("audit CONNECT meta.test:80 status = %d, want 502 (dial guard)", status)
 	}
-	if _, status := e.connect(t, "9.9.9.9:443"); status != 403 {
-		t.Errorf("audit CONNECT 9.9.9.9:443 status = %d, want 403", status)
+	if _, status := e.connect(t, "198.51.100.99:443"); status != 403 {
+		t.Errorf("audit CONNECT 198.51.100.99:443 status = %d, want 403", status)
 	}
 }
 
