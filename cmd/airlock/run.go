@@ -88,6 +88,7 @@ func runAgent(parent context.Context, cfg *config.Config, log hclog.Logger) (err
 		CheckInterval:   cfg.CheckInterval,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		StateDir:        cfg.StateDir,
+		DefaultImage:    cfg.Docker.Image,
 		Version:         version,
 		Revision:        commit,
 		Metrics:         m,

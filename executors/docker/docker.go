@@ -35,6 +35,9 @@ type Config struct {
 	// Host is the engine address ("unix:///var/run/docker.sock"); empty
 	// takes DOCKER_HOST or the default socket.
 	Host string `toml:"host"`
+	// Image is the default image for jobs that name none (GitLab jobs
+	// without image:).
+	Image string `toml:"image"`
 	// Pull is the default pull policy for specs that don't set one.
 	Pull string `toml:"pull_policy"`
 	// Default limits for job containers.
