@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -30,6 +31,12 @@ type Auditor struct {
 
 	mu     sync.RWMutex
 	trails map[string]*jobTrail
+	// crashed holds trails of crashed jobs reopened during recovery so
+	// that their revocations are recorded before they are sealed.
+	crashed map[string]*jobTrail
+	// runnerID and log serve reopening crashed trails.
+	runnerID string
+	log      hclog.Logger
 }
 
 // jobTrail is one job's open trail.
@@ -92,21 +99,26 @@ func (jt *jobTrail) note(ctx context.Context, ev audit.Event) {
 }
 
 // seal closes the trail with the job's outcome and returns where the
-// sealed copy will be delivered and how long it is.
-func (a *Auditor) seal(ctx context.Context, jt *jobTrail, res *Result) (string, int64, error) {
+// sealed copy will be delivered.
+func (a *Auditor) seal(ctx context.Context, jt *jobTrail, res *Result) (string, error) {
 	defer a.forget(jt.t.Job())
 	jt.note(ctx, audit.NewJobFinished(string(res.State), res.ExitCode, res.Duration, string(res.Reason)))
 	if _, err := jt.t.Seal(ctx, string(res.State)); err != nil {
-		return "", 0, errors.Join(fmt.Errorf("sealing the audit trail of job %s: %w", jt.t.Job(), err), jt.t.Close())
+		return "", errors.Join(fmt.Errorf("sealing the audit trail of job %s: %w", jt.t.Job(), err), jt.t.Close())
 	}
-	return filepath.Join(a.Dir, jt.t.Job()+audit.SpoolExt), jt.t.Synced(), nil
+	return a.deliveredPath(jt.t.Job()), nil
+}
+
+// deliveredPath is where the directory sink puts a job's trail.
+func (a *Auditor) deliveredPath(jobID string) string {
+	return filepath.Join(a.Dir, jobID+audit.SpoolExt)
 }
 
 // awaitDelivered waits (bounded by ctx) until the directory sink holds
-// the sealed trail at path, as long as the spool copy.
-func awaitDelivered(ctx context.Context, path string, size int64) error {
+// the whole sealed trail at path: its last line is the seal.
+func awaitDelivered(ctx context.Context, path string) error {
 	for {
-		if fi, err := os.Stat(path); err == nil && fi.Size() >= size {
+		if sealedFile(path) {
 			return nil
 		}
 		select {
@@ -122,9 +134,64 @@ func awaitDelivered(ctx context.Context, path string, size int64) error {
 func (a *Auditor) brokerEvent(ctx context.Context, e secrets.Event) error {
 	jt := a.trail(e.JobID)
 	if jt == nil {
-		return nil // revocations by the sweeper after the job's trail was sealed
+		jt = a.reopenCrashed(e.JobID)
+	}
+	if jt == nil {
+		return nil // e.g. the sweeper's revocations after the job's trail was sealed
 	}
 	return jt.record(ctx, credentialEvent(e))
+}
+
+// reopenCrashed opens the unsealed trail of a job whose runner died, so
+// that recovery records its revocations; sealCrashed seals it. A trail a
+// live process holds, one already sealed, or none at all gives nil.
+func (a *Auditor) reopenCrashed(jobID string) *jobTrail {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if jt := a.crashed[jobID]; jt != nil {
+		return jt
+	}
+	if _, err := os.Stat(audit.SpoolPath(a.SpoolDir, jobID)); err != nil {
+		return nil
+	}
+	opts := []audit.Option{}
+	if a.Kick != nil {
+		opts = append(opts, audit.WithDurable(a.Kick))
+	}
+	t, err := audit.Open(a.SpoolDir, a.runnerID, jobID, a.Key, opts...)
+	if err != nil {
+		return nil
+	}
+	if a.crashed == nil {
+		a.crashed = map[string]*jobTrail{}
+	}
+	log := a.log
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	jt := &jobTrail{t: t, log: log}
+	a.crashed[jobID] = jt
+	return jt
+}
+
+// sealCrashed seals the trails reopened by recovery with runner_crashed
+// and returns their jobs.
+func (a *Auditor) sealCrashed(ctx context.Context) ([]string, error) {
+	a.mu.Lock()
+	crashed := a.crashed
+	a.crashed = nil
+	a.mu.Unlock()
+	var jobs []string
+	var errs []error
+	for id, jt := range crashed {
+		jt.note(ctx, audit.NewRunnerCrashed("runner process ended before the job finished", jt.t.TruncatedBytes()))
+		if _, err := jt.t.Seal(ctx, "runner_crashed"); err != nil {
+			errs = append(errs, fmt.Errorf("sealing the audit trail of job %s: %w", id, errors.Join(err, jt.t.Close())))
+			continue
+		}
+		jobs = append(jobs, id)
+	}
+	return jobs, errors.Join(errs...)
 }
 
 func credentialEvent(e secrets.Event) audit.Event {
@@ -196,4 +263,26 @@ func gatewayEvent(e netpolicy.Event) audit.Event {
 		})
 	}
 	return audit.NewEgress(e.Kind, e.Host, e.Port, e.Verdict, e.Reason, e.Bytes, e.Duration)
+}
+
+// sealedFile reports whether the trail file at path ends with its seal.
+func sealedFile(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || fi.Size() == 0 {
+		return false
+	}
+	// The seal is the last line; it is well under 4 KiB.
+	n := min(fi.Size(), 4096)
+	buf := make([]byte, n)
+	if _, err := f.ReadAt(buf, fi.Size()-n); err != nil {
+		return false
+	}
+	buf = bytes.TrimRight(buf, "\n")
+	last := buf[bytes.LastIndexByte(buf, '\n')+1:]
+	return bytes.Contains(last, []byte(`"type":"seal"`))
 }

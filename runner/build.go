@@ -67,7 +67,7 @@ func Open(ctx context.Context, cfg *config.Config, log hclog.Logger) (r *Runner,
 	}
 	c.add(store.Close)
 
-	if r.Audit, err = openAuditor(ctx, cfg, store, log, c); err != nil {
+	if r.Audit, err = openAuditor(ctx, cfg, runnerID, store, log, c); err != nil {
 		return nil, err
 	}
 	r.Broker, err = secrets.NewBroker(secrets.BrokerOptions{
@@ -101,7 +101,7 @@ func Open(ctx context.Context, cfg *config.Config, log hclog.Logger) (r *Runner,
 	return r, nil
 }
 
-func openAuditor(ctx context.Context, cfg *config.Config, store *secrets.Store, log hclog.Logger, c *closers) (*Auditor, error) {
+func openAuditor(ctx context.Context, cfg *config.Config, runnerID string, store *secrets.Store, log hclog.Logger, c *closers) (*Auditor, error) {
 	key, err := audit.LoadOrCreateKey(audit.KeyPath(cfg.StateDir))
 	if err != nil {
 		return nil, err
@@ -135,7 +135,7 @@ func openAuditor(ctx context.Context, cfg *config.Config, store *secrets.Store, 
 	}()
 	// Closing stops the shipper after one last delivery pass.
 	c.add(func() error { cancel(); <-done; return nil })
-	return &Auditor{SpoolDir: spool, Dir: dir, Key: key, Kick: sh.Kick}, nil
+	return &Auditor{SpoolDir: spool, Dir: dir, Key: key, Kick: sh.Kick, runnerID: runnerID, log: log}, nil
 }
 
 func openNetwork(cfg *config.Config, runnerID string, store *secrets.Store, log hclog.Logger, c *closers) (*Network, error) {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/airlock-ci/airlock/audit"
 	"github.com/airlock-ci/airlock/executors"
@@ -67,11 +68,22 @@ func (r *Runner) Recover(ctx context.Context) ([]Recovered, error) {
 	}
 	errs = append(errs, r.sweepRuntime(found))
 	if r.Audit != nil {
+		// Trails the broker's revocations reopened are sealed here; the
+		// rest of the crashed jobs' trails by audit.Recover.
+		sealed, err := r.Audit.sealCrashed(ctx)
+		errs = append(errs, err)
 		res, err := audit.Recover(ctx, r.Audit.SpoolDir, r.cfg.RunnerID, r.Audit.Key, audit.WithDurable(r.Audit.Kick))
 		errs = append(errs, err)
-		for _, id := range res.Sealed {
-			found(id).Trail = filepath.Join(r.Audit.Dir, id+audit.SpoolExt)
+		for _, id := range append(sealed, res.Sealed...) {
+			found(id).Trail = r.Audit.deliveredPath(id)
 		}
+		// Callers upload or report the sealed trails: wait (bounded) until
+		// the directory sink holds them.
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		for _, id := range append(sealed, res.Sealed...) {
+			errs = append(errs, awaitDelivered(wctx, r.Audit.deliveredPath(id)))
+		}
+		cancel()
 	}
 	out := make([]Recovered, 0, len(jobs))
 	for _, j := range jobs {

@@ -598,13 +598,13 @@ func (e *execution) finish(ctx context.Context, res *Result) error {
 		if len(errs) > 0 {
 			e.trail.note(ctx, audit.NewAlert("teardown", errors.Join(errs...).Error(), nil))
 		}
-		path, size, err := e.r.Audit.seal(ctx, e.trail, res)
+		path, err := e.r.Audit.seal(ctx, e.trail, res)
 		if err != nil {
 			errs = append(errs, err)
 		} else {
 			res.AuditTrail = path
 			if e.opts.AwaitAudit {
-				if err := awaitDelivered(ctx, path, size); err != nil {
+				if err := awaitDelivered(ctx, path); err != nil {
 					errs = append(errs, err)
 				}
 			}

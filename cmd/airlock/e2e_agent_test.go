@@ -1,11 +1,14 @@
 package main
 
 import (
+	"archive/zip"
+	"bytes"
 	"context"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -14,6 +17,7 @@ import (
 
 	"github.com/airlock-ci/airlock/internal/testenv"
 	"github.com/airlock-ci/airlock/internal/testenv/fakegitlab"
+	"github.com/airlock-ci/airlock/internal/testenv/fakevault"
 )
 
 func TestE2EAgentRegisterRun(t *testing.T) {
@@ -102,11 +106,15 @@ func TestE2EAgentRegisterRun(t *testing.T) {
 	}
 }
 
+// A SIGKILLed agent's job is, on the next start: reported failed
+// (runner_system_failure), its Vault token revoked, its container removed,
+// and its audit trail sealed with runner_crashed, verified and uploaded.
 func TestE2EAgentCrashRecovery(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireTestImage(t)
 	gl := fakegitlab.New(t)
 	gl.SetTraceUpdateInterval(1)
+	fv := fakevault.New(t)
 	token := "glrt-" + e2eSecret("runner")
 	gl.AddRunner(token)
 	e := newE2E(t, e2eOptions{})
@@ -115,7 +123,10 @@ func TestE2EAgentCrashRecovery(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("airlock register: %v\n%s", err, out)
 	}
-	id := gl.Enqueue(fakegitlab.JobSpec{Image: testenv.TestImage, Script: []string{"echo started", "sleep 300"},
+	e.mustRun(fv.RootToken, "secret", "set", "vault-ci", "--backend", "vault", "--vault-addr", fv.URL, "--vault-mode", "token")
+	e.mustRun("", "grant", "add", "vault-ci", "--repo", "group/app", "--source", "gitlab", "--deliver", "env", "--var", "VAULT_TOKEN", "--scope", "policies=ci")
+	id := gl.Enqueue(fakegitlab.JobSpec{Project: "group/app", Image: testenv.TestImage, Script: []string{"echo started", "sleep 300"},
+		Secrets:   "vault-ci",
 		Variables: []fakegitlab.Variable{{Key: "GIT_STRATEGY", Value: "none"}}})
 	p := e.start("run")
 	deadline := time.Now().Add(time.Minute)
@@ -128,7 +139,10 @@ func TestE2EAgentCrashRecovery(t *testing.T) {
 	p.signal(syscall.SIGKILL)
 	p.wait(time.Minute)
 	if len(e.containers()) == 0 {
-		t.Errorf("no container left by the killed agent")
+		t.Errorf("no container left by the killed agent: the test of recovery proves nothing")
+	}
+	if live := fv.LiveChildTokens(); len(live) != 1 {
+		t.Fatalf("%d live Vault child tokens after the kill, want the job's one: the test proves nothing", len(live))
 	}
 	p2 := e.start("run")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -137,10 +151,33 @@ func TestE2EAgentCrashRecovery(t *testing.T) {
 	if err != nil || st.Status != "failed" || st.FailureReason != "runner_system_failure" {
 		t.Errorf("crashed job: %+v, %v\nagent:\n%s", st, err, p2.stderr.String())
 	}
-	t.Logf("trace:\n%s\nartifacts: %d", gl.Trace(id), len(gl.Artifacts(id)))
+	if live := fv.LiveChildTokens(); len(live) != 0 {
+		t.Errorf("%d Vault child tokens still live after recovery: %s", len(live), e2eJSON(live))
+	}
+	arts := gl.Artifacts(id)
+	if len(arts) != 1 {
+		t.Fatalf("artifacts of the crashed job = %d, want the audit trail", len(arts))
+	}
+	zr, err := zip.NewReader(bytes.NewReader(arts[0].Data), int64(len(arts[0].Data)))
+	if err != nil || len(zr.File) != 1 {
+		t.Fatalf("audit artifact is not a zip with one trail: %v", err)
+	}
+	rc, err := zr.File[0].Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	trail, _ := io.ReadAll(rc)
+	rc.Close()
+	path := filepath.Join(t.TempDir(), "trail.jsonl")
+	os.WriteFile(path, trail, 0o600)
+	if res := e.run("", "audit", "verify", path); res.Code != 0 {
+		t.Errorf("audit verify of the uploaded trail: %s", res)
+	}
+	if !bytes.Contains(trail, []byte(`"type":"runner_crashed"`)) || !bytes.Contains(trail, []byte(`"type":"credential_revoked"`)) {
+		t.Errorf("uploaded trail lacks runner_crashed or credential_revoked:\n%s", trail)
+	}
 	p2.signal(syscall.SIGTERM)
 	p2.wait(time.Minute)
-	t.Logf("agent 2:\n%s", p2.stderr.String())
 	if c := e.containers(); len(c) != 0 {
 		t.Errorf("containers left after recovery: %v", c)
 	}
