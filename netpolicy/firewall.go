@@ -98,21 +98,32 @@ func NewFirewall(log hclog.Logger) (*Firewall, error) {
 func newFirewall(log hclog.Logger, backend string) (*Firewall, error) {
 	f := &Firewall{log: log.Named("firewall"), backend: backend, applied: map[string]bool{}}
 	short := map[string]string{"nf_tables": "nft", "legacy": "legacy"}[backend]
-	for _, fam := range []struct {
+	// go-iptables runs the binary to learn its version: both families at
+	// once, it is on every runner's start path.
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, fam := range []struct {
 		t     *tools
 		name  string
 		proto iptables.Protocol
 	}{{&f.v4, "iptables", iptables.ProtocolIPv4}, {&f.v6, "ip6tables", iptables.ProtocolIPv6}} {
-		bin := lookBinary(fam.name+"-"+short, fam.name)
-		ipt, err := iptables.New(iptables.IPFamily(fam.proto), iptables.Path(bin), iptables.Timeout(10))
-		if err != nil {
-			return nil, fmt.Errorf("opening %s: %w", bin, err)
-		}
-		fam.t.ipt = ipt
-		fam.t.restore = lookBinary(fam.name+"-"+short+"-restore", fam.name+"-restore")
-		fam.t.save = lookBinary(fam.name+"-"+short+"-save", fam.name+"-save")
-		fam.t.wait = backend == "legacy"
-		fam.t.host = new(groupCommit)
+		wg.Go(func() {
+			bin := lookBinary(fam.name+"-"+short, fam.name)
+			ipt, err := iptables.New(iptables.IPFamily(fam.proto), iptables.Path(bin), iptables.Timeout(10))
+			if err != nil {
+				errs[i] = fmt.Errorf("opening %s: %w", bin, err)
+				return
+			}
+			fam.t.ipt = ipt
+			fam.t.restore = lookBinary(fam.name+"-"+short+"-restore", fam.name+"-restore")
+			fam.t.save = lookBinary(fam.name+"-"+short+"-save", fam.name+"-save")
+			fam.t.wait = backend == "legacy"
+			fam.t.host = new(groupCommit)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	f.log.Debug("iptables backend detected", "backend", backend, "restore", f.v4.restore)
 	return f, nil

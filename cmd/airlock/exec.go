@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -163,7 +164,7 @@ func applyExecFlags(j *job.Job, o execOptions) error {
 	if o.timeout > 0 {
 		j.Timeout = o.timeout
 	}
-	j.Repo, j.Ref, j.SHA = gitIdentity()
+	j.Repo, j.Ref, j.SHA = gitIdentity(o.repo == "", o.ref == "")
 	if o.repo != "" {
 		j.Repo = o.repo
 	}
@@ -285,20 +286,30 @@ func resultExit(res *runner.Result) error {
 }
 
 // gitIdentity reads the repository path, branch and commit of the git
-// checkout in the working directory; empty where there is none.
-func gitIdentity() (repo, ref, sha string) {
-	git := func(args ...string) string {
-		out, err := exec.Command("git", args...).Output()
-		if err != nil {
-			return ""
+// checkout in the working directory; empty where there is none. Only what
+// the flags leave open is asked, all at once.
+func gitIdentity(needRepo, needRef bool) (repo, ref, sha string) {
+	git := func(dst *string, args ...string) func() {
+		return func() {
+			if out, err := exec.Command("git", args...).Output(); err == nil {
+				*dst = strings.TrimSpace(string(out))
+			}
 		}
-		return strings.TrimSpace(string(out))
 	}
-	repo = repoPath(git("remote", "get-url", "origin"))
-	if ref = git("rev-parse", "--abbrev-ref", "HEAD"); ref == "HEAD" {
+	var wg sync.WaitGroup
+	var remote string
+	if needRepo {
+		wg.Go(git(&remote, "remote", "get-url", "origin"))
+	}
+	if needRef {
+		wg.Go(git(&ref, "rev-parse", "--abbrev-ref", "HEAD"))
+	}
+	wg.Go(git(&sha, "rev-parse", "HEAD"))
+	wg.Wait()
+	if ref == "HEAD" { // detached
 		ref = ""
 	}
-	return repo, ref, git("rev-parse", "HEAD")
+	return repoPath(remote), ref, sha
 }
 
 // repoPath turns a git remote URL into a repository path: group/project.
