@@ -89,6 +89,9 @@ func newUnitData(cfg *config.Config, execPath, configPath string) (unitData, err
 	if rel, ok := managedDir("/etc", d.ConfigDir); ok {
 		d.ConfigurationDirectory = rel
 	}
+	// The agent writes config.toml back when it rotates a runner token;
+	// ProtectSystem=full would make /etc read-only.
+	rw = append(rw, d.ConfigDir)
 	for _, p := range rw {
 		if err := plainPath(p); err != nil {
 			return unitData{}, err

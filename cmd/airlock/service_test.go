@@ -119,8 +119,9 @@ func TestUnitSettings(t *testing.T) {
 				"Restart":                  "on-failure",
 				"After":                    "network-online.target docker.service",
 				"UMask":                    "0022", // job containers read per-job files
+				"ReadWritePaths":           "/etc/airlock", // rotated runner tokens are saved
 			},
-			absent: []string{"ReadWritePaths", "PrivateNetwork", "ProtectKernelTunables"},
+			absent: []string{"PrivateNetwork", "ProtectKernelTunables"},
 		},
 		{
 			name: "short shutdown and grace",
@@ -144,7 +145,7 @@ func TestUnitSettings(t *testing.T) {
 				c.RuntimeDir = "/dev/shm/airlock"
 			},
 			wantStop: "1900",
-			want:     map[string]string{"ReadWritePaths": "/srv/airlock /dev/shm/airlock"},
+			want:     map[string]string{"ReadWritePaths": "/srv/airlock /dev/shm/airlock /etc/airlock"},
 			absent:   []string{"StateDirectory", "RuntimeDirectory"},
 		},
 	}
@@ -290,7 +291,7 @@ func TestServiceUnitCommand(t *testing.T) {
 	got := unitDirectives(out.String())
 	want := map[string]string{
 		"ExecStart":      "/usr/local/bin/airlock run --config " + cfgPath + " --state-dir /srv/airlock-state",
-		"ReadWritePaths": "/srv/airlock-state",
+		"ReadWritePaths": "/srv/airlock-state " + dir,
 		"TimeoutStopSec": "400", // 5m + 10s + 90s
 	}
 	for k, w := range want {
