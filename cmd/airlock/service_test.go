@@ -118,7 +118,7 @@ func TestUnitSettings(t *testing.T) {
 				"KillMode":                 "mixed",
 				"Restart":                  "on-failure",
 				"After":                    "network-online.target docker.service",
-				"UMask":                    "0022", // job containers read per-job files
+				"UMask":                    "0022",         // job containers read per-job files
 				"ReadWritePaths":           "/etc/airlock", // rotated runner tokens are saved
 			},
 			absent: []string{"PrivateNetwork", "ProtectKernelTunables"},
