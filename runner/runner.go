@@ -576,9 +576,8 @@ func (e *execution) finish(ctx context.Context, res *Result) error {
 		destroyed <- nil
 	}
 	if e.net != nil {
-		err := e.net.close(ctx)
-		res.Egress = e.net.summary() // after close: it counts what closing decided too
-		if err != nil {
+		res.Egress = e.net.summary()
+		if err := e.net.close(ctx); err != nil {
 			errs = append(errs, err)
 		}
 	}
