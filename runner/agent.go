@@ -299,6 +299,12 @@ func (a *Agent) poll(ctx context.Context, rc gitlab.RunnerConfig, c *gitlab.Clie
 			return
 		}
 		release := func() { <-a.slots; <-limit }
+		// A select with both ready may pick the slot over a drain that
+		// came meanwhile: no new request once draining has begun.
+		if ctx.Err() != nil {
+			release()
+			return
+		}
 		if rc.TokenRotationDue(time.Now()) {
 			if err := a.rotateToken(ctx, c, &rc, log); err != nil {
 				release()
@@ -311,7 +317,12 @@ func (a *Agent) poll(ctx context.Context, rc gitlab.RunnerConfig, c *gitlab.Clie
 			}
 		}
 		start := time.Now()
-		resp, err := c.RequestJob(ctx, rc.Token, a.cfg.SystemID)
+		// A request in flight when draining begins is not cancelled: GitLab
+		// may already have assigned it a job, which would then be lost
+		// (stuck until it times out). It is answered (at once, or when
+		// the long poll ends) and a job it brings is run as part of the
+		// drain. Only an abort cancels it.
+		resp, err := c.RequestJob(a.jobsCtx, rc.Token, a.cfg.SystemID)
 		if err == nil && resp != nil {
 			bo.Reset()
 			a.jobs.Add(1)

@@ -474,11 +474,13 @@ func TestAgentDrain(t *testing.T) {
 			if !bytes.Contains(trace, []byte(tc.wantOut)) || (tc.notOut != "" && bytes.Contains(trace, []byte(tc.notOut))) {
 				t.Errorf("trace: want %q, not %q:\n%s", tc.wantOut, tc.notOut, trace)
 			}
-			if st := e.gl.Job(later); st.Status != "pending" {
-				t.Errorf("job queued after the stop is %s, want pending (not requested)", st.Status)
+			// No request starts after the stop; one already in flight may
+			// still bring the later job, which must then be run, not lost.
+			if st := e.gl.Job(later); st.Status != "pending" && !(st.Finished && st.Status == "success") {
+				t.Errorf("job queued after the stop is %s, want pending (not requested) or run to success", st.Status)
 			}
-			if n := len(e.gl.RequestsTo("POST", "/api/v4/jobs/request")); n > requests {
-				t.Errorf("%d job requests after the stop, want none", n-requests)
+			if n := len(e.gl.RequestsTo("POST", "/api/v4/jobs/request")); n > requests+1 {
+				t.Errorf("%d job requests after the stop, want at most the one in flight", n-requests)
 			}
 		})
 	}

@@ -223,6 +223,12 @@ func (s *Server) handleRequestJob(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		current := strconv.FormatInt(s.lastUpdate, 10)
+		if r.Context().Err() != nil {
+			// The runner gave up the request (Workhorse forwards nothing
+			// to Rails then): no job is assigned to it.
+			s.mu.Unlock()
+			return
+		}
 		if len(s.queue) > 0 {
 			id := s.queue[0]
 			s.queue = s.queue[1:]
