@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
@@ -473,6 +474,7 @@ func (c *Container) Destroy(ctx context.Context) error {
 		if left, _ := jobProcesses(c.pid, c.idle, c.pidns); len(left) > 0 {
 			errs = append(errs, c.stopProcesses(c.e.grace))
 		}
+		c.stopIdle(ctx)
 	}
 	if err := c.e.Remove(ctx, c.id); err != nil {
 		errs = append(errs, err)
@@ -481,6 +483,24 @@ func (c *Container) Destroy(ctx context.Context) error {
 		c.e.log.Debug("container removed", "job", c.job, "container", shortID(c.id))
 	}
 	return errors.Join(errs...)
+}
+
+// stopIdle ends the idle entrypoint (its trap exits on SIGTERM) and waits
+// briefly for the container to stop by itself: the engine removes a
+// stopped container much faster than it kills and removes a running one.
+// Remove force-kills whatever is left.
+func (c *Container) stopIdle(ctx context.Context) {
+	if c.idle == 0 || syscall.Kill(c.idle, syscall.SIGTERM) != nil {
+		return
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	waitC, errC := c.e.cli.ContainerWait(wctx, c.id, container.WaitConditionNotRunning)
+	select {
+	case <-waitC:
+	case <-errC:
+	case <-wctx.Done():
+	}
 }
 
 func shortID(id string) string {
