@@ -232,6 +232,8 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 		if errors.As(err, &denied) {
 			res.Reason = Unauthorized
 			fmt.Fprintf(masker, "\x1b[31;1mJob refused before running: %v\x1b[0;m\n", err)
+		} else {
+			fmt.Fprintf(masker, "\x1b[31;1mPreparing the job's credentials and network failed: %v\x1b[0;m\n", err)
 		}
 		return res, nil
 	}
