@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -22,28 +21,7 @@ var benchNS atomic.Int64
 // returns its path and a function deleting it.
 func newBenchNS(b *testing.B) (string, func()) {
 	name := fmt.Sprintf("airlock-bench-%d-%d", time.Now().UnixNano()%1e9, benchNS.Add(1))
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		h, err := netns.NewNamed(name)
-		if err == nil {
-			h.Close()
-		}
-		if serr := netns.Set(orig); serr != nil {
-			errc <- serr
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
+	if err := testenv.CreateNamedNS(name); err != nil {
 		b.Fatalf("creating namespace: %v", err)
 	}
 	return filepath.Join("/var/run/netns", name), func() {

@@ -22,7 +22,7 @@ var nsCounter atomic.Int64
 func NewNetNS(t testing.TB, prefix string) string {
 	t.Helper()
 	name := fmt.Sprintf("%s-%d-%d", prefix, os.Getpid(), nsCounter.Add(1))
-	if err := createNamedNS(name); err != nil {
+	if err := CreateNamedNS(name); err != nil {
 		t.Fatalf("creating network namespace %s: %v", name, err)
 	}
 	path := filepath.Join("/var/run/netns", name)
@@ -37,9 +37,11 @@ func NewNetNS(t testing.TB, prefix string) string {
 	return path
 }
 
-// createNamedNS creates a named namespace on a locked thread and moves the
-// thread back to its original namespace.
-func createNamedNS(name string) error {
+// CreateNamedNS creates the named namespace /var/run/netns/NAME on a
+// locked thread and moves the thread back to its original namespace.
+// NewNetNS is the same with cleanup; benchmarks that delete namespaces
+// per iteration call this.
+func CreateNamedNS(name string) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
