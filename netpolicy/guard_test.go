@@ -132,7 +132,9 @@ func TestResolvers(t *testing.T) {
 	a := netip.MustParseAddr("192.0.2.1")
 	b := netip.MustParseAddr("192.0.2.2")
 	static := StaticResolver{"api.allowed.test": {a}, "*.wild.test": {b}}
-	hosts := HostsResolver{Hosts: map[string]netip.Addr{"db.internal": a}, Next: static}
+	c := netip.MustParseAddr("192.0.2.3")
+	hosts := HostsResolver{Hosts: map[string]netip.Addr{"db.internal": a, "*.corp.internal": c, "exact.corp.internal": b}, Next: static}
+	hostsOnly := HostsResolver{Hosts: map[string]netip.Addr{"*.corp.internal": c}}
 	tests := []struct {
 		r    Resolver
 		host string
@@ -147,6 +149,11 @@ func TestResolvers(t *testing.T) {
 		{hosts, "db.internal", a},
 		{hosts, "x.wild.test", b},
 		{hosts, "evil.test", netip.Addr{}},
+		{hosts, "git.corp.internal", c},
+		{hosts, "a.b.corp.internal", c},
+		{hosts, "exact.corp.internal", b},
+		{hostsOnly, "corp.internal", netip.Addr{}},
+		{hostsOnly, "x.wild.test", netip.Addr{}},
 		{HostsResolver{}, "evil.test", netip.Addr{}},
 	}
 	for _, tc := range tests {
@@ -165,9 +172,12 @@ func TestResolvers(t *testing.T) {
 }
 
 func TestParseHosts(t *testing.T) {
-	got, err := ParseHosts(map[string]string{"DB.internal.": "10.1.2.3"})
-	if err != nil || got["db.internal"] != netip.MustParseAddr("10.1.2.3") {
-		t.Errorf("ParseHosts = %v, %v; want db.internal -> 10.1.2.3", got, err)
+	got, err := ParseHosts(map[string]string{"DB.internal.": "10.1.2.3", "*.corp.internal": "10.1.2.4"})
+	if err != nil || got["db.internal"] != netip.MustParseAddr("10.1.2.3") || got["*.corp.internal"] != netip.MustParseAddr("10.1.2.4") {
+		t.Errorf("ParseHosts = %v, %v; want db.internal -> 10.1.2.3 and *.corp.internal -> 10.1.2.4", got, err)
+	}
+	if _, err := ParseHosts(map[string]string{"*.": "10.1.2.3"}); err == nil {
+		t.Errorf("ParseHosts accepted a bare wildcard")
 	}
 	_, err = ParseHosts(map[string]string{"bad name": "10.1.2.3", "ok.internal": "not-an-ip"})
 	if err == nil || !strings.Contains(err.Error(), `"bad name"`) || !strings.Contains(err.Error(), `"ok.internal"`) {

@@ -44,25 +44,35 @@ type StaticResolver map[string][]netip.Addr
 
 // LookupIP implements Resolver.
 func (r StaticResolver) LookupIP(_ context.Context, host string) ([]netip.Addr, error) {
-	host = normalizeHost(host)
-	if a, ok := r[host]; ok && len(a) > 0 {
+	if a, ok := lookupName(r, host); ok && len(a) > 0 {
 		return a, nil
+	}
+	return nil, fmt.Errorf("resolving %s: %w", host, &net.DNSError{Err: "no such host", Name: normalizeHost(host), IsNotFound: true})
+}
+
+// lookupName finds host in a static map: its exact key first, then the
+// nearest "*.suffix" key above it.
+func lookupName[V any](m map[string]V, host string) (V, bool) {
+	host = normalizeHost(host)
+	if v, ok := m[host]; ok {
+		return v, true
 	}
 	for name := host; ; {
 		i := strings.IndexByte(name, '.')
 		if i < 0 {
-			break
+			var zero V
+			return zero, false
 		}
 		name = name[i+1:]
-		if a, ok := r["*."+name]; ok && len(a) > 0 {
-			return a, nil
+		if v, ok := m["*."+name]; ok {
+			return v, true
 		}
 	}
-	return nil, fmt.Errorf("resolving %s: %w", host, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true})
 }
 
 // HostsResolver consults a static hosts map (config.toml [gateway.hosts],
-// e.g. "db.internal" = "10.1.2.3") before falling back to Next.
+// e.g. "db.internal" = "10.1.2.3", or "*.corp.internal" for every
+// subdomain) before falling back to Next.
 type HostsResolver struct {
 	Hosts map[string]netip.Addr
 	Next  Resolver
@@ -70,7 +80,7 @@ type HostsResolver struct {
 
 // LookupIP implements Resolver.
 func (r HostsResolver) LookupIP(ctx context.Context, host string) ([]netip.Addr, error) {
-	if a, ok := r.Hosts[normalizeHost(host)]; ok {
+	if a, ok := lookupName(r.Hosts, host); ok {
 		return []netip.Addr{a}, nil
 	}
 	if r.Next == nil {
@@ -86,7 +96,7 @@ func ParseHosts(m map[string]string) (map[string]netip.Addr, error) {
 	var errs []error
 	for name, addr := range m {
 		n := normalizeHost(name)
-		if err := checkHostname(n); err != nil {
+		if err := checkHostname(strings.TrimPrefix(n, "*.")); err != nil {
 			errs = append(errs, fmt.Errorf("parsing gateway host %q: %w", name, err))
 			continue
 		}
