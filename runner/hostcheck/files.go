@@ -42,16 +42,7 @@ func checkStateDir(e *Env, dir string) Result {
 		r.Fix = "move it away and: install -d -m 0700 " + dir
 		return r
 	}
-	if uid, ok := owner(fi); ok && uid != 0 {
-		r.Status = Fail
-		r.Detail = fmt.Sprintf("%s is owned by uid %d, not root", dir, uid)
-		r.Fix = "chown root:root " + dir
-		return r
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		r.Status = Fail
-		r.Detail = fmt.Sprintf("%s has mode %04o; others can reach the state and keys", dir, perm)
-		r.Fix = "chmod 0700 " + dir
+	if !rootOnly(&r, fi, dir, "%s has mode %04o; others can reach the state and keys", "chmod 0700 "+dir) {
 		return r
 	}
 	r.Detail = fmt.Sprintf("%s is root's, mode %04o", dir, fi.Mode().Perm())
@@ -78,16 +69,7 @@ func checkKeyFile(e *Env, path string) Result {
 		r.Fix = "replace it with the key file itself (no symlinks)"
 		return r
 	}
-	if uid, ok := owner(fi); ok && uid != 0 {
-		r.Status = Fail
-		r.Detail = fmt.Sprintf("%s is owned by uid %d, not root", path, uid)
-		r.Fix = "chown root:root " + path
-		return r
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		r.Status = Fail
-		r.Detail = fmt.Sprintf("%s has mode %04o, wider than 0600", path, perm)
-		r.Fix = "chmod 0600 " + path + " (and consider the key exposed: rotate it)"
+	if !rootOnly(&r, fi, path, "%s has mode %04o, wider than 0600", "chmod 0600 "+path+" (and consider the key exposed: rotate it)") {
 		return r
 	}
 	r.Detail = fmt.Sprintf("%s mode %04o", path, fi.Mode().Perm())
@@ -154,4 +136,23 @@ func checkRuntimeDir(e *Env, dir string) Result {
 	}
 	r.Detail = where + " is on " + fsName(t)
 	return r
+}
+
+// rootOnly checks that fi (at path) is root's and closed to group and
+// others; otherwise it fails r with the matching detail and fix (modeMsg
+// takes the path and the mode) and returns false.
+func rootOnly(r *Result, fi os.FileInfo, path, modeMsg, modeFix string) bool {
+	if uid, ok := owner(fi); ok && uid != 0 {
+		r.Status = Fail
+		r.Detail = fmt.Sprintf("%s is owned by uid %d, not root", path, uid)
+		r.Fix = "chown root:root " + path
+		return false
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		r.Status = Fail
+		r.Detail = fmt.Sprintf(modeMsg, path, perm)
+		r.Fix = modeFix
+		return false
+	}
+	return true
 }
