@@ -3,6 +3,7 @@ package testenv
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -30,6 +31,9 @@ var (
 	WildAddr      = netip.MustParseAddr("198.51.100.30")
 	OtherAddr     = netip.MustParseAddr("198.51.100.40")
 	MetadataAddr  = netip.MustParseAddr("169.254.169.254")
+	// MTLSAddr's HTTPS server completes the handshake only for a client
+	// certificate of the fake internet's CA (TestCA.ClientCertPEM).
+	MTLSAddr = netip.MustParseAddr("203.0.113.30")
 )
 
 // Ports of the fake internet's servers (on every address).
@@ -60,6 +64,7 @@ var hostNames = map[netip.Addr]string{
 	WildAddr:      "wild",
 	OtherAddr:     "other",
 	MetadataAddr:  "metadata",
+	MTLSAddr:      "mtls",
 }
 
 // FakeHosts is the static resolver map of the fake internet. A key
@@ -73,6 +78,7 @@ var FakeHosts = map[string]netip.Addr{
 	"*.wild.test":          WildAddr,
 	"other.test":           OtherAddr,
 	"metadata.test":        MetadataAddr,
+	"mtls.test":            MTLSAddr,
 	"rebind-loopback.test": netip.MustParseAddr("127.0.0.1"),
 }
 
@@ -104,6 +110,8 @@ type FakeRequest struct {
 	Method string
 	URL    string
 	Header http.Header
+	// ClientCert is the common name of the client certificate (mTLS).
+	ClientCert string
 }
 
 // FakeInternet is a network namespace with servers on the fake addresses,
@@ -273,7 +281,16 @@ func (f *FakeInternet) serve(ctx context.Context, wg *sync.WaitGroup) error {
 		return err
 	}
 	httpSrv := &http.Server{Handler: http.HandlerFunc(f.handle), ReadHeaderTimeout: 5 * time.Second}
-	httpsSrv := &http.Server{Handler: http.HandlerFunc(f.handle), ReadHeaderTimeout: 5 * time.Second, TLSConfig: f.CA.ServerConfig()}
+	tlsCfg := f.CA.ServerConfig()
+	mtlsCfg := f.CA.ServerConfig()
+	mtlsCfg.ClientAuth, mtlsCfg.ClientCAs = tls.RequireAndVerifyClientCert, f.CA.Pool
+	tlsCfg.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+		if addrOf(hi.Conn.LocalAddr()) == MTLSAddr {
+			return mtlsCfg, nil
+		}
+		return nil, nil
+	}
+	httpsSrv := &http.Server{Handler: http.HandlerFunc(f.handle), ReadHeaderTimeout: 5 * time.Second, TLSConfig: tlsCfg}
 	wg.Go(func() { _ = httpSrv.Serve(lns[0]) })
 	wg.Go(func() { _ = httpsSrv.ServeTLS(lns[1], "", "") })
 	wg.Go(func() { serveEcho(lns[2]) })
@@ -292,6 +309,9 @@ func (f *FakeInternet) handle(w http.ResponseWriter, r *http.Request) {
 	req := FakeRequest{Host: hostNames[addr], Addr: addr, TLS: r.TLS != nil, Method: r.Method, URL: r.URL.String(), Header: r.Header.Clone()}
 	if r.TLS != nil {
 		req.SNI = r.TLS.ServerName
+		if len(r.TLS.PeerCertificates) > 0 {
+			req.ClientCert = r.TLS.PeerCertificates[0].Subject.CommonName
+		}
 	}
 	f.mu.Lock()
 	f.requests = append(f.requests, req)
@@ -384,6 +404,9 @@ func lockFakeNet(t testing.TB) (unlock func()) {
 func cleanStaleFakeNets(t testing.TB) {
 	t.Helper()
 	links, err := netlink.LinkList()
+	for i := 0; errors.Is(err, netlink.ErrDumpInterrupted) && i < 5; i++ {
+		links, err = netlink.LinkList() // interrupted by a concurrent change: ask again
+	}
 	if err != nil {
 		t.Fatalf("listing links: %v", err)
 	}

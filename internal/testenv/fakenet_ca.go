@@ -26,6 +26,35 @@ type TestCA struct {
 	PEM []byte
 	// Cert is the server certificate (with key) for the names.
 	Cert tls.Certificate
+
+	caCert *x509.Certificate
+	caKey  *ecdsa.PrivateKey
+}
+
+// ClientCertPEM mints a client certificate of the CA for cn and returns it
+// and its private key as PEM (for mTLS tests: the fake internet's mTLS
+// server accepts exactly these).
+func (c *TestCA) ClientCertPEM(cn string) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(now.UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.caCert, &key.PublicKey, c.caKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	kd, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), nil
 }
 
 // NewTestCA creates a CA and a server certificate for names (DNS names,
@@ -79,9 +108,11 @@ func NewTestCA(names []string) (*TestCA, error) {
 	pool := x509.NewCertPool()
 	pool.AddCert(caCert)
 	return &TestCA{
-		Pool: pool,
-		PEM:  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		Cert: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
+		Pool:   pool,
+		PEM:    pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		Cert:   tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
+		caCert: caCert,
+		caKey:  caKey,
 	}, nil
 }
 

@@ -39,10 +39,7 @@ func BuildProbe(t testing.TB) string {
 		t.Fatal("locating testenv sources")
 	}
 	out := filepath.Join(worldReadableTempDir(t), "probe")
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goBin); err != nil {
-		goBin = "go"
-	}
+	goBin := "go" // go test puts its own GOROOT/bin first in PATH
 	cmd := exec.Command(goBin, "build", "-trimpath", "-o", out, ".")
 	cmd.Dir = filepath.Join(filepath.Dir(file), "cmd", "probe")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -111,5 +112,69 @@ func dockerHTTP(sock string) *http.Client {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", sock)
 		}},
+	}
+}
+
+// EtcdBin is the etcd server binary the fleet tests run: $ETCD_BIN, else
+// etcd on PATH (Debian's etcd-server package).
+func EtcdBin() string {
+	if b := os.Getenv("ETCD_BIN"); b != "" {
+		return b
+	}
+	return "etcd"
+}
+
+var etcdProbe struct {
+	once sync.Once
+	err  error
+}
+
+// RequireEtcd skips (or, with "etcd" in AIRLOCK_TEST_REQUIRE, fails)
+// unless an etcd server binary is there and runs (`etcd --version`).
+func RequireEtcd(t testing.TB) string {
+	t.Helper()
+	etcdProbe.once.Do(func() {
+		bin, err := exec.LookPath(EtcdBin())
+		if err == nil {
+			err = exec.Command(bin, "--version").Run()
+		}
+		etcdProbe.err = err
+	})
+	if etcdProbe.err != nil {
+		missing(t, "etcd", "no etcd server to run (apt-get install etcd-server, or set ETCD_BIN): "+etcdProbe.err.Error())
+	}
+	return EtcdBin()
+}
+
+// ContainerdSocket is the containerd socket the tests use: AIRLOCK_CONTAINERD
+// if set, else the standard socket if it exists, else the daemon under
+// Docker.
+func ContainerdSocket() string {
+	if s := os.Getenv("AIRLOCK_CONTAINERD"); s != "" {
+		return s
+	}
+	if _, err := os.Stat("/run/containerd/containerd.sock"); err == nil {
+		return "/run/containerd/containerd.sock"
+	}
+	return "/var/run/docker/containerd/containerd.sock"
+}
+
+var containerdProbe struct {
+	once sync.Once
+	err  error
+}
+
+// RequireContainerd skips (or fails, with AIRLOCK_TEST_REQUIRE naming
+// "containerd") unless root can talk to containerd at ContainerdSocket:
+// the socket accepts a connection and answers a gRPC health check.
+func RequireContainerd(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		missing(t, "containerd", "containerd tests need root")
+		return
+	}
+	containerdProbe.once.Do(func() { containerdProbe.err = probeContainerd(ContainerdSocket()) })
+	if containerdProbe.err != nil {
+		missing(t, "containerd", "containerd does not answer at "+ContainerdSocket()+": "+containerdProbe.err.Error())
 	}
 }

@@ -57,12 +57,15 @@ const (
 	DeliverEnv   Delivery = "env"   // environment variable at exec time
 	DeliverFile  Delivery = "file"  // file on a read-only tmpfs; its path in the variable
 	DeliverProxy Delivery = "proxy" // a surrogate that only the job's gateway redeems
+	// DeliverMTLS: the job gets nothing; its gateway presents the client
+	// certificate upstream for the bound hosts.
+	DeliverMTLS Delivery = "mtls"
 )
 
 // Valid reports whether d is a known delivery ("" means the grant decides).
 func (d Delivery) Valid() bool {
 	switch d {
-	case "", DeliverEnv, DeliverFile, DeliverProxy:
+	case "", DeliverEnv, DeliverFile, DeliverProxy, DeliverMTLS:
 		return true
 	}
 	return false
@@ -71,14 +74,23 @@ func (d Delivery) Valid() bool {
 // Job is one unit of work: a container image and the steps to run in it,
 // with the identity (repo, ref, environment) that decides what it may use.
 type Job struct {
-	ID          string
-	Source      Source
-	Name        string // human-readable job name, e.g. GitLab's job_info.name
-	Repo        string // full path, e.g. "group/project"
-	Ref         string // branch or tag name
-	SHA         string
-	Protected   bool // ref is protected (GitLab) / a protected branch
-	Environment string
+	// ID is unique across every coordinator instance the agent serves
+	// (e.g. "gitlab-1a2b3c4d-1234"): it keys runtime directories, audit
+	// trails, leases and network names.
+	ID     string
+	Source Source
+	// Instance is the coordinator instance the job came from (GitLab's
+	// URL); grants may be restricted to one. Empty for local jobs.
+	Instance string
+	// CoordinatorID is the job's id at its coordinator (GitLab's numeric
+	// id), for reports and logs; empty when ID is the only id.
+	CoordinatorID string
+	Name          string // human-readable job name, e.g. GitLab's job_info.name
+	Repo          string // full path, e.g. "group/project"
+	Ref           string // branch or tag name
+	SHA           string
+	Protected     bool // ref is protected (GitLab) / a protected branch
+	Environment   string
 
 	Image     string
 	Steps     []Step
@@ -86,15 +98,88 @@ type Job struct {
 	Secrets   []SecretRequest
 	Egress    []string // declared egress entries, see package netpolicy
 	Timeout   time.Duration
+
+	// Event is what triggered the job (GitHub's event_name, e.g. "push",
+	// "pull_request"); "" where the source has no such notion.
+	Event string
+	// Fork is set when the job runs code from a fork (a pull request from
+	// another repository, pull_request_target): grants deny it
+	// credentials unless they allow forks.
+	Fork bool
+	// Outputs are the job's outputs (GitHub jobs.<id>.outputs), templates
+	// evaluated by the coordinator's step driver after the last step.
+	Outputs []KV
+	// BeforeSHA is the commit the change starts from, so that what it
+	// adds (BeforeSHA..SHA) is scanned for leaked credentials before any
+	// step: GitLab's before_sha (for a merge request its diff base,
+	// CI_MERGE_REQUEST_DIFF_BASE_SHA), GitHub's push "before" or the pull
+	// request's base. Empty or all zeros (a new branch): SHA's own commit.
+	BeforeSHA string
+	// Services run beside the job in its network namespace (GitLab's
+	// services:), reachable by their aliases on 127.0.0.1.
+	Services []Service
 }
 
-// Step is a named script run by one exec in the job's container.
+// Service is a container started beside the job.
+type Service struct {
+	Image string
+	// Aliases are the host names the job reaches it by.
+	Aliases []string
+	// Entrypoint and Command replace the image's when not nil.
+	Entrypoint, Command []string
+	// Variables are the service's own (the runner adds the job's public
+	// ones, never masked ones or credentials).
+	Variables []Variable
+}
+
+// StepKind says how a step is run.
+type StepKind string
+
+// Step kinds. Run and uses steps are run by a coordinator's StepDriver;
+// their template fields may hold ${{ }} expressions it evaluates.
+const (
+	StepScript StepKind = ""     // Script lines in the runner's POSIX shell (GitLab, local)
+	StepRun    StepKind = "run"  // GitHub run: Run in Shell
+	StepUses   StepKind = "uses" // GitHub uses: the action Uses with With
+)
+
+// KV is an ordered key and value.
+type KV struct {
+	Key   string
+	Value string
+}
+
+// Step is a named script run by one exec in the job's container, or a
+// GitHub run/uses step run by a StepDriver.
 type Step struct {
 	Name         string
 	Script       []string
 	When         When
 	Timeout      time.Duration // 0: bounded only by the job's timeout
 	AllowFailure bool
+
+	Kind StepKind
+	// ID is the step's id in its workflow (steps.<id>); Ref the
+	// coordinator's id for reporting it (GitHub's step id).
+	ID, Ref string
+	// If is the step's condition (an expression; "" = success()).
+	If string
+	// Run is a run step's script (a template); Shell its shell: bash,
+	// sh, python or a command line with {0}; "" = bash -e {0} when the
+	// image has bash, else sh -e {0}.
+	Run, Shell string
+	// Uses is a uses step's action: owner/repo[/path]@ref, ./path (in
+	// the workspace) or docker://image; With its inputs (templates).
+	Uses string
+	With []KV
+	// Env is the step's own environment (templates), after the job's.
+	Env []KV
+	// WorkingDirectory is relative to the job's working directory.
+	WorkingDirectory string
+	// ContinueOnError and TimeoutMinutes hold templates a driver
+	// evaluates when the source sent expressions; literal values are in
+	// AllowFailure and Timeout.
+	ContinueOnError, TimeoutMinutes string
 }
 
 // Variable is a job variable as the source gave it.
@@ -171,6 +256,7 @@ func (j *Job) Validate() error {
 		add("steps: at least one step is required")
 	}
 	names := map[string]bool{}
+	ids := map[string]bool{}
 	hasMain := false
 	for i, s := range j.Steps {
 		where := fmt.Sprintf("steps[%d]", i)
@@ -180,8 +266,41 @@ func (j *Job) Validate() error {
 			add("%s.name %q: duplicate step name", where, s.Name)
 		}
 		names[s.Name] = true
-		if len(s.Script) == 0 {
-			add("%s (%s).script: must have at least one line", where, s.Name)
+		if s.ID != "" {
+			if ids[s.ID] {
+				add("%s (%s).id %q: duplicate step id", where, s.Name, s.ID)
+			}
+			ids[s.ID] = true
+		}
+		switch s.Kind {
+		case StepScript:
+			if len(s.Script) == 0 {
+				add("%s (%s).script: must have at least one line", where, s.Name)
+			}
+		case StepRun:
+			if strings.TrimSpace(s.Run) == "" {
+				add("%s (%s).run: empty script", where, s.Name)
+			}
+			if s.Uses != "" {
+				add("%s (%s): a step has either run or uses, not both", where, s.Name)
+			}
+		case StepUses:
+			if strings.TrimSpace(s.Uses) == "" {
+				add("%s (%s).uses: required", where, s.Name)
+			}
+			if s.Run != "" {
+				add("%s (%s): a step has either run or uses, not both", where, s.Name)
+			}
+		default:
+			add("%s (%s).kind %q: must be run, uses or empty (script)", where, s.Name, s.Kind)
+		}
+		if s.Kind != StepScript && len(s.Script) > 0 {
+			add("%s (%s).script: only for script steps", where, s.Name)
+		}
+		for _, kv := range s.Env {
+			if !ValidVarName(kv.Key) {
+				add("%s (%s).env %q: not a valid variable name", where, s.Name, kv.Key)
+			}
 		}
 		if !s.When.Valid() {
 			add("%s (%s).when %q: must be on_success, on_failure or always", where, s.Name, s.When)

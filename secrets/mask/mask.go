@@ -44,6 +44,10 @@ type Writer struct {
 	refused int
 	err     error
 	closed  bool
+	// fold is the case-insensitive automaton of MaskFold, built for the
+	// first foldGen patterns.
+	fold    *automaton
+	foldGen int
 }
 
 // New returns a Writer that masks values (and their encodings, and the

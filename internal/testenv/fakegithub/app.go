@@ -50,6 +50,9 @@ type App struct {
 	failDeletes   int
 	mints         int
 	deletes       int
+
+	fleet   fleet // runner-fleet endpoints (runners.go)
+	failJIT int
 }
 
 type installation struct {
@@ -76,6 +79,7 @@ func New(t testing.TB) *App {
 	mux.HandleFunc("POST /app/installations/{id}/access_tokens", a.createToken)
 	mux.HandleFunc("DELETE /installation/token", a.deleteToken)
 	mux.HandleFunc("GET /installation/repositories", a.repositories)
+	a.registerFleet(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { ghError(w, http.StatusNotFound, "Not Found") })
 	a.srv = httptest.NewServer(mux)
 	a.URL = a.srv.URL

@@ -40,6 +40,13 @@ type JobSpec struct {
 	Egress      string // AIRLOCK_EGRESS, omitted when empty
 	// FailureReasons the job accepts; nil: GitLab's current list.
 	FailureReasons []string
+	// Artifacts, Cache and Dependencies fill the payload's entries.
+	Artifacts    []ArtifactSpec
+	Cache        []CacheSpec
+	Dependencies []DependencySpec
+	Services     []ServiceSpec
+	// GitLabSecrets is the payload's secrets: map (GitLab CI secrets).
+	GitLabSecrets map[string]any
 	// Payload, when set, builds the payload sent instead of the default one
 	// (for malformed-payload tests), given the job's id and token.
 	Payload func(id JobID, token string) []byte
@@ -167,6 +174,24 @@ func (s *Server) buildPayload(id JobID, token string, spec JobSpec) []byte {
 	if reasons == nil {
 		reasons = defaultFailureReasons
 	}
+	artifacts := []any{}
+	for _, a := range spec.Artifacts {
+		artifacts = append(artifacts, a)
+	}
+	caches := []any{}
+	for _, c := range spec.Cache {
+		caches = append(caches, c)
+	}
+	services := []any{}
+	for _, sv := range spec.Services {
+		services = append(services, sv)
+	}
+	deps := []any{}
+	for _, d := range spec.Dependencies {
+		// The token is the running job's own (research §4).
+		deps = append(deps, map[string]any{"id": d.ID, "name": d.Name, "token": token,
+			"artifacts_file": map[string]any{"filename": "artifacts.zip", "size": 1}})
+	}
 	p := map[string]any{
 		"id":              id,
 		"token":           token,
@@ -186,12 +211,15 @@ func (s *Server) buildPayload(id JobID, token string, spec JobSpec) []byte {
 		"steps":        steps,
 		"hooks":        []any{},
 		"image":        map[string]any{"name": def(spec.Image, "alpine:3.20"), "entrypoint": []string{}, "ports": []any{}, "pull_policy": []string{"if-not-present"}},
-		"services":     []any{},
-		"artifacts":    []any{},
-		"cache":        []any{},
+		"services":     services,
+		"artifacts":    artifacts,
+		"cache":        caches,
 		"credentials":  []any{map[string]any{"type": "registry", "url": u.Host, "username": "gitlab-ci-token", "password": token}},
-		"dependencies": []any{},
+		"dependencies": deps,
 		"features":     map[string]any{"trace_sections": true, "failure_reasons": reasons, "token_mask_prefixes": []string{"glpat-", "glcbt-"}},
+	}
+	if spec.GitLabSecrets != nil {
+		p["secrets"] = spec.GitLabSecrets
 	}
 	b, err := json.Marshal(p)
 	if err != nil {

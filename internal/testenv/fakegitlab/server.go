@@ -77,6 +77,8 @@ type Server struct {
 	traceLimit           int
 	traceInterval        int
 	redirectArtifacts    int
+	objectStorage        bool
+	objects              *objectStore
 }
 
 // New starts a fake GitLab on a loopback port; it is closed when the test
@@ -94,6 +96,7 @@ func New(t testing.TB) *Server {
 		traceInterval: 3,
 		longPoll:      0,
 	}
+	s.objects = newObjectStore()
 	s.mux = http.NewServeMux()
 	s.routes()
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
@@ -114,10 +117,20 @@ func (s *Server) Close() {
 	}
 	s.mu.Unlock()
 	s.srv.Close()
+	s.objects.srv.Close()
 }
 
-// Client returns an http.Client for the server.
-func (s *Server) Client() *http.Client { return s.srv.Client() }
+// Client returns an http.Client for the server; it also reaches the
+// fake's object storage at ObjectStorageHost (without DNS).
+func (s *Server) Client() *http.Client {
+	c := s.srv.Client()
+	if t, ok := c.Transport.(*http.Transport); ok {
+		t = t.Clone()
+		t.DialContext = s.objects.dialContext
+		c.Transport = t
+	}
+	return c
+}
 
 func (s *Server) routes() {
 	s.mux.HandleFunc("POST /api/v4/runners/verify", s.handleVerify)
@@ -129,6 +142,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("PATCH /api/v4/jobs/{id}/trace", s.handleTrace)
 	s.mux.HandleFunc("PUT /api/v4/jobs/{id}", s.handleUpdate)
 	s.mux.HandleFunc("POST /api/v4/jobs/{id}/artifacts", s.handleArtifacts)
+	s.mux.HandleFunc("GET /api/v4/jobs/{id}/artifacts", s.handleDownload)
 }
 
 const redirectPrefix = "/redirected"

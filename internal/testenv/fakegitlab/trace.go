@@ -174,6 +174,15 @@ func (s *Server) handleArtifacts(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	s.mu.Lock()
+	if dup, conflict := sameTypeConflict(j, q.Get("artifact_type"), data); dup || conflict {
+		s.mu.Unlock()
+		if conflict {
+			writeJSON(w, http.StatusBadRequest, map[string]any{"message": "another artifact of the same type already exists"})
+			return
+		}
+		writeJSON(w, http.StatusCreated, map[string]any{"id": j.ID})
+		return
+	}
 	j.artifacts = append(j.artifacts, Artifact{Name: hdr.Filename, Type: q.Get("artifact_type"),
 		Format: q.Get("artifact_format"), ExpireIn: q.Get("expire_in"), Data: data})
 	s.mu.Unlock()

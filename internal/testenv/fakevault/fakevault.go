@@ -64,7 +64,9 @@ type Server struct {
 	approles    map[string]approle        // role_id -> secret
 	dynamics    map[string]dynamic        // path -> template
 	failRevokes int
-	requests    map[string]int // "METHOD /path" -> count
+	requests    map[string]int            // "METHOD /path" -> count
+	jwtRoles    map[string]jwtRole        // "path\x00role" -> role (jwt.go)
+	kv1         map[string]map[string]any // KV v1 "mount/path" -> data
 }
 
 type approle struct {
@@ -210,6 +212,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		s.approleLogin(w, r)
 		return
 	}
+	if s.jwtLogin(w, r, path) {
+		return
+	}
 	tok := s.tokens[r.Header.Get("X-Vault-Token")]
 	if tok == nil || tok.Revoked || (!tok.Expires.IsZero() && time.Now().After(tok.Expires)) {
 		vaultErr(w, http.StatusForbidden, "permission denied")
@@ -226,6 +231,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		s.revokeAccessor(w, r)
 	case path == "sys/leases/revoke" && (r.Method == http.MethodPut || r.Method == http.MethodPost):
 		s.revokeLease(w, r)
+	case path == "auth/token/revoke-self" && (r.Method == http.MethodPost || r.Method == http.MethodPut):
+		s.revokeSelf(w, tok)
+	case r.Method == http.MethodGet && s.readKV1(w, path):
 	case r.Method == http.MethodGet:
 		s.read(w, path, tok)
 	default:

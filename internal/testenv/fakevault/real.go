@@ -20,14 +20,24 @@ type Real struct {
 	RootToken string
 }
 
-// RequireVault starts `$VAULT_BIN server -dev` on a free loopback port and
-// returns it, stopping it when the test ends. Without VAULT_BIN it skips
-// the test, unless AIRLOCK_TEST_REQUIRE names "vault": then it fails.
+// CachedVault is where testdata/build-vault.sh leaves the Vault binary
+// it builds.
+const CachedVault = "/var/cache/airlock/vault-1.14.2/vault"
+
+// RequireVault starts `$VAULT_BIN server -dev` (else the binary
+// testdata/build-vault.sh cached) on a free loopback port and returns it,
+// stopping it when the test ends. Without either it skips the test,
+// unless AIRLOCK_TEST_REQUIRE names "vault": then it fails.
 func RequireVault(t testing.TB) *Real {
 	t.Helper()
 	bin := os.Getenv("VAULT_BIN")
 	if bin == "" {
-		missing(t, "VAULT_BIN is not set (name a vault or bao binary to run the real-Vault tests)")
+		if _, err := os.Stat(CachedVault); err == nil {
+			bin = CachedVault
+		}
+	}
+	if bin == "" {
+		missing(t, "VAULT_BIN is not set and "+CachedVault+" is missing (run testdata/build-vault.sh, or name a vault or bao binary)")
 		return nil
 	}
 	if _, err := exec.LookPath(bin); err != nil {
