@@ -50,6 +50,27 @@ func BenchmarkSpoolAppend(b *testing.B) {
 		wg.Wait()
 		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
 	}
+	b.Run("jobs=1/batch=256", func(b *testing.B) {
+		key := testKey(b)
+		t, err := Open(b.TempDir(), "r1", "job-batch", key)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer t.Close()
+		batch := make([]Event, 256)
+		for i := range batch {
+			batch[i] = ev
+		}
+		ctx := context.Background()
+		b.ResetTimer()
+		start := time.Now()
+		for n := 0; n < b.N; n += len(batch) {
+			if _, err := t.LogBatch(ctx, batch[:min(len(batch), b.N-n)]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
+	})
 	b.Run("jobs=1", func(b *testing.B) { run(b, 1, 1) })
 	b.Run("jobs=1/writers=16", func(b *testing.B) { run(b, 1, 16) })
 	b.Run("jobs=16", func(b *testing.B) { run(b, 16, 1) })

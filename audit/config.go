@@ -22,6 +22,13 @@ type Config struct {
 	HTTPCAFile string `toml:"http_ca_file"`
 	// Stdout prints every record as one JSON line on stdout (journald).
 	Stdout bool `toml:"stdout"`
+	// SyslogAddr (host:port), if set, receives every record as RFC 5424
+	// over TLS (see SyslogSink); the CA and client certificate are
+	// optional.
+	SyslogAddr     string `toml:"syslog_addr"`
+	SyslogCAFile   string `toml:"syslog_ca_file"`
+	SyslogCertFile string `toml:"syslog_cert_file"`
+	SyslogKeyFile  string `toml:"syslog_key_file"`
 }
 
 // SpoolDir returns the spool directory under the state directory.
@@ -70,6 +77,7 @@ func (c Config) Validate() []error {
 			bad("http_ca_file", "%s holds no PEM certificate", c.HTTPCAFile)
 		}
 	}
+	errs = append(errs, c.validateSyslog()...)
 	return errs
 }
 
@@ -100,6 +108,13 @@ func (c Config) Sinks(stateDir, httpToken string, stdout io.Writer) ([]Sink, err
 	}
 	if c.Stdout {
 		sinks = append(sinks, &StdoutSink{W: stdout})
+	}
+	if c.SyslogAddr != "" {
+		s, err := NewSyslogSink(c.SyslogAddr, c.SyslogCAFile, c.SyslogCertFile, c.SyslogKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("building audit syslog sink: %w", err)
+		}
+		sinks = append(sinks, s)
 	}
 	return sinks, nil
 }

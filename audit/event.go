@@ -27,6 +27,8 @@ const (
 	JobFinished            EventType = "job_finished"
 	RunnerCrashed          EventType = "runner_crashed"
 	Alert                  EventType = "alert"
+	EventsDropped          EventType = "events_dropped"
+	LeakFound              EventType = "leak_found"
 	Seal                   EventType = "seal"
 )
 
@@ -34,7 +36,7 @@ const (
 var EventTypes = []EventType{
 	JobAccepted, GrantDecision, CredentialMinted, CredentialUsed, CredentialRevoked,
 	CredentialRevokeFailed, EgressAllowed, EgressDenied, DNSAnswered, DNSRefused,
-	ProxiedRequest, StepStarted, StepFinished, JobFinished, RunnerCrashed, Alert, Seal,
+	ProxiedRequest, StepStarted, StepFinished, JobFinished, RunnerCrashed, Alert, EventsDropped, LeakFound, Seal,
 }
 
 // Field names used by the constructors below (and by readers such as
@@ -74,6 +76,17 @@ const (
 	FieldExit    = "exit"    // step_finished, job_finished
 	FieldState   = "state"   // job_finished: success | failed | canceled | timeout
 	FieldMessage = "message" // alert
+	FieldDropped = "dropped" // events_dropped: gateway event kind -> count
+	FieldTotal   = "total"   // events_dropped: sum of dropped
+	FieldFile    = "file"    // leak_found
+	FieldLine    = "line"    // leak_found
+	FieldCommit  = "commit"  // leak_found
+	FieldRule    = "rule"    // leak_found: gitleaks rule id or stored-secret
+	FieldMatch   = "match"   // leak_found: the matched text, credential masked
+	FieldMode    = "mode"    // leak_found: block | warn
+
+	FieldClientCert = "client_cert" // proxied_request: SHA-256 fingerprint of the client certificate presented
+	FieldCertSecret = "cert_secret" // proxied_request: the client certificate's secret
 
 	FieldTruncatedBytes = "truncated_bytes" // runner_crashed, seal
 	FieldRedacted       = "redacted"        // set when the Mask hook changed a string
@@ -242,4 +255,28 @@ func NewAlert(kind, message string, extra Fields) Event {
 func Fingerprint(value string) string {
 	sum := sha256.Sum256([]byte("airlock credential fingerprint\n" + value))
 	return hex.EncodeToString(sum[:6])
+}
+
+// NewEventsDropped reports gateway decisions that were made (and counted in
+// the job's egress summary) but could not be queued for the trail in time:
+// counts per event kind, so that the trail and the summary still agree.
+func NewEventsDropped(counts map[string]int64, reason string) Event {
+	m := make(map[string]any, len(counts))
+	var total int64
+	for k, v := range counts {
+		m[k] = v
+		total += v
+	}
+	return Event{EventsDropped, Fields{FieldDropped: m, FieldTotal: total, FieldReason: reason}}
+}
+
+// NewLeakFound reports a credential found in what the job's change adds,
+// before any of its code ran: where, by which rule (or which stored
+// secret, by name), the matched text with the credential masked, and the
+// repository's leak-scan mode.
+func NewLeakFound(commit, file string, line int, rule, secret, match, mode string) Event {
+	return Event{LeakFound, Fields{
+		FieldCommit: commit, FieldFile: file, FieldLine: line, FieldRule: rule,
+		FieldSecret: secret, FieldMatch: match, FieldMode: mode,
+	}}
 }

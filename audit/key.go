@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/airlock-ci/airlock/internal/atomicfile"
 )
 
 // KeyName is the signer name written into the key file when a key is
@@ -44,21 +46,12 @@ func LoadOrCreateKey(path string) (*Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generating audit key: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	err = atomicfile.CreateOnce(path, []byte(skey+"\n"), 0o600)
 	if errors.Is(err, fs.ErrExist) {
 		return LoadKey(path) // lost a race with another creator
 	}
 	if err != nil {
 		return nil, fmt.Errorf("creating audit key: %w", err)
-	}
-	_, werr := f.WriteString(skey + "\n")
-	serr := f.Sync()
-	cerr := f.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		return nil, errors.Join(fmt.Errorf("writing audit key %s: %w", path, err), os.Remove(path))
-	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
-		return nil, err
 	}
 	return parseKey(skey)
 }
@@ -153,14 +146,5 @@ func parsePublicKeyString(s string) (ed25519.PublicKey, error) {
 }
 
 func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("syncing directory %s: %w", dir, err)
-	}
-	serr := d.Sync()
-	cerr := d.Close()
-	if err := errors.Join(serr, cerr); err != nil {
-		return fmt.Errorf("syncing directory %s: %w", dir, err)
-	}
-	return nil
+	return atomicfile.SyncDir(dir)
 }

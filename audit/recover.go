@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 )
 
 // RecoverResult says what Recover did with each spool file.
@@ -31,6 +34,10 @@ func Recover(ctx context.Context, spoolDir, runnerID string, key *Key, opts ...O
 	}
 	var errs []error
 	for _, e := range ents {
+		if !e.IsDir() && strings.Contains(e.Name(), SpoolExt+newMarker) {
+			errs = append(errs, removeStaleNew(filepath.Join(spoolDir, e.Name())))
+			continue
+		}
 		if e.IsDir() || !strings.HasSuffix(e.Name(), SpoolExt) {
 			continue
 		}
@@ -61,4 +68,30 @@ func Recover(ctx context.Context, spoolDir, runnerID string, key *Key, opts ...O
 		res.Sealed = append(res.Sealed, job)
 	}
 	return res, errors.Join(errs...)
+}
+
+// removeStaleNew removes a spool file's temporary name (createLocked's
+// "<job>.jsonl.new-<pid>-<n>") that a process killed between creating
+// and linking it left: its pid is gone and nobody holds its lock.
+func removeStaleNew(path string) error {
+	rest := path[strings.LastIndex(path, newMarker)+len(newMarker):]
+	pidText, _, _ := strings.Cut(rest, "-")
+	if pid, err := strconv.Atoi(pidText); err == nil && pid > 0 && syscall.Kill(pid, 0) == nil {
+		return nil // its creator may still be at work
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("removing leftover %s: %w", path, err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return nil // held: in use
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing leftover %s: %w", path, err)
+	}
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"syscall"
 	"testing"
 )
@@ -186,5 +187,35 @@ func TestSIGKILLRecover(t *testing.T) {
 	rep := verifyFile(t, SpoolPath(spool, "killed"), key)
 	if rep.Records != 6 || rep.SealReason != string(RunnerCrashed) {
 		t.Errorf("Verify = %d records, reason %q; want 6, runner_crashed", rep.Records, rep.SealReason)
+	}
+}
+
+// Recover removes the temporary spool files a process killed while
+// creating a trail left, but not one whose creator still runs.
+func TestRecoverRemovesStaleNewFiles(t *testing.T) {
+	dir := t.TempDir()
+	key, err := LoadOrCreateKey(filepath.Join(dir, "k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spool := filepath.Join(dir, "spool")
+	if err := os.MkdirAll(spool, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	stale := SpoolPath(spool, "job1") + ".new-4194304-1" // no such pid
+	mine := SpoolPath(spool, "job2") + ".new-" + strconv.Itoa(os.Getpid()) + "-1"
+	for _, f := range []string{stale, mine} {
+		if err := os.WriteFile(f, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Recover(context.Background(), spool, "r1", key); err != nil {
+		t.Fatalf("Recover: %v", err)
+	}
+	if _, err := os.Stat(stale); err == nil {
+		t.Errorf("the stale %s was left", filepath.Base(stale))
+	}
+	if _, err := os.Stat(mine); err != nil {
+		t.Errorf("a live creator's %s was removed", filepath.Base(mine))
 	}
 }

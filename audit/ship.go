@@ -7,15 +7,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/airlock-ci/airlock/internal/atomicfile"
+	"github.com/airlock-ci/airlock/internal/backoff"
 )
 
 // Batch is a run of consecutive records of one job's trail.
@@ -178,19 +181,14 @@ func (s *Shipper) loop(ctx context.Context, sk Sink, kick <-chan struct{}) {
 }
 
 // backoff returns the delay after the n-th consecutive failure: the
-// error's Retry-After if it has one, else exponential with full jitter
-// between half and the whole step, capped at MaxBackoff.
+// error's Retry-After if it has one (capped at MaxBackoff), else
+// backoff.Delay.
 func (s *Shipper) backoff(n int, err error) time.Duration {
 	var ra interface{ RetryAfter() time.Duration }
 	if errors.As(err, &ra) && ra.RetryAfter() > 0 {
 		return min(ra.RetryAfter(), s.opts.MaxBackoff)
 	}
-	d := s.opts.MinBackoff
-	for i := 1; i < n && d < s.opts.MaxBackoff; i++ {
-		d *= 2
-	}
-	d = min(d, s.opts.MaxBackoff)
-	return d/2 + rand.N(d/2+1)
+	return backoff.Delay(s.opts.MinBackoff, s.opts.MaxBackoff, n-1)
 }
 
 // pass delivers what is new in every spool file to one sink.
@@ -269,34 +267,70 @@ func (s *Shipper) writePos(sink, job string, p position) error {
 	case p.Sealed:
 		text += " sealed"
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
+	return atomicfile.WriteFile(path, []byte(text+"\n"), 0o600)
+}
+
+// lockShip takes the cross-process lock of one sink's position in one
+// job's trail, so that of several processes sharing a state directory
+// (two `airlock exec`, or exec beside run) only one at a time reads,
+// delivers and records that position. It returns nil, nil when another
+// holder has it: that one ships the records. The lock file is re-checked
+// after locking, because unlockShip may remove it.
+func (s *Shipper) lockShip(sink, job string) (*os.File, error) {
+	path := filepath.Join(s.dir, "offsets", sink, job+".lock")
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
 	}
-	_, werr := f.WriteString(text + "\n")
-	serr := f.Sync()
-	cerr := f.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		return err
+	for {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			f.Close()
+			if errors.Is(err, syscall.EWOULDBLOCK) {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("locking %s: %w", path, err)
+		}
+		held, err1 := f.Stat()
+		named, err2 := os.Stat(path)
+		if err1 == nil && err2 == nil && os.SameFile(held, named) {
+			return f, nil
+		}
+		f.Close() // removed or replaced meanwhile: lock the current one
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
+}
+
+// unlockShip releases a lock of lockShip, removing its file first when the
+// job is finished for the sink (still holding it, so nobody else holds a
+// lock on the removed file unknowingly).
+func unlockShip(f *os.File, remove bool) {
+	if remove {
+		_ = os.Remove(f.Name())
 	}
-	return syncDir(dir)
+	_ = f.Close()
 }
 
 func (s *Shipper) ship(ctx context.Context, sk Sink, job string) error {
+	lock, err := s.lockShip(sk.Name(), job)
+	if err != nil || lock == nil {
+		return err
+	}
+	finished := false
+	defer func() { unlockShip(lock, finished) }()
 	pos, err := s.readPos(sk.Name(), job)
 	if err != nil {
 		return err
 	}
 	if pos.Done {
+		finished = true
 		return s.cleanup(job)
 	}
 	path := SpoolPath(s.dir, job)
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
+		finished = pos == (position{})
 		return nil // removed by another sink's cleanup
 	}
 	if err != nil {
@@ -354,6 +388,7 @@ func (s *Shipper) ship(ctx context.Context, sk Sink, job string) error {
 	if err := s.writePos(sk.Name(), job, pos); err != nil {
 		return fmt.Errorf("recording position: %w", err)
 	}
+	finished = true
 	return s.cleanup(job)
 }
 

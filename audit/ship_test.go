@@ -43,9 +43,7 @@ func newCollector(t *testing.T) (*collector, *httptest.Server) {
 			return
 		}
 		c.mu.Lock()
-		for _, l := range bytes.Split(bytes.TrimSuffix(body, []byte("\n")), []byte("\n")) {
-			c.lines = append(c.lines, l)
-		}
+		c.lines = append(c.lines, bytes.Split(bytes.TrimSuffix(body, []byte("\n")), []byte("\n"))...)
 		c.headers = append(c.headers, r.Header.Clone())
 		c.mu.Unlock()
 		last, _ := strconv.ParseInt(r.Header.Get(HeaderLastSeq), 10, 64)

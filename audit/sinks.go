@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,29 +15,33 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
 // DirSink keeps a verbatim copy of every trail in Dir/<job>.jsonl. It is
-// idempotent: records at or below the copy's last seq are skipped, and a
-// torn last line in the copy is cut off before appending.
+// idempotent and safe across processes: each Deliver locks the copy
+// (flock), reads its last record back, cuts a torn last line off, skips
+// records the copy already holds (after checking that they are the same
+// records) and appends the rest. It refuses to append to a sealed copy or
+// to one that holds a different trail under the same job id
+// (ErrCopyConflict), so one trail's records never land in another's.
 type DirSink struct {
 	Dir string
-
-	mu   sync.Mutex
-	last map[string]int64 // job -> last seq in the copy
 }
 
+// ErrCopyConflict: a directory copy is sealed, or holds other records,
+// where a batch would append.
+var ErrCopyConflict = errors.New("audit copy conflicts with the delivered trail")
+
 // NewDirSink returns a directory sink writing into dir.
-func NewDirSink(dir string) *DirSink { return &DirSink{Dir: dir, last: map[string]int64{}} }
+func NewDirSink(dir string) *DirSink { return &DirSink{Dir: dir} }
 
 // Name implements Sink.
 func (d *DirSink) Name() string { return "dir" }
 
 // Deliver implements Sink.
 func (d *DirSink) Deliver(ctx context.Context, b Batch) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	if err := os.MkdirAll(d.Dir, 0o700); err != nil {
 		return fmt.Errorf("creating audit directory: %w", err)
 	}
@@ -46,69 +51,133 @@ func (d *DirSink) Deliver(ctx context.Context, b Batch) error {
 		return fmt.Errorf("opening audit copy: %w", err)
 	}
 	defer f.Close()
-	last, ok := d.last[b.Job]
-	if !ok {
-		if last, err = tidyCopy(f); err != nil {
+	if err := flockCtx(ctx, f); err != nil {
+		return fmt.Errorf("locking audit copy %s: %w", path, err)
+	}
+	last, err := tidyCopy(f)
+	if err != nil {
+		return fmt.Errorf("reading audit copy %s: %w", path, err)
+	}
+	if err := syncDir(d.Dir); err != nil { // the copy's directory entry
+		return err
+	}
+	if len(b.Lines) == 0 {
+		return nil
+	}
+	if b.FirstSeq <= last.Seq {
+		// Already (partly) delivered: the overlap must be the same records.
+		seq := min(b.LastSeq, last.Seq)
+		have, err := copyLine(f, seq, last)
+		if err != nil {
 			return fmt.Errorf("reading audit copy %s: %w", path, err)
 		}
-		if err := syncDir(d.Dir); err != nil { // the copy's directory entry
-			return err
+		if !bytes.Equal(have, b.Lines[seq-b.FirstSeq]) {
+			return fmt.Errorf("delivering seq %d-%d of job %s to %s: record %d differs from the copy's: %w", b.FirstSeq, b.LastSeq, b.Job, path, seq, ErrCopyConflict)
 		}
 	}
 	var buf bytes.Buffer
 	seq := b.FirstSeq
 	for _, l := range b.Lines {
-		if seq > last {
+		if seq > last.Seq {
 			buf.Write(l)
 			buf.WriteByte('\n')
 		}
 		seq++
 	}
 	if buf.Len() == 0 {
-		d.last[b.Job] = last
 		return nil
 	}
+	if last.Type == Seal {
+		return fmt.Errorf("delivering seq %d-%d of job %s to %s: the copy is sealed: %w", b.FirstSeq, b.LastSeq, b.Job, path, ErrCopyConflict)
+	}
+	if b.FirstSeq > last.Seq+1 {
+		return fmt.Errorf("delivering seq %d-%d of job %s to %s: the copy ends at seq %d: %w", b.FirstSeq, b.LastSeq, b.Job, path, last.Seq, ErrCopyConflict)
+	}
 	if _, err := f.Write(buf.Bytes()); err != nil {
-		delete(d.last, b.Job) // re-read the copy next time
 		return fmt.Errorf("writing audit copy: %w", err)
 	}
 	if err := f.Sync(); err != nil {
-		delete(d.last, b.Job)
 		return fmt.Errorf("syncing audit copy: %w", err)
 	}
-	d.last[b.Job] = b.LastSeq
 	return nil
 }
 
-// Done implements Finisher: the job's copy is complete.
-func (d *DirSink) Done(_ context.Context, job string) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	delete(d.last, job)
-	return nil
-}
-
-// tidyCopy cuts a torn last line off the copy and returns its last seq.
-func tidyCopy(f *os.File) (int64, error) {
-	data, err := io.ReadAll(f)
-	if err != nil {
-		return 0, err
+// flockCtx takes an exclusive flock on f, polling so that ctx is honoured.
+func flockCtx(ctx context.Context, f *os.File) error {
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
 	}
-	keep := lastLine(data)
-	if len(keep) < len(data) {
-		if err := f.Truncate(int64(len(keep))); err != nil {
-			return 0, err
+}
+
+// copyTail is the last record of a copy (zero for an empty copy).
+type copyTail struct {
+	Seq  int64
+	Type EventType
+	Size int64 // bytes of complete lines
+}
+
+// tidyCopy cuts a torn last line off the copy and returns its last record,
+// reading only the copy's tail.
+func tidyCopy(f *os.File) (copyTail, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return copyTail{}, err
+	}
+	size := st.Size()
+	n := min(size, 2*MaxRecordBytes+2)
+	buf := make([]byte, n)
+	if _, err := f.ReadAt(buf, size-n); err != nil && !errors.Is(err, io.EOF) {
+		return copyTail{}, err
+	}
+	keep := lastLine(buf)
+	if len(keep) == 0 && n < size {
+		return copyTail{}, errors.New("no complete record in the copy's last 2 MiB")
+	}
+	if cut := int64(len(buf) - len(keep)); cut > 0 {
+		size -= cut
+		if err := f.Truncate(size); err != nil {
+			return copyTail{}, err
 		}
 	}
 	keep = bytes.TrimSuffix(keep, []byte("\n"))
 	if len(keep) == 0 {
-		return 0, nil
+		return copyTail{Size: size}, nil
 	}
 	rec, err := ParseRecord(keep[bytes.LastIndexByte(keep, '\n')+1:])
 	if err != nil {
-		return 0, err
+		return copyTail{}, err
 	}
-	return rec.Seq, nil
+	return copyTail{Seq: rec.Seq, Type: rec.Type, Size: size}, nil
+}
+
+// copyLine returns the copy's record number seq (1-based, one per line).
+func copyLine(f *os.File, seq int64, tail copyTail) ([]byte, error) {
+	data := make([]byte, tail.Size)
+	if _, err := f.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	for i := int64(1); len(data) > 0; i++ {
+		j := bytes.IndexByte(data, '\n')
+		if j < 0 {
+			break
+		}
+		if i == seq {
+			return data[:j], nil
+		}
+		data = data[j+1:]
+	}
+	return nil, fmt.Errorf("no record %d in the copy", seq)
 }
 
 // StdoutSink writes one JSON line per record to W (stdout for journald).

@@ -148,6 +148,10 @@ func Open(spoolDir, runnerID, jobID string, key *Key, opts ...Option) (*Trail, e
 	return t, nil
 }
 
+// newMarker is in the temporary name of a spool file being created:
+// "<job>.jsonl.new-<pid>-<n>".
+const newMarker = ".new-"
+
 // createLocked creates the spool file at path already locked: it is made
 // under a temporary name, locked, then linked into place, so that Recover
 // (in this or another process) never finds it unlocked and seals a live
@@ -156,7 +160,7 @@ func createLocked(path string) (*os.File, error) {
 	if _, err := os.Lstat(path); err == nil {
 		return nil, nil
 	}
-	tmp := fmt.Sprintf("%s.new-%d-%d", path, os.Getpid(), time.Now().UnixNano())
+	tmp := fmt.Sprintf("%s%s%d-%d", path, newMarker, os.Getpid(), time.Now().UnixNano())
 	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
@@ -247,6 +251,77 @@ func (t *Trail) Log(ctx context.Context, ev Event) (Record, error) {
 	return t.Append(ctx, ev.Type, ev.Fields)
 }
 
+// LogBatch appends events in order with one write and one fsync (group
+// commit for a producer that has many records at once, such as the
+// gateway's per-job event queue) and returns once all are durable. A
+// record that cannot be encoded fails the whole batch before anything is
+// written.
+func (t *Trail) LogBatch(ctx context.Context, evs []Event) ([]Record, error) {
+	if len(evs) == 0 {
+		return nil, nil
+	}
+	norms := make([]Fields, len(evs))
+	for i, ev := range evs {
+		if ev.Type == Seal {
+			return nil, errors.New("appending audit record: seal records are written by Seal")
+		}
+		norm, err := t.prepare(ctx, ev.Type, ev.Fields)
+		if err != nil {
+			return nil, err
+		}
+		norms[i] = norm
+	}
+	t.mu.Lock()
+	if err := t.usable(evs[0].Type); err != nil {
+		t.mu.Unlock()
+		return nil, err
+	}
+	recs := make([]Record, len(evs))
+	var buf []byte
+	seq, prev := t.seq, t.prev
+	for i, ev := range evs {
+		rec := Record{
+			Seq: seq + 1, Time: t.opts.now().UTC(), Runner: t.runner, Job: t.job,
+			Type: ev.Type, Fields: norms[i], Prev: prev,
+		}
+		if err := rec.finish(); err != nil {
+			t.mu.Unlock()
+			return nil, err
+		}
+		if len(rec.raw) > MaxRecordBytes {
+			t.mu.Unlock()
+			return nil, fmt.Errorf("appending %s to audit trail of job %s: record of %d bytes exceeds %d", ev.Type, t.job, len(rec.raw), MaxRecordBytes)
+		}
+		buf = append(append(buf, rec.raw...), '\n')
+		recs[i] = rec
+		seq, prev = rec.Seq, rec.Hash
+	}
+	n, err := t.f.Write(buf)
+	t.written += int64(n)
+	if err != nil {
+		t.err = fmt.Errorf("writing audit spool: %w", err)
+		t.mu.Unlock()
+		return nil, t.err
+	}
+	for _, rec := range recs {
+		if err := t.tree.add(rec.Hash); err != nil {
+			t.err = err
+			t.mu.Unlock()
+			return nil, err
+		}
+	}
+	t.seq, t.prev = seq, prev
+	err = t.waitDurable(t.written)
+	t.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("appending %d records to audit trail of job %s: %w", len(evs), t.job, err)
+	}
+	if t.opts.durable != nil {
+		t.opts.durable(t.job)
+	}
+	return recs, nil
+}
+
 // Append adds a record and returns once it is durable (fsynced). Field
 // keys may not be envelope keys (seq, time, runner, job, type, prev, hash);
 // the seal is written by Seal only.
@@ -257,32 +332,47 @@ func (t *Trail) Append(ctx context.Context, typ EventType, fields Fields) (Recor
 	return t.append(ctx, typ, fields, false)
 }
 
-func (t *Trail) append(ctx context.Context, typ EventType, fields Fields, closing bool) (Record, error) {
+// prepare checks and masks one record's fields (no lock held).
+func (t *Trail) prepare(ctx context.Context, typ EventType, fields Fields) (Fields, error) {
 	if err := ctx.Err(); err != nil {
-		return Record{}, fmt.Errorf("appending %s to audit trail of job %s: %w", typ, t.job, err)
+		return nil, fmt.Errorf("appending %s to audit trail of job %s: %w", typ, t.job, err)
 	}
 	if typ == "" {
-		return Record{}, errors.New("appending audit record: empty type")
+		return nil, errors.New("appending audit record: empty type")
 	}
 	for k := range fields {
 		if reservedKeys[k] {
-			return Record{}, fmt.Errorf("appending %s to audit trail of job %s: field %q is reserved", typ, t.job, k)
+			return nil, fmt.Errorf("appending %s to audit trail of job %s: field %q is reserved", typ, t.job, k)
 		}
 	}
 	norm, err := normalize(t.maskFields(fields))
 	if err != nil {
-		return Record{}, fmt.Errorf("appending %s to audit trail of job %s: %w", typ, t.job, err)
+		return nil, fmt.Errorf("appending %s to audit trail of job %s: %w", typ, t.job, err)
+	}
+	return norm, nil
+}
+
+// usable reports why nothing may be appended (t.mu held).
+func (t *Trail) usable(typ EventType) error {
+	if t.closed {
+		return fmt.Errorf("appending %s to audit trail of job %s: %w", typ, t.job, ErrClosed)
+	}
+	if t.err != nil {
+		return fmt.Errorf("appending %s to audit trail of job %s: %w", typ, t.job, t.err)
+	}
+	return nil
+}
+
+func (t *Trail) append(ctx context.Context, typ EventType, fields Fields, closing bool) (Record, error) {
+	norm, err := t.prepare(ctx, typ, fields)
+	if err != nil {
+		return Record{}, err
 	}
 
 	t.mu.Lock()
-	if t.closed {
+	if err := t.usable(typ); err != nil {
 		t.mu.Unlock()
-		return Record{}, fmt.Errorf("appending %s to audit trail of job %s: %w", typ, t.job, ErrClosed)
-	}
-	if t.err != nil {
-		err := t.err
-		t.mu.Unlock()
-		return Record{}, fmt.Errorf("appending %s to audit trail of job %s: %w", typ, t.job, err)
+		return Record{}, err
 	}
 	if closing {
 		norm, err = t.sealFields(norm)
