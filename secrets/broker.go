@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/airlock-ci/airlock/internal/backoff"
 	"github.com/airlock-ci/airlock/internal/procs"
 	"github.com/airlock-ci/airlock/runner/job"
 )
@@ -25,6 +26,12 @@ const (
 	EventRevokeFailed  EventType = "credential_revoke_failed"
 	EventExpired       EventType = "credential_expired_unrevoked"
 	EventUnknown       EventType = "credential_mint_outcome_unknown"
+	// EventPeerRevoked: this host revoked a credential of a dead peer
+	// (fleet mode); Peer names the dead host.
+	EventPeerRevoked EventType = "peer_revoked"
+	// EventPeerRevokeFailed: a dead peer's credential could not be revoked
+	// yet; the round is retried.
+	EventPeerRevokeFailed EventType = "peer_revoke_failed"
 )
 
 // Event is a broker event. It never carries a secret value or handle:
@@ -44,6 +51,7 @@ type Event struct {
 	Allowed     bool   // grant decisions
 	Reason      string // refusals, failures, notes ("static secret: nothing to revoke")
 	Attempt     int
+	Peer        string // peer events: the dead host
 }
 
 // EventSink receives broker events. An error from the sink while deciding
@@ -67,6 +75,11 @@ type BrokerOptions struct {
 	// in total, the first wait (doubled each time, with jitter).
 	RevokeAttempts int
 	RevokeBackoff  time.Duration
+
+	// PeerDone, in fleet mode, says whether a peer already revoked one of
+	// this host's leases while the host was declared dead; recovery then
+	// records the lease revoked without revoking or reporting it again.
+	PeerDone func(ctx context.Context, jobID, leaseID string) (by string, ok bool, err error)
 }
 
 // Broker mints the credentials a job was granted and revokes them when it
@@ -135,9 +148,12 @@ type planned struct {
 // `airlock grant add` line an admin would run (each a *RefusedError). A
 // failure after minting started revokes what was minted.
 func (b *Broker) Prepare(ctx context.Context, id JobIdentity, reqs []job.SecretRequest) (*JobCredentials, error) {
-	grants, err := b.store.Grants()
-	if err != nil {
-		return nil, fmt.Errorf("preparing credentials for job %s: %w", id.JobID, err)
+	var grants []Grant
+	if len(reqs) > 0 {
+		var err error
+		if grants, err = b.store.Grants(); err != nil {
+			return nil, fmt.Errorf("preparing credentials for job %s: %w", id.JobID, err)
+		}
 	}
 	var refused, failed []error
 	plan := make([]planned, 0, len(reqs))
@@ -245,10 +261,14 @@ func (b *Broker) mint(ctx context.Context, id JobIdentity, p *planned) (Delivere
 	}
 	d := Delivered{Secret: l.Secret, GrantID: g.ID, LeaseID: l.ID, Backend: l.Backend, Fingerprint: l.Fingerprint,
 		Var: p.dec.VarName(), Delivery: g.Delivery, Expires: cred.Expires}
-	if g.Delivery == job.DeliverProxy {
+	switch g.Delivery {
+	case job.DeliverProxy:
 		d.Value, d.Real = []byte(NewSurrogate()), cred.Value
 		d.Hosts, d.Header = append([]string(nil), g.Hosts...), g.HeaderTemplate()
-	} else {
+	case job.DeliverMTLS:
+		// The job gets nothing; the gateway presents the certificate.
+		d.Real, d.Hosts = cred.Value, append([]string(nil), g.Hosts...)
+	default:
 		d.Value = cred.Value
 	}
 	if err := b.emit(ctx, Event{Type: EventMinted, JobID: id.JobID, Secret: l.Secret, GrantID: g.ID, LeaseID: l.ID,
@@ -315,6 +335,16 @@ func (b *Broker) Recover(ctx context.Context) ([]JobRecord, error) {
 			if l.State.final() {
 				continue
 			}
+			if b.opts.PeerDone != nil && l.State != LeaseIntent {
+				by, done, err := b.opts.PeerDone(ctx, l.JobID, l.ID)
+				if err != nil {
+					errs = append(errs, err)
+				} else if done {
+					l.State, l.LastError = LeaseRevoked, "revoked by peer "+by+" while this host was declared dead"
+					errs = append(errs, b.store.putLeases(nil, l))
+					continue
+				}
+			}
 			if l.State == LeaseIntent {
 				l.State, l.LastError = LeaseUnknown, "runner stopped between journaling and minting"
 				errs = append(errs, b.store.putLeases(nil, l), b.emit(ctx, Event{Type: EventUnknown, JobID: l.JobID, Secret: l.Secret,
@@ -335,4 +365,56 @@ func (b *Broker) Recover(ctx context.Context) ([]JobRecord, error) {
 		return recovered, fmt.Errorf("recovering: %w", err)
 	}
 	return recovered, nil
+}
+
+// RevokePeer revokes one credential of a dead peer host (fleet mode) with
+// this host's backends, retrying like Release, and records the outcome
+// through sink (the peer-revocation trail of this host). The secret's
+// config and the sealed handle come from the fleet store.
+func (b *Broker) RevokePeer(ctx context.Context, peer string, m MirroredLease, sink EventSink) error {
+	ev := Event{Type: EventPeerRevoked, Time: time.Now().UTC(), JobID: m.JobID, Secret: m.Secret, GrantID: m.GrantID,
+		LeaseID: m.LeaseID, Backend: m.Backend, Fingerprint: m.Fingerprint, Expires: m.Expires, Peer: peer}
+	record := func(err error) error {
+		if err != nil {
+			ev.Type, ev.Reason = EventPeerRevokeFailed, err.Error()
+		}
+		var serr error
+		if sink != nil {
+			serr = sink(ctx, ev)
+		}
+		if err != nil {
+			return errors.Join(fmt.Errorf("revoking lease %s of dead host %s (job %s): %w", m.LeaseID, peer, m.JobID, err), serr)
+		}
+		return serr
+	}
+	handle, err := b.store.OpenMirroredHandle(m)
+	if err != nil {
+		return record(err)
+	}
+	if handle == "" {
+		ev.Reason = "nothing to revoke: static value, bounded by its grant only"
+		return record(nil)
+	}
+	be, ok := b.backends[m.Backend]
+	if !ok {
+		return record(fmt.Errorf("backend %q is not configured on this runner", m.Backend))
+	}
+	sec, err := b.store.Secret(m.Secret)
+	if err != nil {
+		return record(err)
+	}
+	wait := b.opts.RevokeBackoff
+	for i := 1; ; i++ {
+		ev.Attempt = i
+		err = be.Revoke(ctx, RevokeRequest{Secret: sec, Handle: handle})
+		if err == nil || i >= b.opts.RevokeAttempts {
+			break
+		}
+		if serr := backoff.Sleep(ctx, backoff.Jitter(wait)); serr != nil {
+			err = errors.Join(err, serr)
+			break
+		}
+		wait *= 2
+	}
+	return record(err)
 }

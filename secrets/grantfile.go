@@ -27,6 +27,9 @@ type grantEntry struct {
 	ProtectedOnly bool              `toml:"protected_only,omitempty"`
 	Envs          []string          `toml:"envs,omitempty"`
 	Source        string            `toml:"source,omitempty"`
+	Events        []string          `toml:"events,omitempty"`
+	AllowForks    bool              `toml:"allow_forks,omitempty"`
+	Instance      string            `toml:"instance,omitempty"`
 	Deliver       string            `toml:"deliver"`
 	Var           string            `toml:"var,omitempty"`
 	TTL           string            `toml:"ttl,omitempty"`
@@ -41,7 +44,7 @@ func ExportGrants(w io.Writer, gs []Grant) error {
 	var f grantFile
 	for _, g := range gs {
 		e := grantEntry{ID: g.ID, Secret: g.Secret, Repo: g.Repo, Refs: g.Refs, ProtectedOnly: g.ProtectedOnly,
-			Envs: g.Envs, Source: string(g.Source), Deliver: string(g.Delivery), Var: g.Var,
+			Envs: g.Envs, Source: string(g.Source), Events: g.Events, AllowForks: g.AllowForks, Instance: g.Instance, Deliver: string(g.Delivery), Var: g.Var,
 			Hosts: g.Hosts, Header: g.Header, Scope: g.Scope}
 		if g.TTL > 0 {
 			e.TTL = g.TTL.String()
@@ -95,7 +98,7 @@ func ParseGrants(r io.Reader) ([]Grant, error) {
 	out := make([]Grant, 0, len(f.Grant))
 	for i, e := range f.Grant {
 		g := Grant{ID: e.ID, Secret: e.Secret, Repo: e.Repo, Refs: e.Refs, ProtectedOnly: e.ProtectedOnly,
-			Envs: e.Envs, Source: job.Source(e.Source), Delivery: job.Delivery(e.Deliver), Var: e.Var,
+			Envs: e.Envs, Source: job.Source(e.Source), Events: e.Events, AllowForks: e.AllowForks, Instance: e.Instance, Delivery: job.Delivery(e.Deliver), Var: e.Var,
 			Hosts: e.Hosts, Header: e.Header, Scope: e.Scope}
 		where := fmt.Sprintf("grant %d (id %q, secret %q)", i+1, e.ID, e.Secret)
 		if e.TTL != "" {

@@ -1,13 +1,12 @@
 package secrets
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/airlock-ci/airlock/runner/job"
 )
@@ -28,13 +27,9 @@ func (s *Store) AddGrant(g Grant) (Grant, error) {
 func (s *Store) PutGrants(gs []Grant) ([]Grant, error) { return s.putGrants(gs) }
 
 func (s *Store) putGrants(gs []Grant) ([]Grant, error) {
-	known := map[string]bool{}
-	infos, err := s.Secrets()
+	known, err := s.knownSecrets(gs)
 	if err != nil {
 		return nil, err
-	}
-	for _, i := range infos {
-		known[i.Name] = true
 	}
 	out := make([]Grant, len(gs))
 	var errs []error
@@ -61,37 +56,76 @@ func (s *Store) putGrants(gs []Grant) ([]Grant, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("validating grants: %w", err)
 	}
-	err = s.update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketGrants)
-		for _, g := range out {
-			v, err := json.Marshal(g)
-			if err != nil {
-				return err
-			}
-			if err := b.Put([]byte(g.ID), v); err != nil {
-				return err
-			}
+	ops := make([]record, 0, len(out))
+	for _, g := range out {
+		v, err := json.Marshal(g)
+		if err != nil {
+			return nil, fmt.Errorf("storing grants: %w", err)
 		}
-		return nil
-	})
+		ops = append(ops, record{Kind: KindGrants, Key: g.ID, Value: v, What: fmt.Sprintf("grant %s", g.ID),
+			Require: [][2]string{{KindSecrets, g.Secret}}})
+	}
+	err = s.commit(ops...)
 	if err != nil {
 		return nil, fmt.Errorf("storing grants: %w", err)
 	}
 	return out, nil
 }
 
-// Grants returns every grant, sorted by secret then id.
-func (s *Store) Grants() ([]Grant, error) {
-	var out []Grant
-	err := s.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketGrants).ForEach(func(k, v []byte) error {
-			var g Grant
-			if err := json.Unmarshal(v, &g); err != nil {
-				return fmt.Errorf("decoding grant %s: %w", k, err)
+// knownSecrets is the set of secret names that exist. In fleet mode a
+// name the local snapshot lacks may have been created on another host a
+// moment ago: the snapshot is synced once before the name is called
+// missing (the transaction's Require stays the authority either way).
+func (s *Store) knownSecrets(gs []Grant) (map[string]bool, error) {
+	list := func() (map[string]bool, error) {
+		infos, err := s.Secrets()
+		if err != nil {
+			return nil, err
+		}
+		known := map[string]bool{}
+		for _, i := range infos {
+			known[i.Name] = true
+		}
+		return known, nil
+	}
+	known, err := list()
+	if err != nil {
+		return nil, err
+	}
+	sy, ok := s.remote.(Syncer)
+	if !ok {
+		return known, nil
+	}
+	for _, g := range gs {
+		if g.Secret != "" && !known[g.Secret] {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := sy.Sync(ctx); err != nil {
+				return nil, fmt.Errorf("validating grants: %w", err)
 			}
-			out = append(out, g)
-			return nil
-		})
+			return list()
+		}
+	}
+	return known, nil
+}
+
+// Grants returns every grant, sorted by secret then id. In fleet mode it
+// fails with ErrStale once the snapshot is older than its bound: a grant
+// revoked on the fleet must not keep working on a host cut off from it.
+func (s *Store) Grants() ([]Grant, error) {
+	if s.remote != nil {
+		if err := s.remote.Fresh(); err != nil {
+			return nil, fmt.Errorf("listing grants: %w", err)
+		}
+	}
+	var out []Grant
+	err := s.listRecords(KindGrants, func(k, v []byte) error {
+		var g Grant
+		if err := json.Unmarshal(v, &g); err != nil {
+			return fmt.Errorf("decoding grant %s: %w", k, err)
+		}
+		out = append(out, g)
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("listing grants: %w", err)
@@ -107,14 +141,7 @@ func (s *Store) Grants() ([]Grant, error) {
 
 // DeleteGrant removes the grant with id.
 func (s *Store) DeleteGrant(id string) error {
-	err := s.update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketGrants)
-		if b.Get([]byte(id)) == nil {
-			return fmt.Errorf("grant %q: %w", id, ErrNotFound)
-		}
-		return b.Delete([]byte(id))
-	})
-	if err != nil {
+	if err := s.commit(record{Kind: KindGrants, Key: id, What: fmt.Sprintf("grant %q", id), MustExist: true}); err != nil {
 		return fmt.Errorf("deleting grant %s: %w", id, err)
 	}
 	return nil
@@ -141,7 +168,7 @@ func (s *Store) SetPolicy(p EgressPolicy) error {
 	if err != nil {
 		return fmt.Errorf("storing policy %s: %w", p.RepoPattern, err)
 	}
-	if err := s.update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPolicies).Put([]byte(p.RepoPattern), v) }); err != nil {
+	if err := s.commit(record{Kind: KindPolicies, Key: p.RepoPattern, Value: v}); err != nil {
 		return fmt.Errorf("storing policy %s: %w", p.RepoPattern, err)
 	}
 	return nil
@@ -150,15 +177,13 @@ func (s *Store) SetPolicy(p EgressPolicy) error {
 // Policies returns every egress ceiling, sorted by pattern.
 func (s *Store) Policies() ([]EgressPolicy, error) {
 	var out []EgressPolicy
-	err := s.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPolicies).ForEach(func(k, v []byte) error {
-			var p EgressPolicy
-			if err := json.Unmarshal(v, &p); err != nil {
-				return fmt.Errorf("decoding policy %s: %w", k, err)
-			}
-			out = append(out, p)
-			return nil
-		})
+	err := s.listRecords(KindPolicies, func(k, v []byte) error {
+		var p EgressPolicy
+		if err := json.Unmarshal(v, &p); err != nil {
+			return fmt.Errorf("decoding policy %s: %w", k, err)
+		}
+		out = append(out, p)
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("listing policies: %w", err)
@@ -168,14 +193,7 @@ func (s *Store) Policies() ([]EgressPolicy, error) {
 
 // DeletePolicy removes the ceiling for a repo pattern.
 func (s *Store) DeletePolicy(pattern string) error {
-	err := s.update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketPolicies)
-		if b.Get([]byte(pattern)) == nil {
-			return fmt.Errorf("policy for %q: %w", pattern, ErrNotFound)
-		}
-		return b.Delete([]byte(pattern))
-	})
-	if err != nil {
+	if err := s.commit(record{Kind: KindPolicies, Key: pattern, What: fmt.Sprintf("policy for %q", pattern), MustExist: true}); err != nil {
 		return fmt.Errorf("deleting policy %s: %w", pattern, err)
 	}
 	return nil

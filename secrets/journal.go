@@ -93,17 +93,27 @@ type JobRecord struct {
 // putLeases writes lease records (and optionally a job record) in one
 // fsynced transaction.
 func (s *Store) putLeases(jr *JobRecord, ls ...*leaseRecord) error {
+	if err := s.putLeasesLocal(jr, ls...); err != nil {
+		return err
+	}
+	return s.mirrorLeases(ls)
+}
+
+func (s *Store) putLeasesLocal(jr *JobRecord, ls ...*leaseRecord) error {
 	return s.update(func(tx *bolt.Tx) error {
 		if jr != nil {
 			v, err := json.Marshal(jr)
 			if err != nil {
 				return err
 			}
-			if err := tx.Bucket(bucketJobs).Put([]byte(jr.ID), v); err != nil {
+			if err := put(tx, bucketJobs, []byte(jr.ID), v); err != nil {
 				return err
 			}
 		}
-		b := tx.Bucket(bucketJournal)
+		b, err := bucket(tx, bucketJournal)
+		if err != nil {
+			return err
+		}
 		for _, l := range ls {
 			l.Updated = time.Now().UTC()
 			v, err := json.Marshal(l)
@@ -143,7 +153,11 @@ func (s *Store) jobLeases(jobID string) ([]*leaseRecord, error) {
 	var out []*leaseRecord
 	prefix := []byte(jobID + "/")
 	err := s.view(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketJournal).Cursor()
+		b, err := bucket(tx, bucketJournal)
+		if err != nil {
+			return err
+		}
+		c := b.Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			var l leaseRecord
 			if err := json.Unmarshal(v, &l); err != nil {
@@ -160,7 +174,7 @@ func (s *Store) jobLeases(jobID string) ([]*leaseRecord, error) {
 func (s *Store) allLeases(keep func(*leaseRecord) bool) ([]*leaseRecord, error) {
 	var out []*leaseRecord
 	err := s.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketJournal).ForEach(func(k, v []byte) error {
+		return forEach(tx, bucketJournal, func(k, v []byte) error {
 			var l leaseRecord
 			if err := json.Unmarshal(v, &l); err != nil {
 				return fmt.Errorf("decoding lease %s: %w", k, err)
@@ -197,7 +211,11 @@ func (s *Store) Leases(jobID string) ([]Lease, error) {
 func (s *Store) Job(id string) (JobRecord, error) {
 	var jr JobRecord
 	err := s.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketJobs).Get([]byte(id))
+		b, err := bucket(tx, bucketJobs)
+		if err != nil {
+			return err
+		}
+		v := b.Get([]byte(id))
 		if v == nil {
 			return fmt.Errorf("job %q: %w", id, ErrNotFound)
 		}
@@ -210,7 +228,7 @@ func (s *Store) Job(id string) (JobRecord, error) {
 func (s *Store) Jobs(state JobState) ([]JobRecord, error) {
 	var out []JobRecord
 	err := s.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketJobs).ForEach(func(k, v []byte) error {
+		return forEach(tx, bucketJobs, func(k, v []byte) error {
 			var jr JobRecord
 			if err := json.Unmarshal(v, &jr); err != nil {
 				return fmt.Errorf("decoding job %s: %w", k, err)
@@ -229,7 +247,10 @@ func (s *Store) Jobs(state JobState) ([]JobRecord, error) {
 
 func (s *Store) setJobState(id string, st JobState) error {
 	return s.update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketJobs)
+		b, err := bucket(tx, bucketJobs)
+		if err != nil {
+			return err
+		}
 		var jr JobRecord
 		if v := b.Get([]byte(id)); v != nil {
 			if err := json.Unmarshal(v, &jr); err != nil {

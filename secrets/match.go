@@ -217,12 +217,18 @@ func (d Decision) Suggestion() string {
 	if id.Source != "" {
 		parts = append(parts, "--source", string(id.Source))
 	}
+	if id.Fork {
+		parts = append(parts, "--allow-forks")
+	}
+	if id.Instance != "" {
+		parts = append(parts, "--instance", shellQuote(id.Instance))
+	}
 	del := d.Request.Delivery
 	if del == "" {
 		del = job.DeliverEnv
 	}
 	parts = append(parts, "--deliver", string(del))
-	if del == job.DeliverProxy {
+	if del == job.DeliverProxy || del == job.DeliverMTLS {
 		parts = append(parts, "--host", "HOST")
 	}
 	return strings.Join(parts, " ")
@@ -264,6 +270,19 @@ func mismatch(g *Grant, id JobIdentity, req job.SecretRequest) []string {
 	}
 	if g.Source != "" && g.Source != id.Source {
 		why = append(why, fmt.Sprintf("source %s is not %s", sourceName(id.Source), g.Source))
+	}
+	if len(g.Events) > 0 && !matchAny(g.Events, id.Event) {
+		why = append(why, fmt.Sprintf("event %q does not match %s", id.Event, strings.Join(quoteAll(g.Events), " or ")))
+	}
+	if id.Fork && !g.AllowForks {
+		why = append(why, "the job runs code from a fork and the grant does not allow forks")
+	}
+	if g.Instance != "" && !sameInstance(g.Instance, id.Instance) {
+		inst := id.Instance
+		if inst == "" {
+			inst = "(none)"
+		}
+		why = append(why, fmt.Sprintf("instance %s is not %s", inst, g.Instance))
 	}
 	if req.Delivery != "" && req.Delivery != g.Delivery {
 		why = append(why, fmt.Sprintf("delivery %s requested but the grant delivers by %s", req.Delivery, g.Delivery))
@@ -327,6 +346,9 @@ func grantRank(g *Grant) int {
 		r += 2
 	}
 	if g.Source != "" {
+		r++
+	}
+	if g.Instance != "" {
 		r++
 	}
 	return r

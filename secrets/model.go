@@ -13,12 +13,11 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 
-	"github.com/airlock-ci/airlock/netpolicy"
 	"github.com/airlock-ci/airlock/runner/job"
+	"github.com/airlock-ci/airlock/secrets/mask"
 )
 
 // Backend names.
@@ -30,7 +29,7 @@ const (
 
 // MinValueLen is the shortest secret value the store accepts: the masker
 // cannot reliably mask shorter values without masking ordinary output.
-const MinValueLen = 8
+const MinValueLen = mask.MinLength
 
 // DefaultHeader is the header template of a proxy grant without one.
 const DefaultHeader = "Authorization: Bearer {{value}}"
@@ -83,13 +82,23 @@ type Grant struct {
 	ProtectedOnly bool
 	Envs          []string // globs; empty = any environment (including none)
 	Source        job.Source
-	Delivery      job.Delivery // env, file or proxy
-	Var           string       // default variable name; the job's declaration wins
-	TTL           time.Duration
-	Hosts         []string          // proxy: hosts the real credential is bound to
-	Header        string            // proxy: header template containing {{value}}
-	Scope         map[string]string // backend specific (vault policies, github permissions)
-	Created       time.Time
+	// Instance, if set, restricts the grant to jobs of one coordinator
+	// instance (a GitLab URL, e.g. "https://gitlab.example.com"): the same
+	// repo path on another instance is another project.
+	Instance string
+	// Events limits the grant to jobs triggered by these events (globs,
+	// GitHub's event_name); empty = any event.
+	Events []string
+	// AllowForks lets jobs that run code from a fork (job.Job.Fork) use
+	// the grant; by default they are refused.
+	AllowForks bool
+	Delivery   job.Delivery // env, file or proxy
+	Var        string       // default variable name; the job's declaration wins
+	TTL        time.Duration
+	Hosts      []string          // proxy: hosts the real credential is bound to
+	Header     string            // proxy: header template containing {{value}}
+	Scope      map[string]string // backend specific (vault policies, github permissions)
+	Created    time.Time
 }
 
 // Validate returns every problem of the grant at once, each naming its key.
@@ -115,6 +124,14 @@ func (g *Grant) Validate() error {
 	if g.Source != "" && !g.Source.Valid() {
 		add("source %q: must be gitlab, github or local", g.Source)
 	}
+	for _, e := range g.Events {
+		if err := validPattern(e); err != nil {
+			add("event %q: %v", e, err)
+		}
+	}
+	if g.Instance != "" && !validInstance(g.Instance) {
+		add("instance %q: must be the coordinator's http(s) URL", g.Instance)
+	}
 	switch g.Delivery {
 	case job.DeliverEnv, job.DeliverFile:
 		if len(g.Hosts) > 0 {
@@ -133,8 +150,15 @@ func (g *Grant) Validate() error {
 		if g.Header != "" && !strings.Contains(g.Header, ":") {
 			add("header %q: must look like 'Name: template'", g.Header)
 		}
+	case job.DeliverMTLS:
+		if len(g.Hosts) == 0 {
+			add("host: mtls delivery needs at least one host the certificate is presented to")
+		}
+		if g.Header != "" {
+			add("header: mtls delivery sends no header (grant a proxy credential for the same host as well)")
+		}
 	default:
-		add("deliver %q: must be env, file or proxy", g.Delivery)
+		add("deliver %q: must be env, file, proxy or mtls", g.Delivery)
 	}
 	for _, h := range g.Hosts {
 		if h == "" || strings.ContainsAny(h, " /\t") {
@@ -173,17 +197,25 @@ type EgressPolicy struct {
 	RepoPattern string
 	Egress      []string
 	Audit       bool // audit mode: every name is let through (still only via the gateway) and recorded
-	Created     time.Time
+	// LeakScan is the repository's leak-scan mode: "block", "warn" or
+	// "off" ("" is warn).
+	LeakScan string `json:",omitempty"`
+	Created  time.Time
 }
 
-// Validate returns every problem of the policy at once.
+// Validate returns the problems of the policy's repo pattern. The egress
+// entries are netpolicy's to parse: the command that takes them from an
+// admin checks them (netpolicy.ParseEntries) before SetPolicy, and the
+// runner parses them again, failing the job, when it applies them.
 func (p *EgressPolicy) Validate() error {
 	var errs []error
 	if err := validPattern(p.RepoPattern); err != nil {
 		errs = append(errs, fmt.Errorf("repo %q: %w", p.RepoPattern, err))
 	}
-	if _, err := netpolicy.ParseEntries(p.Egress); err != nil {
-		errs = append(errs, err)
+	switch p.LeakScan {
+	case "", "block", "warn", "off":
+	default:
+		errs = append(errs, fmt.Errorf("leak scan %q: want block, warn or off", p.LeakScan))
 	}
 	return errors.Join(errs...)
 }
@@ -196,13 +228,16 @@ type JobIdentity struct {
 	Protected   bool
 	Environment string
 	Source      job.Source
+	Instance    string // the coordinator instance (GitLab URL); "" for local jobs
 	Timeout     time.Duration
+	Event       string // what triggered the job (GitHub event_name)
+	Fork        bool   // the job runs code from a fork
 }
 
 // IdentityOf returns the identity of j.
 func IdentityOf(j *job.Job) JobIdentity {
 	return JobIdentity{JobID: j.ID, Repo: j.Repo, Ref: j.Ref, Protected: j.Protected,
-		Environment: j.Environment, Source: j.Source, Timeout: j.Timeout}
+		Environment: j.Environment, Source: j.Source, Instance: j.Instance, Timeout: j.Timeout, Event: j.Event, Fork: j.Fork}
 }
 
 const idAlphabet = "abcdefghijkmnpqrstuvwxyz23456789"
@@ -239,11 +274,14 @@ const SurrogatePrefix = "airlock_sur_"
 // base62 characters (190 bits).
 func NewSurrogate() string { return SurrogatePrefix + randomString(base62, 32) }
 
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
+// validInstance reports whether s looks like a coordinator URL.
+func validInstance(s string) bool {
+	return (strings.HasPrefix(s, "https://") || strings.HasPrefix(s, "http://")) &&
+		!strings.ContainsAny(s, " \t\r\n?#@")
+}
+
+// sameInstance compares coordinator URLs, ignoring a trailing slash and
+// the case of scheme and host.
+func sameInstance(a, b string) bool {
+	return strings.EqualFold(strings.TrimRight(a, "/"), strings.TrimRight(b, "/"))
 }

@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
+
+	"github.com/airlock-ci/airlock/internal/backoff"
 )
 
 // revoke revokes one lease, trying up to attempts times with exponential
@@ -59,7 +60,7 @@ func (b *Broker) revoke(ctx context.Context, l *leaseRecord, attempts int) error
 		if i >= attempts {
 			break
 		}
-		if serr := sleepCtx(ctx, jitter(wait)); serr != nil {
+		if serr := backoff.Sleep(ctx, backoff.Jitter(wait)); serr != nil {
 			err = errors.Join(err, serr)
 			break
 		}
@@ -79,24 +80,6 @@ func (b *Broker) revokeFailed(ctx context.Context, l *leaseRecord, ev Event, cau
 	}
 	return errors.Join(fmt.Errorf("revoking lease %s of %q (grant %s): %w", l.ID, l.Secret, l.GrantID, cause),
 		b.store.putLeases(nil, l), b.emit(ctx, ev))
-}
-
-func jitter(d time.Duration) time.Duration {
-	if d <= 0 {
-		return 0
-	}
-	return d/2 + rand.N(d/2+1)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	case <-t.C:
-		return nil
-	}
 }
 
 // Sweep makes one attempt at every revocation that failed before (and at

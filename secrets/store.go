@@ -1,6 +1,7 @@
 package secrets
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -16,7 +17,10 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/crypto/chacha20poly1305"
+
+	"github.com/airlock-ci/airlock/internal/atomicfile"
 )
 
 // SchemaVersion is the state.db schema this code reads and writes.
@@ -61,31 +65,61 @@ type Store struct {
 	lockTimeout time.Duration
 	mu          sync.Mutex // shared mode: one operation at a time
 	db          *bolt.DB
+
+	// Fleet mode (UseRemote): secrets, grants and policies live on
+	// remote; the journal is mirrored for peers.
+	remote Remote
+	mirror JournalMirror
 }
 
-// openDB opens the bbolt file, mapping a lock timeout to ErrInUse.
-func openDB(path string, timeout time.Duration) (*bolt.DB, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+// openDB opens the bbolt file, mapping a lock timeout to ErrInUse. The
+// file is checked first (see precheck) and opened under guard, so that a
+// damaged file is an error naming it rather than a fault or a panic.
+// create lets bbolt create a missing file (or initialise an empty one).
+func openDB(path string, timeout time.Duration, create bool) (*bolt.DB, error) {
+	if err := precheck(path); err != nil {
+		switch {
+		case create && (errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrEmptyDB)):
+		case errors.Is(err, ErrEmptyDB):
+			return nil, emptyDBError(path)
+		case errors.Is(err, fs.ErrNotExist):
+			return nil, fmt.Errorf("opening state store: %s has disappeared; restore it from a backup or restart airlock: %w", path, err)
+		default:
+			return nil, err
+		}
+	}
+	var db *bolt.DB
+	err := guard(path, func() error {
+		var err error
+		db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+		return err
+	})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("opening %s: %w", path, ErrInUse)
+		}
+		if errors.Is(err, ErrCorrupt) {
+			return nil, err
 		}
 		return nil, fmt.Errorf("opening %s (corrupt or not a state database; restore it from a backup or move it away): %w", path, err)
 	}
 	return db, nil
 }
 
+// withDB runs fn on the open database (shared mode: opened for fn), with
+// panics and faults inside bbolt turned into corrupt-store errors.
 func (s *Store) withDB(fn func(*bolt.DB) error) error {
 	if !s.shared {
-		return fn(s.db)
+		return guard(s.path, func() error { return fn(s.db) })
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	db, err := openDB(s.path, s.lockTimeout)
+	db, err := openDB(s.path, s.lockTimeout, false)
 	if err != nil {
 		return err
 	}
-	return errors.Join(fn(db), db.Close())
+	ferr := guard(s.path, func() error { return fn(db) })
+	return errors.Join(ferr, guard(s.path, db.Close))
 }
 
 // view runs a read-only transaction.
@@ -143,20 +177,30 @@ func Open(dir string, opts OpenOptions) (*Store, error) {
 	}
 	haveKey := err == nil
 	dbPath := filepath.Join(dir, DBFile)
-	_, statErr := os.Stat(dbPath)
+	fi, statErr := os.Stat(dbPath)
 	dbExisted := statErr == nil
+	if dbExisted && fi.Size() == 0 && haveKey {
+		// A store was made here (its key is there) and its file lost
+		// its contents: re-creating it would drop every secret, grant
+		// and revocation without a word. An empty file without a key is
+		// a first start that stopped before bbolt wrote a page.
+		return nil, emptyDBError(dbPath)
+	}
 
-	db, err := openDB(dbPath, opts.LockTimeout)
+	db, err := openDB(dbPath, opts.LockTimeout, true)
 	if err != nil {
 		return nil, err
 	}
 	s := &Store{dir: dir, db: db, path: dbPath, lockTimeout: opts.LockTimeout}
 	if err := s.init(dbPath, keyPath, key, haveKey, dbExisted); err != nil {
-		return nil, errors.Join(err, db.Close())
+		return nil, errors.Join(err, guard(dbPath, db.Close))
+	}
+	if err := s.view(walk); err != nil {
+		return nil, errors.Join(err, guard(dbPath, db.Close))
 	}
 	if opts.Shared {
 		s.shared, s.db = true, nil
-		if err := db.Close(); err != nil {
+		if err := guard(dbPath, db.Close); err != nil {
 			return nil, fmt.Errorf("closing %s: %w", dbPath, err)
 		}
 	}
@@ -211,7 +255,12 @@ func (s *Store) init(dbPath, keyPath string, key []byte, haveKey, dbExisted bool
 	err := s.view(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if meta == nil {
-			if dbExisted && tx.Bucket(bucketSecrets) == nil && hasForeignBuckets(tx) {
+			for _, name := range allBuckets[1:] {
+				if tx.Bucket(name) != nil {
+					return corrupt(dbPath, "bucket %q is missing while %q is there", bucketMeta, name)
+				}
+			}
+			if dbExisted && hasForeignBuckets(tx) {
 				return fmt.Errorf("%s is a bbolt file but not an airlock state database", dbPath)
 			}
 			return nil
@@ -270,7 +319,10 @@ func (s *Store) init(dbPath, keyPath string, key []byte, haveKey, dbExisted bool
 				return fmt.Errorf("creating bucket %s: %w", name, err)
 			}
 		}
-		meta := tx.Bucket(bucketMeta)
+		meta, err := bucket(tx, bucketMeta)
+		if err != nil {
+			return err
+		}
 		if err := meta.Put(keySchema, []byte(strconv.Itoa(SchemaVersion))); err != nil {
 			return err
 		}
@@ -292,15 +344,8 @@ func hasForeignBuckets(tx *bolt.Tx) bool {
 }
 
 func writeKey(path string, key []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
+	if err := atomicfile.CreateOnce(path, key, 0o600); err != nil {
 		return fmt.Errorf("creating key file %s: %w", path, err)
-	}
-	_, werr := f.Write(key)
-	serr := f.Sync()
-	cerr := f.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		return errors.Join(fmt.Errorf("writing key file %s: %w", path, err), os.Remove(path))
 	}
 	return nil
 }
@@ -310,7 +355,7 @@ func (s *Store) Close() error {
 	if s.shared {
 		return nil
 	}
-	return s.db.Close()
+	return guard(s.path, s.db.Close)
 }
 
 // Dir is the state directory.
@@ -354,6 +399,10 @@ func (s *Store) Fingerprint(value []byte) string {
 	return "sha256:" + hex.EncodeToString(m.Sum(nil))[:12]
 }
 
+// KeyID names the sealing key without revealing it (a keyed fingerprint
+// of a constant): hosts of one fleet show the same id.
+func (s *Store) KeyID() string { return s.Fingerprint([]byte("airlock sealing key id")) }
+
 // secretRecord is a secret as stored: the value sealed.
 type secretRecord struct {
 	Name    string            `json:"name"`
@@ -380,7 +429,7 @@ func (s *Store) PutSecret(sec Secret) error {
 	if err != nil {
 		return fmt.Errorf("storing secret %q: %w", sec.Name, err)
 	}
-	if err := s.update(func(tx *bolt.Tx) error { return tx.Bucket(bucketSecrets).Put(key, rec) }); err != nil {
+	if err := s.commit(record{Kind: KindSecrets, Key: sec.Name, Value: rec}); err != nil {
 		return fmt.Errorf("storing secret %q: %w", sec.Name, err)
 	}
 	return nil
@@ -389,13 +438,13 @@ func (s *Store) PutSecret(sec Secret) error {
 // Secret returns a secret with its value decrypted.
 func (s *Store) Secret(name string) (Secret, error) {
 	var rec secretRecord
-	err := s.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketSecrets).Get([]byte(name))
-		if v == nil {
-			return fmt.Errorf("secret %q: %w", name, ErrNotFound)
-		}
-		return json.Unmarshal(v, &rec)
-	})
+	v, err := s.getRecord(KindSecrets, name)
+	if err == nil && v == nil {
+		err = fmt.Errorf("secret %q: %w", name, ErrNotFound)
+	}
+	if err == nil {
+		err = json.Unmarshal(v, &rec)
+	}
 	if err != nil {
 		return Secret{}, fmt.Errorf("reading secret %q: %w", name, err)
 	}
@@ -409,15 +458,13 @@ func (s *Store) Secret(name string) (Secret, error) {
 // Secrets lists every secret without its value, sorted by name.
 func (s *Store) Secrets() ([]SecretInfo, error) {
 	var out []SecretInfo
-	err := s.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketSecrets).ForEach(func(k, v []byte) error {
-			var rec secretRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("decoding secret %q: %w", k, err)
-			}
-			out = append(out, SecretInfo{Name: rec.Name, Backend: rec.Backend, Created: rec.Created, Params: rec.Params})
-			return nil
-		})
+	err := s.listRecords(KindSecrets, func(k, v []byte) error {
+		var rec secretRecord
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return fmt.Errorf("decoding secret %q: %w", k, err)
+		}
+		out = append(out, SecretInfo{Name: rec.Name, Backend: rec.Backend, Created: rec.Created, Params: rec.Params})
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("listing secrets: %w", err)
@@ -426,32 +473,22 @@ func (s *Store) Secrets() ([]SecretInfo, error) {
 }
 
 // DeleteSecret removes a secret. It refuses while a lease minted from the
-// secret still waits for revocation (revoking needs the secret's config).
+// secret still waits for revocation on this host (revoking needs the
+// secret's config).
 func (s *Store) DeleteSecret(name string) error {
-	err := s.update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketSecrets)
-		if b.Get([]byte(name)) == nil {
-			return fmt.Errorf("secret %q: %w", name, ErrNotFound)
-		}
-		live := 0
-		err := tx.Bucket(bucketJournal).ForEach(func(_, v []byte) error {
-			var l leaseRecord
-			if err := json.Unmarshal(v, &l); err != nil {
-				return err
-			}
-			if l.Secret == name && !l.State.final() {
-				live++
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		if live > 0 {
-			return fmt.Errorf("%d lease(s) minted from secret %q are not revoked yet; wait for the sweeper or run the runner's recovery first", live, name)
-		}
-		return b.Delete([]byte(name))
-	})
+	live, err := s.allLeases(func(l *leaseRecord) bool { return l.Secret == name && !l.State.final() })
+	n := len(live)
+	if c, ok := s.remote.(FleetLeaseCounter); ok && err == nil {
+		var m int
+		m, err = c.LiveLeasesOf(context.Background(), name)
+		n += m
+	}
+	if err == nil && n > 0 {
+		err = fmt.Errorf("%d lease(s) minted from secret %q are not revoked yet; wait for the sweeper or run the runner's recovery first", n, name)
+	}
+	if err == nil {
+		err = s.commit(record{Kind: KindSecrets, Key: name, What: fmt.Sprintf("secret %q", name), MustExist: true})
+	}
 	if err != nil {
 		return fmt.Errorf("deleting secret %q: %w", name, err)
 	}

@@ -170,35 +170,49 @@ func (b *Backend) Mint(ctx context.Context, req secrets.MintRequest) (secrets.Cr
 	if err := ValidateScope(req.Grant.Scope); err != nil {
 		return secrets.Credential{}, fmt.Errorf("minting github app token for grant %s: %w", req.Grant.ID, err)
 	}
-	key, err := jwt.ParseRSAPrivateKeyFromPEM(sec.Value)
-	if err != nil {
-		return secrets.Credential{}, errors.New("minting github app token: the secret's value is not a PEM RSA private key")
-	}
-	appJWT, err := AppJWT(key, sec.Params[ParamAppID], time.Now())
-	if err != nil {
-		return secrets.Credential{}, err
-	}
 	body := map[string]any{"repositories": []string{name}}
 	if len(req.Grant.Scope) > 0 {
 		body["permissions"] = req.Grant.Scope
 	}
+	tok, exp, err := b.InstallationToken(ctx, sec, body)
+	if err != nil {
+		return secrets.Credential{}, err
+	}
+	return secrets.Credential{Value: []byte(tok), Handle: tok, Expires: exp}, nil
+}
+
+// InstallationToken mints an installation token of the app a githubapp
+// secret describes; body is the request's JSON (repositories,
+// permissions), nil for the installation's whole grant.
+func (b *Backend) InstallationToken(ctx context.Context, sec secrets.Secret, body map[string]any) (string, time.Time, error) {
+	key, err := jwt.ParseRSAPrivateKeyFromPEM(sec.Value)
+	if err != nil {
+		return "", time.Time{}, errors.New("minting github app token: the secret's value is not a PEM RSA private key")
+	}
+	appJWT, err := AppJWT(key, sec.Params[ParamAppID], time.Now())
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	if body == nil {
+		body = map[string]any{}
+	}
 	u := apiURL(sec) + "/app/installations/" + url.PathEscape(sec.Params[ParamInstallationID]) + "/access_tokens"
 	resp, err := b.do(ctx, http.MethodPost, u, appJWT, body)
 	if err != nil {
-		return secrets.Credential{}, fmt.Errorf("minting github app token: %w", err)
+		return "", time.Time{}, fmt.Errorf("minting github app token: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusCreated {
-		return secrets.Credential{}, fmt.Errorf("minting github app token for installation %s: %w", sec.Params[ParamInstallationID], apiError(resp))
+		return "", time.Time{}, fmt.Errorf("minting github app token for installation %s: %w", sec.Params[ParamInstallationID], apiError(resp))
 	}
 	var out struct {
 		Token     string    `json:"token"`
 		ExpiresAt time.Time `json:"expires_at"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&out); err != nil || out.Token == "" {
-		return secrets.Credential{}, fmt.Errorf("minting github app token: unreadable answer (%v)", err)
+		return "", time.Time{}, fmt.Errorf("minting github app token: unreadable answer (%v)", err)
 	}
-	return secrets.Credential{Value: []byte(out.Token), Handle: out.Token, Expires: out.ExpiresAt}, nil
+	return out.Token, out.ExpiresAt, nil
 }
 
 // Revoke deletes the installation token. 401 means the token is already

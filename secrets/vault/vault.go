@@ -6,8 +6,10 @@
 //     explicit_max_ttl of job timeout + slack, metadata {job, repo, ref,
 //     grant}; the handle is the token's accessor, revoked with
 //     auth/token/revoke-accessor.
-//   - dynamic: read a dynamic secret path (database/creds/role, ...); the
-//     handle is the lease id, revoked with sys/leases/revoke.
+//   - dynamic: read a dynamic secret path (database/creds/role, ...), or
+//     with the write param write to it (pki/issue/role with the role's
+//     generate_lease on); the handle is the lease id, revoked with
+//     sys/leases/revoke.
 //   - kv: read a KV v2 value (static; nothing to revoke).
 //
 // The runner authenticates with the secret's value: a Vault token, or,
@@ -42,6 +44,7 @@ const (
 	ParamRoleID       = "role_id"       // AppRole login; the secret's value is then the secret_id
 	ParamAppRoleMount = "approle_mount" // default "approle"
 	ParamNamespace    = "namespace"     // Vault Enterprise namespace
+	ParamWrite        = "write"         // dynamic: a JSON object of (non-secret) request fields; the path is written instead of read
 )
 
 // Modes.
@@ -98,9 +101,17 @@ func (b *Backend) ValidateSecret(sec secrets.Secret) error {
 	default:
 		errs = append(errs, fmt.Errorf("%s %q: must be token, dynamic or kv", ParamMode, p[ParamMode]))
 	}
+	if w, ok := p[ParamWrite]; ok {
+		var body map[string]any
+		if p[ParamMode] != ModeDynamic {
+			errs = append(errs, fmt.Errorf("%s: only dynamic mode writes", ParamWrite))
+		} else if err := json.Unmarshal([]byte(w), &body); err != nil {
+			errs = append(errs, fmt.Errorf("%s: must be a JSON object: %w", ParamWrite, err))
+		}
+	}
 	for k := range p {
 		switch k {
-		case ParamAddress, ParamMode, ParamPath, ParamMount, ParamField, ParamRoleID, ParamAppRoleMount, ParamNamespace:
+		case ParamAddress, ParamMode, ParamPath, ParamMount, ParamField, ParamRoleID, ParamAppRoleMount, ParamNamespace, ParamWrite:
 		default:
 			errs = append(errs, fmt.Errorf("%s: unknown vault parameter", k))
 		}
@@ -237,7 +248,17 @@ func pick(data map[string]any, field string) ([]byte, error) {
 
 func (b *Backend) mintDynamic(ctx context.Context, c *api.Client, req secrets.MintRequest) (secrets.Credential, error) {
 	path := strings.Trim(req.Secret.Params[ParamPath], "/")
-	s, err := c.Logical().ReadWithContext(ctx, path)
+	var s *api.Secret
+	var err error
+	if w, ok := req.Secret.Params[ParamWrite]; ok {
+		var body map[string]any
+		if err := json.Unmarshal([]byte(w), &body); err != nil {
+			return secrets.Credential{}, fmt.Errorf("vault param %s: %w", ParamWrite, err)
+		}
+		s, err = c.Logical().WriteWithContext(ctx, path, body)
+	} else {
+		s, err = c.Logical().ReadWithContext(ctx, path)
+	}
 	if err != nil {
 		return secrets.Credential{}, fmt.Errorf("reading vault dynamic secret %s: %w", path, err)
 	}

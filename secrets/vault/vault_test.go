@@ -198,8 +198,8 @@ func TestValidateSecret(t *testing.T) {
 	}
 }
 
-// TestRealVault runs token mode against a real `vault server -dev` when
-// VAULT_BIN names a binary.
+// TestRealVault runs token mode against a real `vault server -dev`
+// (VAULT_BIN, else the binary testdata/build-vault.sh caches).
 func TestRealVault(t *testing.T) {
 	rv := fakevault.RequireVault(t)
 	b := vault.New(10 * time.Second)
