@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/airlock-ci/airlock/internal/atomicfile"
 )
 
 // CA file names inside the directory given to LoadOrCreateCA.
@@ -51,6 +53,9 @@ func LoadOrCreateCA(dir string) (*CA, error) {
 	certPEM, cerr := os.ReadFile(certPath)
 	switch {
 	case kerr == nil && cerr == nil:
+		if err := checkKeyMode(keyPath); err != nil {
+			return nil, err
+		}
 		return parseCA(keyPEM, certPEM)
 	case errors.Is(kerr, fs.ErrNotExist) && errors.Is(cerr, fs.ErrNotExist):
 		return createCA(dir, keyPath, certPath)
@@ -61,6 +66,23 @@ func LoadOrCreateCA(dir string) (*CA, error) {
 	default:
 		return nil, fmt.Errorf("loading CA from %s: only one of %s and %s exists; remove it to create a new CA", dir, CAKeyFile, CACertFile)
 	}
+}
+
+// checkKeyMode refuses a CA key that is not a regular file or that others
+// may read: whoever holds it can impersonate every credential-bound host
+// to the jobs.
+func checkKeyMode(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fmt.Errorf("reading CA key: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("reading CA key: %s is not a regular file (%s)", path, fi.Mode().Type())
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("reading CA key: %s has mode %04o, wider than 0600: chmod 600 it, and consider the CA exposed (remove %s and %s to make a new one)", path, fi.Mode().Perm(), CAKeyFile, CACertFile)
+	}
+	return nil
 }
 
 func parseCA(keyPEM, certPEM []byte) (*CA, error) {
@@ -133,24 +155,7 @@ func createCA(dir, keyPath, certPath string) (*CA, error) {
 }
 
 func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, werr := f.Write(data)
-	serr := f.Sync()
-	cerr := f.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		return errors.Join(err, os.Remove(tmp))
-	}
-	if err := os.Chmod(tmp, 0o600); err != nil {
-		return errors.Join(err, os.Remove(tmp))
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return errors.Join(err, os.Remove(tmp))
-	}
-	return nil
+	return atomicfile.WriteFile(path, data, 0o600)
 }
 
 func randomSerial() (*big.Int, error) {

@@ -1,7 +1,10 @@
 package netpolicy
 
 import (
+	"crypto/sha256"
+	"crypto/tls"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -29,6 +32,24 @@ type Credential struct {
 	Header   string // default "Authorization"
 	Template string
 	Value    []byte
+	// ClientCert, when set, makes this an mTLS credential: the job holds
+	// nothing at all, and the gateway terminates the job's TLS to a bound
+	// host and presents this certificate on the upstream connection.
+	// Surrogate, Header, Template and Value are unused.
+	ClientCert *tls.Certificate
+}
+
+// IsMTLS reports whether c is a client-certificate credential.
+func (c *Credential) IsMTLS() bool { return c.ClientCert != nil }
+
+// CertFingerprint is the SHA-256 of the client certificate (DER), as
+// "sha256:" and 16 hex digits, for the audit trail.
+func (c *Credential) CertFingerprint() string {
+	if c.ClientCert == nil || len(c.ClientCert.Certificate) == 0 {
+		return ""
+	}
+	sum := sha256.Sum256(c.ClientCert.Certificate[0])
+	return "sha256:" + hex.EncodeToString(sum[:8])
 }
 
 // minSurrogateLen keeps surrogates long enough not to match by accident.
@@ -47,7 +68,11 @@ func (c *Credential) header() string {
 
 func (c *Credential) validate() error {
 	var errs []error
-	if len(c.Surrogate) < minSurrogateLen {
+	if c.IsMTLS() {
+		if len(c.ClientCert.Certificate) == 0 || c.ClientCert.PrivateKey == nil {
+			errs = append(errs, errors.New("client certificate without certificate or key"))
+		}
+	} else if len(c.Surrogate) < minSurrogateLen {
 		errs = append(errs, fmt.Errorf("surrogate shorter than %d characters", minSurrogateLen))
 	}
 	if len(c.Hosts) == 0 {
@@ -58,7 +83,7 @@ func (c *Credential) validate() error {
 			errs = append(errs, fmt.Errorf("bound host %q: %w", h, err))
 		}
 	}
-	if len(c.Value) == 0 {
+	if len(c.Value) == 0 && !c.IsMTLS() {
 		errs = append(errs, errors.New("empty value"))
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -223,12 +248,18 @@ func (g *Gateway) addSurrogates(jobID string, creds []Credential) error {
 		}
 	}
 	for i := range creds {
+		if creds[i].IsMTLS() {
+			continue
+		}
 		if _, dup := g.surrogates[creds[i].Surrogate]; dup {
 			return fmt.Errorf("registering credential of grant %s: surrogate already in use", creds[i].GrantID)
 		}
 	}
 	for i := range creds {
 		c := creds[i]
+		if c.IsMTLS() {
+			continue
+		}
 		g.surrogates[c.Surrogate] = &surrogateOwner{job: jobID, cred: &c}
 	}
 	return nil
@@ -256,4 +287,32 @@ func (g *Gateway) dropSurrogates(jobID string) {
 			delete(g.surrogates, s)
 		}
 	}
+}
+
+// clientCert returns the job's mTLS credential bound to host, if any.
+func (j *jobState) clientCert(host string) *Credential {
+	for i := range j.cfg.Policy.Credentials {
+		if c := &j.cfg.Policy.Credentials[i]; c.IsMTLS() && c.boundTo(host) {
+			return c
+		}
+	}
+	return nil
+}
+
+// mtlsTransport returns (making it once) the transport that presents c's
+// certificate upstream; it is the job's transport otherwise unchanged.
+func (j *jobState) mtlsTransport(c *Credential) *http.Transport {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if t := j.mtls[c.GrantID]; t != nil {
+		return t
+	}
+	t := j.transport.Clone()
+	t.TLSClientConfig = &tls.Config{RootCAs: j.g.cfg.RootCAs, MinVersion: tls.VersionTLS12,
+		Certificates: []tls.Certificate{*c.ClientCert}}
+	if j.mtls == nil {
+		j.mtls = map[string]*http.Transport{}
+	}
+	j.mtls[c.GrantID] = t
+	return t
 }

@@ -72,6 +72,10 @@ func remoteAddr(a net.Addr) netip.Addr {
 }
 
 func (j *jobState) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
+	if !j.enter() {
+		return // the job has ended: no answer, nothing to record
+	}
+	defer j.wg.Done()
 	if src := remoteAddr(w.RemoteAddr()); src != j.cfg.JobIP {
 		// Dropped without an answer.
 		j.emit(Event{Kind: KindDNS, Addr: src.String(), Verdict: VerdictDenied,

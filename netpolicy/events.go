@@ -5,7 +5,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -17,6 +16,10 @@ const (
 	KindTLS     = "tls"
 	KindProxied = "proxied"
 	KindAlert   = "alert"
+	// KindDropped reports, in Event.Dropped, how many events of each kind
+	// were decided (and counted in the Summary) but could not be queued
+	// for the sink in time.
+	KindDropped = "events_dropped"
 )
 
 // Verdicts.
@@ -42,13 +45,33 @@ type Event struct {
 	Path     string        `json:"path,omitempty"`
 	Status   int           `json:"status,omitempty"` // HTTP status; the DNS rcode for dns events
 	GrantID  string        `json:"grant_id,omitempty"`
+	// CertGrantID and CertFingerprint name the mTLS credential the
+	// gateway presented upstream for a KindProxied request (with or
+	// without a header credential, GrantID).
+	CertGrantID     string `json:"cert_grant_id,omitempty"`
+	CertFingerprint string `json:"cert_fingerprint,omitempty"`
+	// Dropped is set on KindDropped events only: kind -> count.
+	Dropped map[string]int64 `json:"dropped,omitempty"`
 }
 
-// EventSink receives gateway events. Emit is called from a single goroutine
-// of the gateway, in order; it may block (the data path never waits for it:
-// events are buffered and dropped, and counted, when the buffer is full).
+// EventSink receives gateway events. Each registered job has a queue of
+// its own drained by one goroutine, so Emit is called concurrently for
+// different jobs but in order, from one goroutine, for each job. It may
+// block: a job whose queue is full waits (back-pressure on that job's
+// connections and DNS queries, never on another job's) up to
+// GatewayConfig.EventWait, and only then is the event dropped; the drop is
+// counted and reported to the sink as a KindDropped event. A job's
+// remaining events are delivered before Unregister returns.
 type EventSink interface {
 	Emit(Event)
+}
+
+// BatchSink is an optional EventSink capability: the gateway hands over
+// everything a job's queue holds at once (one job per call, in order), so
+// that the sink can record a batch with one write and one fsync. The slice
+// is reused after EmitBatch returns.
+type BatchSink interface {
+	EmitBatch([]Event)
 }
 
 // EventSinkFunc adapts a function to EventSink.
@@ -62,6 +85,9 @@ type Summary struct {
 	Allowed int
 	Denied  int
 	Alerts  int
+	// Dropped counts the decisions above that the sink did not receive
+	// one by one (the trail has an events_dropped record with the counts).
+	Dropped int64
 	// DeniedDestinations counts denials per destination ("host:port",
 	// "host" for DNS, or the refused source address).
 	DeniedDestinations map[string]int
@@ -73,6 +99,9 @@ func (s Summary) String() string {
 	fmt.Fprintf(&b, "egress: %d allowed, %d denied", s.Allowed, s.Denied)
 	if s.Alerts > 0 {
 		fmt.Fprintf(&b, ", %d alerts", s.Alerts)
+	}
+	if s.Dropped > 0 {
+		fmt.Fprintf(&b, " (%d recorded only as counts: events_dropped)", s.Dropped)
 	}
 	keys := make([]string, 0, len(s.DeniedDestinations))
 	for k := range s.DeniedDestinations {
@@ -123,52 +152,4 @@ func (c *summaryCounter) snapshot() Summary {
 		out.DeniedDestinations[k] = v
 	}
 	return out
-}
-
-// eventQueue decouples the data path from the sink.
-type eventQueue struct {
-	ch      chan Event
-	sink    EventSink
-	dropped atomic.Int64
-	done    chan struct{}
-	mu      sync.RWMutex
-	closed  bool
-}
-
-func newEventQueue(sink EventSink, size int) *eventQueue {
-	q := &eventQueue{ch: make(chan Event, size), sink: sink, done: make(chan struct{})}
-	go func() {
-		defer close(q.done)
-		for ev := range q.ch {
-			if q.sink != nil {
-				q.sink.Emit(ev)
-			}
-		}
-	}()
-	return q
-}
-
-func (q *eventQueue) push(ev Event) {
-	q.mu.RLock()
-	defer q.mu.RUnlock()
-	if q.closed {
-		q.dropped.Add(1)
-		return
-	}
-	select {
-	case q.ch <- ev:
-	default:
-		q.dropped.Add(1)
-	}
-}
-
-// close stops accepting events and waits until the sink has seen the rest.
-func (q *eventQueue) close() {
-	q.mu.Lock()
-	if !q.closed {
-		q.closed = true
-		close(q.ch)
-	}
-	q.mu.Unlock()
-	<-q.done
 }

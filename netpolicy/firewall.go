@@ -40,13 +40,22 @@ type FirewallSpec struct {
 
 // Validate reports the first problem of the spec.
 func (s FirewallSpec) Validate() error {
+	ifErr := validIfName(s.HostIf)
 	switch {
 	case s.RunnerID == "" || s.JobID == "":
 		return errors.New("runner id and job id are required")
-	case s.HostIf == "" || len(s.HostIf) > 15 || strings.ContainsAny(s.HostIf, " \t\"/"):
-		return fmt.Errorf("invalid host interface name %q", s.HostIf)
+	case ifErr != nil:
+		return ifErr
 	case !s.GatewayIP.Is4() || !s.JobIP.Is4():
 		return fmt.Errorf("gateway %v and job %v must be IPv4 addresses", s.GatewayIP, s.JobIP)
+	}
+	return nil
+}
+
+// validIfName checks a host interface name.
+func validIfName(name string) error {
+	if name == "" || len(name) > 15 || strings.ContainsAny(name, " \t\"/") {
+		return fmt.Errorf("invalid host interface name %q", name)
 	}
 	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -48,11 +50,14 @@ type GatewayConfig struct {
 	Resolver Resolver
 	// Guard configures the dial guard.
 	Guard GuardConfig
-	// Events receives every decision (may be nil). EventBuffer is the
-	// queue length in front of it (default 4096); overflow is dropped and
-	// counted (DroppedEvents).
+	// Events receives every decision (may be nil; see EventSink for the
+	// ordering and back-pressure contract, and BatchSink). EventBuffer is
+	// the length of each job's queue in front of it (default 8192);
+	// EventWait how long a job's handler waits for room in a full queue
+	// before the event is dropped and counted (default 5s; DroppedEvents).
 	Events      EventSink
 	EventBuffer int
+	EventWait   time.Duration
 	Logger      hclog.Logger
 	// CA terminates TLS for credential-bound hosts; required when a job
 	// policy carries Credentials.
@@ -68,6 +73,11 @@ type GatewayConfig struct {
 	PeekTimeout time.Duration
 	// DNSTTL is the TTL of DNS answers (default 30s).
 	DNSTTL time.Duration
+	// EgressSource, if valid, is the local address every upstream
+	// connection is bound to ([gateway] egress_source), so that API keys
+	// and tokens can be IP-restricted at the provider to the runner hosts.
+	// A dial the address cannot make (another address family) fails.
+	EgressSource netip.Addr
 }
 
 // JobConfig identifies one job to the gateway.
@@ -76,20 +86,30 @@ type JobConfig struct {
 	GatewayIP netip.Addr // host side of the job's veth; listeners bind here
 	JobIP     netip.Addr // the only source address accepted
 	Policy    *Policy
+	// Mask, if set, is applied to everything the job chose (host names,
+	// paths, methods, reasons quoting them) before any log line, summary,
+	// metric or event sees it. Pass a case-insensitive masker
+	// (mask.Writer.MaskFold): DNS names arrive case-folded.
+	Mask func(string) string
 }
 
 // Gateway is the egress gateway of one runner: one listener set per job on
 // the job's gateway address. It is safe for concurrent use.
 type Gateway struct {
-	cfg    GatewayConfig
-	ports  Ports
-	log    hclog.Logger
-	guard  *DialGuard
-	events *eventQueue
+	cfg   GatewayConfig
+	ports Ports
+	log   hclog.Logger
+	guard *DialGuard
+	// dropped counts events lost to a full queue, over every job.
+	dropped atomic.Int64
 
 	mu     sync.Mutex
 	jobs   map[string]*jobState
 	closed bool
+
+	// dialHook (tests) runs after the dial guard admitted an address,
+	// before connect(2); an error aborts the dial.
+	dialHook func(address string) error
 
 	surMu      sync.RWMutex
 	surrogates map[string]*surrogateOwner
@@ -104,7 +124,10 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		cfg.Logger = hclog.NewNullLogger()
 	}
 	if cfg.EventBuffer <= 0 {
-		cfg.EventBuffer = 4096
+		cfg.EventBuffer = 8192
+	}
+	if cfg.EventWait <= 0 {
+		cfg.EventWait = 5 * time.Second
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 10 * time.Second
@@ -124,14 +147,13 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		ports:      ports,
 		log:        cfg.Logger.Named("gateway"),
 		guard:      NewDialGuard(cfg.Guard),
-		events:     newEventQueue(cfg.Events, cfg.EventBuffer),
 		jobs:       map[string]*jobState{},
 		surrogates: map[string]*surrogateOwner{},
 	}, nil
 }
 
 // DroppedEvents is the number of events lost to a full queue.
-func (g *Gateway) DroppedEvents() int64 { return g.events.dropped.Load() }
+func (g *Gateway) DroppedEvents() int64 { return g.dropped.Load() }
 
 // Guard returns the gateway's dial guard.
 func (g *Gateway) Guard() *DialGuard { return g.guard }
@@ -153,8 +175,14 @@ type Registration struct {
 // Addrs returns the bound listener addresses.
 func (r *Registration) Addrs() Addrs { return r.j.addrs }
 
-// Summary returns the job's decision counts so far.
-func (r *Registration) Summary() Summary { return r.j.summary.snapshot() }
+// Summary returns the job's decision counts so far. After Close it is
+// final and every event it counts has reached the sink (or its count is in
+// a KindDropped event).
+func (r *Registration) Summary() Summary {
+	s := r.j.summary.snapshot()
+	s.Dropped = r.j.q.nDropped.Load()
+	return s
+}
 
 // Close unregisters the job: it closes the listeners and every in-flight
 // connection and retires the job's surrogates. It is idempotent.
@@ -166,7 +194,9 @@ type jobState struct {
 	cfg       JobConfig
 	log       hclog.Logger
 	summary   summaryCounter
+	q         *jobQueue
 	transport *http.Transport
+	mtls      map[string]*http.Transport // by grant: presents its client certificate (mu)
 	// ctx is cancelled by Unregister; every dial and upstream request of
 	// the job derives from it.
 	ctx    context.Context
@@ -221,6 +251,7 @@ func (g *Gateway) Register(ctx context.Context, cfg JobConfig) (*Registration, e
 		}
 	}
 	j.ctx, j.cancel = context.WithCancelCause(context.WithoutCancel(ctx))
+	j.q = newJobQueue(cfg.JobID, g.cfg.Events, g.cfg.EventBuffer, g.cfg.EventWait, &g.dropped)
 	g.jobs[cfg.JobID] = j
 	g.mu.Unlock()
 
@@ -299,7 +330,6 @@ func (g *Gateway) Close() error {
 	for _, id := range ids {
 		errs = append(errs, g.Unregister(id))
 	}
-	g.events.close()
 	return errors.Join(errs...)
 }
 
@@ -408,6 +438,11 @@ func (j *jobState) stop() error {
 		}
 	}
 	j.transport.CloseIdleConnections()
+	j.mu.Lock()
+	for _, t := range j.mtls {
+		t.CloseIdleConnections()
+	}
+	j.mu.Unlock()
 	done := make(chan struct{})
 	go func() { j.wg.Wait(); close(done) }()
 	select {
@@ -415,7 +450,22 @@ func (j *jobState) stop() error {
 	case <-ctx.Done():
 		errs = append(errs, errors.New("timed out waiting for gateway connections to finish"))
 	}
+	// Every handler has emitted its last event: deliver what is queued.
+	j.q.close()
 	return errors.Join(errs...)
+}
+
+// enter admits one request handler; it fails once the job is closed.
+// Handlers that entered are waited for by stop, so their events reach the
+// sink before Unregister returns.
+func (j *jobState) enter() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.closed {
+		return false
+	}
+	j.wg.Add(1)
+	return true
 }
 
 // track records an in-flight connection; it fails once the job is closed.
@@ -441,17 +491,29 @@ func (j *jobState) connState(c net.Conn, s http.ConnState) {
 	}
 }
 
-// emit fills in the job and time, counts the event and queues it.
+// emit masks what the job chose, fills in the job and time, counts the
+// event and queues it (waiting, if the job's queue is full).
 func (j *jobState) emit(ev Event) {
 	ev.Job = j.cfg.JobID
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
+	if ev.Verdict == VerdictDenied && ev.Kind != KindAlert && ev.Host != "" {
+		if owner := j.g.mtlsOwner(j, ev.Host); owner != "" {
+			// Like a surrogate presented by the wrong job: the host's
+			// client certificate is another job's.
+			ev.Kind = KindAlert
+			ev.Reason = fmt.Sprintf("request to a host whose client certificate belongs to another job (%s): %s", owner, ev.Reason)
+		}
+	}
+	if m := j.cfg.Mask; m != nil {
+		ev.Host, ev.Path, ev.Method, ev.Reason = m(ev.Host), m(ev.Path), m(ev.Method), m(ev.Reason)
+	}
 	j.summary.add(ev)
 	if ev.Verdict == VerdictDenied {
 		j.log.Debug("egress denied", "kind", ev.Kind, "host", ev.Host, "port", ev.Port, "reason", ev.Reason)
 	}
-	j.g.events.push(ev)
+	j.q.push(ev)
 }
 
 // sourceListener drops connections whose source is not the job's address.
@@ -472,8 +534,12 @@ func (l *sourceListener) Accept() (net.Conn, error) {
 		src := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
 		if src != l.j.cfg.JobIP {
 			_ = c.Close()
-			l.j.emit(Event{Kind: KindConnect, Addr: src.String(), Verdict: VerdictDenied,
-				Reason: "connection from a source address that is not the job's"})
+			ev := Event{Kind: KindConnect, Addr: src.String(), Verdict: VerdictDenied,
+				Reason: "connection from a source address that is not the job's"}
+			if l.j.holdsMTLS() {
+				ev.Kind, ev.Reason = KindAlert, "connection from another address to the gateway of a job holding client certificates"
+			}
+			l.j.emit(ev)
 			continue
 		}
 		if l.track && !l.j.track(c) {
@@ -491,7 +557,7 @@ func (j *jobState) dial(ctx context.Context, host string, port int) (*net.TCPCon
 	var addrs []netip.Addr
 	if ip, err := netip.ParseAddr(normalizeHost(host)); err == nil {
 		if !j.cfg.Policy.AllowsAddr(ip, port) {
-			return nil, fmt.Errorf("dialing %s: IP literal not allowed", ip)
+			return nil, fmt.Errorf("dialing %s: %w", ip, errIPLiteral)
 		}
 		addrs = []netip.Addr{ip.Unmap()}
 	} else {
@@ -503,7 +569,24 @@ func (j *jobState) dial(ctx context.Context, host string, port int) (*net.TCPCon
 			return nil, fmt.Errorf("resolving %s: no addresses", host)
 		}
 	}
-	d := net.Dialer{Timeout: j.g.cfg.DialTimeout, Control: j.g.guard.Control(j.cfg.Policy)}
+	var admin netip.Addr
+	if ar, ok := j.g.cfg.Resolver.(AdminResolver); ok {
+		admin, _ = ar.AdminAddr(normalizeHost(host))
+	}
+	control := j.g.guard.control(j.cfg.Policy, admin)
+	if hook := j.g.dialHook; hook != nil {
+		guard := control
+		control = func(network, address string, c syscall.RawConn) error {
+			if err := guard(network, address, c); err != nil {
+				return err
+			}
+			return hook(address)
+		}
+	}
+	d := net.Dialer{Timeout: j.g.cfg.DialTimeout, Control: control}
+	if src := j.g.cfg.EgressSource; src.IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+	}
 	var errs []error
 	for _, a := range addrs {
 		c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(a.Unmap(), uint16(port)).String())
@@ -526,4 +609,32 @@ func (j *jobState) dialContext(ctx context.Context, _, addr string) (net.Conn, e
 		return nil, fmt.Errorf("dialing %q: bad port: %w", addr, err)
 	}
 	return j.dial(ctx, host, port)
+}
+
+// holdsMTLS reports whether the job was given client certificates.
+func (j *jobState) holdsMTLS() bool {
+	for i := range j.cfg.Policy.Credentials {
+		if j.cfg.Policy.Credentials[i].IsMTLS() {
+			return true
+		}
+	}
+	return false
+}
+
+// mtlsOwner returns the id of another running job whose client
+// certificate is bound to host, or "".
+func (g *Gateway) mtlsOwner(self *jobState, host string) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for id, o := range g.jobs {
+		if o == self || o.cfg.Policy == nil {
+			continue
+		}
+		for i := range o.cfg.Policy.Credentials {
+			if c := &o.cfg.Policy.Credentials[i]; c.IsMTLS() && c.boundTo(host) {
+				return id
+			}
+		}
+	}
+	return ""
 }

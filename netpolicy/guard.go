@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -99,10 +100,55 @@ func (g *DialGuard) isHostAddr(a netip.Addr) (bool, error) {
 	return g.hostAddrs[a], nil
 }
 
-// Check returns nil if addr may be dialed under policy p, else an error
-// saying why not. A policy CIDR entry naming the address and port overrides
-// every denied range.
+// GuardError is a dial the guard refused. Its Rule says, for the job,
+// which rule refused it, without naming the address (which may be an
+// admin's internal one).
+type GuardError struct {
+	Addr  netip.AddrPort
+	Range string // "loopback", "private", "link-local", ...
+	Rule  string
+}
+
+func (e *GuardError) Error() string {
+	return fmt.Sprintf("dial guard: %s is %s (%s)", e.Addr.Addr(), e.Range, e.Rule)
+}
+
+// what names the refused address's kind for the job ("a private address").
+func (e *GuardError) what() string {
+	switch {
+	case strings.HasPrefix(e.Range, "in "):
+		return "an address " + e.Range
+	case strings.HasPrefix(e.Range, "an "):
+		return e.Range
+	}
+	return "a " + e.Range + " address"
+}
+
+// Rules of GuardError.
+const (
+	RuleNeverDialed  = "never dialed"
+	RulePrivate      = "private address not allowed by the admin: a [gateway.hosts] entry or a CIDR entry in the repository's egress ceiling allows one"
+	RuleJobPool      = "never dialed"
+	RuleDeniedRange  = "in a range the admin denies"
+	RuleHostAddress  = "never dialed"
+	ruleHostAddrFail = "the host's addresses could not be listed"
+)
+
+// adminRanges are the denied ranges an admin's explicit choice (a
+// [gateway.hosts] address or a ceiling CIDR entry) may open; the others
+// (loopback, link-local/metadata, multicast, ...) are never dialed.
+var adminRanges = map[string]bool{"private": true, "CGNAT": true}
+
+// Check returns nil if addr may be dialed under policy p, else a
+// *GuardError saying why not. A policy CIDR entry naming the address and
+// port, or admin (the address an admin's hosts entry gave the name being
+// dialed), opens the private ranges; nothing opens loopback, link-local,
+// the job pool or the host's own addresses except a CIDR entry naming them.
 func (g *DialGuard) Check(addr netip.AddrPort, p *Policy) error {
+	return g.check(addr, p, netip.Addr{})
+}
+
+func (g *DialGuard) check(addr netip.AddrPort, p *Policy, admin netip.Addr) error {
 	ip := addr.Addr().Unmap()
 	port := int(addr.Port())
 	if !ip.IsValid() {
@@ -111,38 +157,50 @@ func (g *DialGuard) Check(addr netip.AddrPort, p *Policy) error {
 	if p.AllowsAddr(ip, port) {
 		return nil
 	}
+	byAdmin := admin.IsValid() && admin.Unmap() == ip
 	for _, d := range deniedRanges {
 		if d.prefix.Contains(ip) {
-			return fmt.Errorf("dial guard: %s is %s", ip, d.reason)
+			if byAdmin && adminRanges[d.reason] {
+				break
+			}
+			rule := RuleNeverDialed
+			if adminRanges[d.reason] {
+				rule = RulePrivate
+			}
+			return &GuardError{Addr: addr, Range: d.reason, Rule: rule}
 		}
 	}
 	for _, pre := range g.cfg.JobPool {
 		if pre.Contains(ip) {
-			return fmt.Errorf("dial guard: %s is in the job address pool", ip)
+			return &GuardError{Addr: addr, Range: "in the job address pool", Rule: RuleJobPool}
 		}
 	}
 	for _, pre := range g.cfg.Deny {
 		if pre.Contains(ip) {
-			return fmt.Errorf("dial guard: %s is in denied range %s", ip, pre)
+			return &GuardError{Addr: addr, Range: "in denied range " + pre.String(), Rule: RuleDeniedRange}
 		}
 	}
 	host, err := g.isHostAddr(ip)
 	if err != nil {
-		return fmt.Errorf("dial guard: checking host addresses: %w", err)
+		return fmt.Errorf("dial guard: checking host addresses (%s): %w", ruleHostAddrFail, err)
 	}
 	if host {
-		return fmt.Errorf("dial guard: %s is an address of this host", ip)
+		return &GuardError{Addr: addr, Range: "an address of this host", Rule: RuleHostAddress}
 	}
 	return nil
 }
 
 // Control returns a net.Dialer.Control function enforcing the guard for p.
 func (g *DialGuard) Control(p *Policy) func(network, address string, c syscall.RawConn) error {
+	return g.control(p, netip.Addr{})
+}
+
+func (g *DialGuard) control(p *Policy, admin netip.Addr) func(network, address string, c syscall.RawConn) error {
 	return func(network, address string, _ syscall.RawConn) error {
 		ap, err := netip.ParseAddrPort(address)
 		if err != nil {
 			return fmt.Errorf("dial guard: parsing %s address %q: %w", network, address, err)
 		}
-		return g.Check(ap, p)
+		return g.check(ap, p, admin)
 	}
 }

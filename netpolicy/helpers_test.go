@@ -18,7 +18,6 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -271,12 +270,3 @@ func mustEntries(t testing.TB, ss ...string) []Entry {
 }
 
 func cidrFor(a netip.Addr, port int) string { return fmt.Sprintf("%s/32:%d", a, port) }
-
-func hasText(evs []Event, s string) bool {
-	for _, ev := range evs {
-		if strings.Contains(fmt.Sprintf("%+v", ev), s) {
-			return true
-		}
-	}
-	return false
-}

@@ -127,5 +127,10 @@ func (j *jobState) serveIntercepted(w http.ResponseWriter, r *http.Request, host
 		c.inject(r.Header)
 	}
 	ev.GrantID = grant
-	j.forward(w, r, "https", host, port, ev, start)
+	var tr *http.Transport
+	if mc := j.clientCert(host); mc != nil {
+		tr = j.mtlsTransport(mc)
+		ev.CertGrantID, ev.CertFingerprint = mc.GrantID, mc.CertFingerprint()
+	}
+	j.forwardWith(tr, w, r, "https", host, port, ev, start)
 }

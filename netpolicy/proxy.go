@@ -2,6 +2,7 @@ package netpolicy
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -48,20 +49,49 @@ func splitHostPortDefault(hp string, def int) (string, int, error) {
 	return normalizeHost(host), port, nil
 }
 
+// Rules the gateway names to the job when it refuses a destination (in
+// 403/502 bodies and event reasons). They never name an address.
+const (
+	RuleNotInPolicy = "not in the job's egress policy (its declared egress within the admin's ceiling)"
+	RuleNoHost      = "no destination host"
+)
+
+var errIPLiteral = errors.New("IP literal destinations are not allowed: only a CIDR entry of the admin's egress ceiling allows an address")
+
+// refusal says, for the job, why a dial failed and with which status:
+// 502 (the name is allowed, the upstream cannot be reached), with the rule
+// of the dial guard that refused its address, or what went wrong.
+func refusal(err error) (int, string) {
+	var ge *GuardError
+	var de *net.DNSError
+	var ne net.Error
+	switch {
+	case errors.As(err, &ge):
+		return http.StatusBadGateway, "refused: the name resolves to " + ge.what() + ": " + ge.Rule
+	case errors.Is(err, errIPLiteral):
+		return http.StatusBadGateway, "refused: " + errIPLiteral.Error()
+	case errors.As(err, &de):
+		return http.StatusBadGateway, "upstream unreachable: the gateway could not resolve the name"
+	case errors.As(err, &ne) && ne.Timeout():
+		return http.StatusBadGateway, "upstream unreachable: no answer in time"
+	}
+	return http.StatusBadGateway, "upstream unreachable: the connection failed"
+}
+
 // checkDestination applies the policy to a destination the client named.
-// It returns "" when allowed, else the reason.
+// It returns "" when allowed, else the rule that refuses it.
 func (j *jobState) checkDestination(host string, port int) string {
 	if host == "" {
-		return "no destination host"
+		return RuleNoHost
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		if j.cfg.Policy.AllowsAddr(ip, port) {
 			return ""
 		}
-		return "IP literal destinations are not allowed"
+		return errIPLiteral.Error()
 	}
 	if !j.cfg.Policy.Allows(host, port) {
-		return "destination not allowed"
+		return RuleNotInPolicy
 	}
 	return ""
 }
@@ -80,6 +110,11 @@ func (j *jobState) bound(host string) bool {
 // HTTP) or the transparent HTTP listener (destination from Host).
 func (j *jobState) httpHandler(explicit bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !j.enter() {
+			http.Error(w, "airlock: the job has ended", http.StatusServiceUnavailable)
+			return
+		}
+		defer j.wg.Done()
 		if r.Method == http.MethodConnect {
 			if !explicit {
 				http.Error(w, "CONNECT is only served on the proxy port", http.StatusMethodNotAllowed)
@@ -114,7 +149,7 @@ func (j *jobState) forwardPlain(w http.ResponseWriter, r *http.Request, hostport
 	if reason := j.checkDestination(host, port); reason != "" {
 		ev.Reason, ev.Status = reason, http.StatusForbidden
 		j.emit(ev)
-		http.Error(w, "airlock: egress to "+net.JoinHostPort(host, strconv.Itoa(port))+" is not allowed", http.StatusForbidden)
+		http.Error(w, "airlock: egress to "+net.JoinHostPort(host, strconv.Itoa(port))+" refused: "+reason, http.StatusForbidden)
 		return
 	}
 	if hits := j.g.findSurrogates(r); len(hits) > 0 {
@@ -131,6 +166,14 @@ func (j *jobState) forwardPlain(w http.ResponseWriter, r *http.Request, hostport
 // forward sends r to scheme://host:port through the job's transport and
 // streams the response back; it emits ev completed with the outcome.
 func (j *jobState) forward(w http.ResponseWriter, r *http.Request, scheme, host string, port int, ev Event, start time.Time) {
+	j.forwardWith(nil, w, r, scheme, host, port, ev, start)
+}
+
+// forwardWith is forward through transport tr (nil: the job's).
+func (j *jobState) forwardWith(tr *http.Transport, w http.ResponseWriter, r *http.Request, scheme, host string, port int, ev Event, start time.Time) {
+	if tr == nil {
+		tr = j.transport
+	}
 	// The job's context, not the request's: the server cancels a request's
 	// context when the client half-closes its side after sending (printf |
 	// nc), which would fail a request the client still waits for. A client
@@ -148,12 +191,13 @@ func (j *jobState) forward(w http.ResponseWriter, r *http.Request, scheme, host 
 		out.Body = nil
 	}
 	removeHopHeaders(out.Header)
-	resp, err := j.transport.RoundTrip(out)
+	resp, err := tr.RoundTrip(out)
 	if err != nil {
-		ev.Verdict, ev.Reason, ev.Status = VerdictDenied, "upstream: "+err.Error(), http.StatusBadGateway
+		status, rule := refusal(err)
+		ev.Verdict, ev.Reason, ev.Status = VerdictDenied, "upstream: "+err.Error(), status
 		ev.Duration = time.Since(start)
 		j.emit(ev)
-		http.Error(w, "airlock: upstream unreachable", http.StatusBadGateway)
+		http.Error(w, "airlock: egress to "+out.URL.Host+" "+rule, status)
 		return
 	}
 	defer resp.Body.Close()
@@ -207,7 +251,7 @@ func (j *jobState) handleConnect(w http.ResponseWriter, r *http.Request) {
 	if reason := j.checkDestination(host, port); reason != "" {
 		ev.Reason, ev.Status = reason, http.StatusForbidden
 		j.emit(ev)
-		http.Error(w, "airlock: egress to "+net.JoinHostPort(host, ps)+" is not allowed", http.StatusForbidden)
+		http.Error(w, "airlock: egress to "+net.JoinHostPort(host, ps)+" refused: "+reason, http.StatusForbidden)
 		return
 	}
 	ctx := r.Context()
@@ -216,9 +260,10 @@ func (j *jobState) handleConnect(w http.ResponseWriter, r *http.Request) {
 	if !intercept {
 		upstream, err = j.dial(ctx, host, port)
 		if err != nil {
-			ev.Reason, ev.Status = err.Error(), http.StatusBadGateway
+			status, rule := refusal(err)
+			ev.Reason, ev.Status = err.Error(), status
 			j.emit(ev)
-			http.Error(w, "airlock: upstream unreachable", http.StatusBadGateway)
+			http.Error(w, "airlock: egress to "+net.JoinHostPort(host, ps)+" "+rule, status)
 			return
 		}
 	}

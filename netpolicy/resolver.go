@@ -89,6 +89,18 @@ func (r HostsResolver) LookupIP(ctx context.Context, host string) ([]netip.Addr,
 	return r.Next.LookupIP(ctx, host)
 }
 
+// AdminAddr implements AdminResolver: the hosts table's address for host.
+func (r HostsResolver) AdminAddr(host string) (netip.Addr, bool) {
+	return lookupName(r.Hosts, host)
+}
+
+// AdminResolver is implemented by resolvers some of whose answers are an
+// admin's explicit choice (a [gateway.hosts] entry): the dial guard lets
+// the gateway dial such an address even in a private range.
+type AdminResolver interface {
+	AdminAddr(host string) (netip.Addr, bool)
+}
+
 // ParseHosts turns a config hosts table (config.toml [gateway.hosts],
 // name = "address") into the HostsResolver map, reporting every bad line.
 func ParseHosts(m map[string]string) (map[string]netip.Addr, error) {

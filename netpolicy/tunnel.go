@@ -1,6 +1,7 @@
 package netpolicy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -8,7 +9,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -78,14 +83,19 @@ func (j *jobState) peekHello(c net.Conn, prefix []byte) (sni string, data []byte
 // once (server-first protocols); the client's first bytes are inspected: a
 // TLS ClientHello must carry no SNI or the CONNECT host (no fronting through
 // an allowed name). A CONNECT to an admin-allowed IP literal may carry any SNI.
+// Plaintext HTTP in a tunnel is read request by request, and each request's
+// Host must name the CONNECT host too (see relayPlain).
 func (j *jobState) tunnel(client, upstream *net.TCPConn, prefix []byte, host string, port int, start time.Time) {
 	defer upstream.Close()
 	stop := context.AfterFunc(j.ctx, func() { _ = client.Close(); _ = upstream.Close() })
 	defer stop()
+	var refusing atomic.Bool // a refusal is being written: keep the client's write side open
 	down := make(chan int64, 1)
 	go func() {
 		n, _ := io.Copy(client, upstream)
-		_ = client.CloseWrite()
+		if !refusing.Load() {
+			_ = client.CloseWrite()
+		}
 		down <- n
 	}()
 	ev := Event{Kind: KindConnect, Host: host, Port: port, Addr: upstream.RemoteAddr().String(), Verdict: VerdictDenied}
@@ -99,22 +109,157 @@ func (j *jobState) tunnel(client, upstream *net.TCPConn, prefix []byte, host str
 		ev.Verdict = VerdictAllowed
 	}
 	if ev.Verdict == VerdictDenied {
+		// Recorded before the client sees the close: a job that exits at
+		// once must not end before its denial is in its summary and trail.
+		ev.Duration = time.Since(start)
+		j.emit(ev)
 		_ = client.Close()
 		_ = upstream.Close()
 		<-down
-		ev.Duration = time.Since(start)
-		j.emit(ev)
 		return
 	}
-	up := int64(0)
-	if _, err := upstream.Write(data); err == nil {
-		up, _ = io.Copy(upstream, client)
-		up += int64(len(data))
+	var up int64
+	if isTLS || isIPLiteral(host) {
+		if _, err := upstream.Write(data); err == nil {
+			up, _ = io.Copy(upstream, client)
+			up += int64(len(data))
+		}
+	} else {
+		var refusal string
+		up, refusal = j.relayPlain(client, upstream, data, host, port, &refusing)
+		if refusal != "" {
+			_ = upstream.Close()
+			n := <-down
+			writeRefusal(client, refusal)
+			_ = client.Close()
+			ev.Bytes, ev.Duration = up+n, time.Since(start)
+			j.emit(ev)
+			return
+		}
 	}
 	_ = upstream.CloseWrite()
 	ev.Bytes = up + <-down
 	ev.Duration = time.Since(start)
 	j.emit(ev)
+}
+
+// writeRefusal answers a refused request inside a tunnel with a 403.
+func writeRefusal(c net.Conn, body string) {
+	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	body += "\n"
+	fmt.Fprintf(c, "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+}
+
+// maxRequestLine bounds the first line looked at to tell HTTP from other
+// plaintext protocols in a tunnel.
+const maxRequestLine = 8 << 10
+
+// relayPlain relays the client's side of a plaintext tunnel. If its first
+// line is an HTTP/1.x request line, every request on the connection is
+// parsed, its Host (and absolute URI) must name the CONNECT host and port
+// — else the tunnel ends with a 403 and a denied http event, so keep-alive
+// cannot switch to a virtual host the policy never allowed — and each
+// request is recorded as an http event. After an Upgrade request the rest
+// is relayed as it is. Other protocols are relayed unchanged. It returns
+// the bytes sent upstream and, for a refusal, the 403 body.
+func (j *jobState) relayPlain(client, upstream *net.TCPConn, data []byte, host string, port int, refusing *atomic.Bool) (int64, string) {
+	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(data), client), 16<<10)
+	httpish := j.startsHTTPRequest(client, br)
+	if !httpish {
+		n := int64(br.Buffered())
+		b, _ := br.Peek(br.Buffered())
+		if _, err := upstream.Write(b); err != nil {
+			return 0, ""
+		}
+		m, _ := io.Copy(upstream, client)
+		return n + m, ""
+	}
+	cw := &countingWriter{w: upstream}
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return cw.n, "" // end of the client's stream (or not HTTP any more)
+		}
+		ev := Event{Kind: KindHTTP, Host: host, Port: port, Method: req.Method, Path: req.URL.Path, Verdict: VerdictAllowed,
+			Reason: "inside a CONNECT tunnel"}
+		if reason := tunnelHostMismatch(req, host, port); reason != "" {
+			refusing.Store(true)
+			ev.Verdict, ev.Reason, ev.Status = VerdictDenied, reason, http.StatusForbidden
+			if h, _, err := splitHostPortDefault(req.Host, port); err == nil && h != "" {
+				ev.Host = h
+			}
+			j.emit(ev)
+			return cw.n, "airlock: refused: " + reason + ": a tunnel carries requests for its own host only; send plain http:// requests to the proxy"
+		}
+		j.emit(ev)
+		if _, ok := req.Header["User-Agent"]; !ok {
+			req.Header.Set("User-Agent", "") // Write would add Go's
+		}
+		if err := req.Write(cw); err != nil {
+			return cw.n, ""
+		}
+		if req.Header.Get("Upgrade") != "" {
+			_, _ = io.Copy(cw, br)
+			return cw.n, ""
+		}
+	}
+}
+
+// tunnelHostMismatch says why a request inside a tunnel to host:port names
+// another destination ("" if it does not).
+func tunnelHostMismatch(req *http.Request, host string, port int) string {
+	for _, hp := range []string{req.Host, req.URL.Host} {
+		if hp == "" {
+			continue
+		}
+		h, p, err := splitHostPortDefault(hp, port)
+		if err != nil || h != host || p != port {
+			return fmt.Sprintf("request for %q inside a CONNECT tunnel to %s", hp, net.JoinHostPort(host, strconv.Itoa(port)))
+		}
+	}
+	if req.Host == "" {
+		return fmt.Sprintf("request without Host inside a CONNECT tunnel to %s", net.JoinHostPort(host, strconv.Itoa(port)))
+	}
+	return ""
+}
+
+// startsHTTPRequest peeks (without consuming) at the client's first line
+// and reports whether it is an HTTP/1.x request line: a method token of
+// upper-case letters, a space, a target, " HTTP/1.".
+func (j *jobState) startsHTTPRequest(client net.Conn, br *bufio.Reader) bool {
+	_ = client.SetReadDeadline(time.Now().Add(j.g.cfg.PeekTimeout))
+	defer func() { _ = client.SetReadDeadline(time.Time{}) }()
+	for n := 1; n <= maxRequestLine; n++ {
+		b, err := br.Peek(n)
+		if err != nil {
+			return false
+		}
+		c := b[n-1]
+		sp := bytes.IndexByte(b, ' ')
+		switch {
+		case sp < 0 && (c < 'A' || c > 'Z'):
+			return false // not a method token
+		case sp < 0 && n > 20:
+			return false
+		case c == '\n':
+			line := strings.TrimRight(string(b), "\r\n")
+			i := strings.LastIndexByte(line, ' ')
+			return sp > 0 && i > sp && strings.HasPrefix(line[i+1:], "HTTP/1.")
+		}
+	}
+	return false
+}
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func isIPLiteral(host string) bool {

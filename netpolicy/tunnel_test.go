@@ -1,0 +1,73 @@
+package netpolicy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestConnectPlainHTTPHostSwitch: a CONNECT tunnel to an allowed plain-HTTP
+// host is not a fronting channel. The first keep-alive request (Host: the
+// tunnel's host) is served; the next one on the same connection asks for
+// another virtual host and is refused with a 403 naming the rule, the
+// upstream never sees it, and the trail records both.
+func TestConnectPlainHTTPHostSwitch(t *testing.T) {
+	e := newProxyEnv(t, false)
+	pp := strconv.Itoa(e.plainUp.port)
+	target := "plain.allowed.test:" + pp
+	c, status := e.connect(t, target)
+	if status != 200 {
+		t.Fatalf("CONNECT %s = %d, want 200", target, status)
+	}
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	fmt.Fprintf(c, "GET /first HTTP/1.1\r\nHost: %s\r\n\r\n", target)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("first request in the tunnel: %v", err)
+	}
+	if body := readBody(t, resp); resp.StatusCode != 200 || !strings.Contains(body, "hello from plain.allowed.test") {
+		t.Fatalf("first request: %d %q", resp.StatusCode, body)
+	}
+	fmt.Fprintf(c, "GET /second HTTP/1.1\r\nHost: forbidden.test\r\n\r\n")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("second request in the tunnel: %v (want a 403)", err)
+	}
+	body := readBody(t, resp)
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, `"forbidden.test"`) || !strings.Contains(body, "CONNECT tunnel") {
+		t.Errorf("fronting request: %d %q, want 403 naming the rule", resp.StatusCode, body)
+	}
+	if n, _ := io.Copy(io.Discard, br); n != 0 {
+		t.Errorf("%d bytes after the refusal, want the tunnel closed", n)
+	}
+	for _, r := range e.plainUp.requests() {
+		if r.Host != target || r.Path != "/first" {
+			t.Errorf("upstream saw %s %s: a request for another host got through the tunnel", r.Host, r.Path)
+		}
+	}
+	e.events.wait(t, "allowed request in tunnel", func(ev Event) bool {
+		return ev.Kind == KindHTTP && ev.Verdict == VerdictAllowed && ev.Path == "/first" && ev.Host == "plain.allowed.test"
+	})
+	e.events.wait(t, "refused request in tunnel", func(ev Event) bool {
+		return ev.Kind == KindHTTP && ev.Verdict == VerdictDenied && ev.Host == "forbidden.test" && ev.Path == "/second"
+	})
+
+	// A non-HTTP plaintext protocol still passes unchanged (the upstream
+	// answers 400 to it: it reached the server as it was sent).
+	c2, status := e.connect(t, target)
+	if status != 200 {
+		t.Fatalf("second CONNECT = %d", status)
+	}
+	_ = c2.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c2, "HELLO there\r\n\r\n")
+	got, _ := io.ReadAll(c2)
+	if !strings.HasPrefix(string(got), "HTTP/1.1 400") {
+		t.Errorf("non-HTTP bytes through the tunnel: upstream answered %q, want its 400", got)
+	}
+}
