@@ -5,14 +5,12 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/vishvananda/netlink"
 
 	"github.com/airlock-ci/airlock/internal/testenv"
 	"github.com/airlock-ci/airlock/netpolicy"
@@ -43,6 +41,23 @@ func newFirewall(t testing.TB) *netpolicy.Firewall {
 	return fw
 }
 
+// firewallBackends are the packet filters the isolation tests run against.
+var firewallBackends = []string{netpolicy.FirewallIPTables, netpolicy.FirewallNFTables}
+
+// newBackend returns a firewall of the named backend, closed at cleanup.
+func newBackend(t testing.TB, backend string) Firewall {
+	t.Helper()
+	if backend == netpolicy.FirewallIPTables {
+		return newFirewall(t)
+	}
+	fw, err := netpolicy.NewNFTables(testLogger())
+	if err != nil {
+		t.Fatalf("NewNFTables() error = %v", err)
+	}
+	t.Cleanup(func() { fw.Close() })
+	return fw
+}
+
 // privatePool is the prefix of tests that use a pool file of their own:
 // the default prefix belongs to the host's shared pool file, which other
 // airlock processes (and other test packages running in parallel) use.
@@ -54,6 +69,12 @@ var privatePool = netip.MustParsePrefix("10.214.0.0/16")
 // with one, it allocates from privatePool.
 func newManager(t testing.TB, runnerID, poolFile string) *Manager {
 	t.Helper()
+	return newManagerFW(t, runnerID, poolFile, newFirewall(t))
+}
+
+// newManagerFW is newManager with the given firewall.
+func newManagerFW(t testing.TB, runnerID, poolFile string, fw Firewall) *Manager {
+	t.Helper()
 	pool := netip.Prefix{}
 	if poolFile != "" {
 		pool = privatePool
@@ -62,7 +83,7 @@ func newManager(t testing.TB, runnerID, poolFile string) *Manager {
 		RunnerID:        runnerID,
 		Pool:            pool,
 		PoolFile:        poolFile,
-		Firewall:        newFirewall(t),
+		Firewall:        fw,
 		TCPPorts:        []uint16{dnsPort, proxyPort},
 		UDPPorts:        []uint16{dnsPort},
 		TransparentHTTP: transparentHTTP,
@@ -97,29 +118,7 @@ func setup(t testing.TB, m *Manager, jobID string) *Network {
 func leftovers(t testing.TB, runnerID string) []string {
 	t.Helper()
 	tag := netpolicy.RunnerTag(runnerID)
-	var out []string
-	links, err := netlink.LinkList()
-	if err != nil {
-		t.Fatalf("listing links: %v", err)
-	}
-	for _, l := range links {
-		if strings.HasPrefix(l.Attrs().Name, netpolicy.HostIfPrefix+tag) {
-			out = append(out, "link "+l.Attrs().Name)
-		}
-	}
-	for _, bin := range []string{"iptables-save", "ip6tables-save"} {
-		b, err := exec.Command(bin).Output()
-		if err != nil {
-			t.Fatalf("running %s: %v", bin, err)
-		}
-		for line := range strings.Lines(string(b)) {
-			if strings.Contains(line, netpolicy.ChainPrefix+tag) || strings.Contains(line, netpolicy.HostIfPrefix+tag) ||
-				strings.Contains(line, "runner="+runnerID+" ") {
-				out = append(out, bin+": "+strings.TrimSpace(line))
-			}
-		}
-	}
-	return out
+	return testenv.Leftovers{Marks: []string{netpolicy.HostIfPrefix + tag, netpolicy.ChainPrefix + tag, "runner=" + runnerID + " "}}.List(t)
 }
 
 func assertNothingLeft(t testing.TB, runnerID string) {

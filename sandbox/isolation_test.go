@@ -65,9 +65,15 @@ func listenInNS(t *testing.T, ns string) int {
 
 func TestJobReachesOnlyItsGateway(t *testing.T) {
 	testenv.RequireRoot(t)
+	for _, b := range firewallBackends {
+		t.Run(b, func(t *testing.T) { testJobReachesOnlyItsGateway(t, b) })
+	}
+}
+
+func testJobReachesOnlyItsGateway(t *testing.T, backend string) {
 	fi := testenv.NewFakeInternet(t)
 	probe := testenv.BuildProbe(t)
-	m := newManager(t, uniqueRunnerID(), "")
+	m := newManagerFW(t, uniqueRunnerID(), "", newBackend(t, backend))
 	n1 := setup(t, m, "job-a")
 	n2 := setup(t, m, "job-b")
 
@@ -138,15 +144,22 @@ func TestJobReachesOnlyItsGateway(t *testing.T) {
 // still keep the job in.
 func TestHostRulesHoldWithoutNamespaceRules(t *testing.T) {
 	testenv.RequireRoot(t)
+	for _, b := range firewallBackends {
+		t.Run(b, func(t *testing.T) { testHostRulesHoldWithoutNamespaceRules(t, b) })
+	}
+}
+
+func testHostRulesHoldWithoutNamespaceRules(t *testing.T, backend string) {
 	testenv.NewFakeInternet(t)
 	probe := testenv.BuildProbe(t)
-	m := newManager(t, uniqueRunnerID(), "")
+	m := newManagerFW(t, uniqueRunnerID(), "", newBackend(t, backend))
 	n := setup(t, m, "job-flush")
 	gwProxy := testenv.ListenHost(t, netip.AddrPortFrom(n.GatewayIP, proxyPort).String())
 	anyPort := testenv.ListenHost(t, "0.0.0.0:0")
 
 	for _, args := range [][]string{
 		{"iptables", "-P", "OUTPUT", "ACCEPT"}, {"iptables", "-P", "INPUT", "ACCEPT"}, {"iptables", "-F"}, {"iptables", "-t", "nat", "-F"},
+		{"nft", "flush", "ruleset"},
 	} {
 		cmd := exec.Command("nsenter", append([]string{"--net=" + n.NetNS, "--"}, args...)...)
 		if out, err := cmd.CombinedOutput(); err != nil {

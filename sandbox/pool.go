@@ -7,10 +7,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/airlock-ci/airlock/internal/atomicfile"
 	"github.com/airlock-ci/airlock/internal/procs"
 )
 
@@ -37,6 +40,19 @@ type poolState struct {
 type pool struct {
 	prefix netip.Prefix
 	path   string
+
+	// Group commit: concurrent updates of this process share one locked
+	// read-modify-write of the file (see update).
+	mu      sync.Mutex
+	queue   []*poolUpdate
+	leading bool
+}
+
+type poolUpdate struct {
+	fn   func(st *poolState) (bool, error)
+	err  error
+	done chan struct{} // committed (err is set)
+	lead chan struct{} // this update leads the next batch
 }
 
 func newPool(prefix netip.Prefix, path string) (*pool, error) {
@@ -62,7 +78,68 @@ func (p *pool) slot(i int) netip.Prefix {
 
 // update runs fn on the pool state under an exclusive lock and, when fn
 // returns true, persists the new state atomically (temp file, fsync, rename).
+//
+// Updates that arrive while another is being committed are committed
+// together: the caller that finds no commit under way leads, running every
+// queued fn on one read of the file and persisting once; when it is done
+// the first update queued meanwhile leads the next batch (so no caller
+// waits for more than the batch before its own). A fn that fails leaves
+// the state as it found it (its changes are rolled back) and fails alone;
+// a failure to read or write the file fails the whole batch.
 func (p *pool) update(fn func(st *poolState) (bool, error)) error {
+	u := &poolUpdate{fn: fn, done: make(chan struct{}), lead: make(chan struct{})}
+	p.mu.Lock()
+	p.queue = append(p.queue, u)
+	lead := !p.leading
+	p.leading = true
+	p.mu.Unlock()
+	if !lead {
+		select {
+		case <-u.done:
+			return u.err
+		case <-u.lead:
+		}
+	}
+	p.mu.Lock()
+	batch := p.queue
+	p.queue = nil
+	p.mu.Unlock()
+	p.commit(batch)
+	p.mu.Lock()
+	if len(p.queue) > 0 {
+		close(p.queue[0].lead)
+	} else {
+		p.leading = false
+	}
+	p.mu.Unlock()
+	return u.err
+}
+
+// commit runs a batch of updates in one locked read-modify-write.
+func (p *pool) commit(batch []*poolUpdate) {
+	err := p.updateFile(func(st *poolState) (bool, error) {
+		changed := false
+		for _, u := range batch {
+			saved := slices.Clone(st.Allocations)
+			c, err := u.fn(st)
+			if err != nil {
+				st.Allocations, u.err = saved, err
+				continue
+			}
+			changed = changed || c
+		}
+		return changed, nil
+	})
+	for _, u := range batch {
+		if err != nil && u.err == nil {
+			u.err = err
+		}
+		close(u.done)
+	}
+}
+
+// updateFile is update for one fn, without batching.
+func (p *pool) updateFile(fn func(st *poolState) (bool, error)) error {
 	if err := os.MkdirAll(filepath.Dir(p.path), 0o755); err != nil {
 		return fmt.Errorf("creating pool directory: %w", err)
 	}
@@ -105,30 +182,28 @@ func writeFileSync(path string, st *poolState) error {
 	if err != nil {
 		return fmt.Errorf("encoding pool: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
-	if err != nil {
+	if err := atomicfile.WriteFile(path, append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("writing pool: %w", err)
-	}
-	_, werr := tmp.Write(append(data, '\n'))
-	serr := tmp.Sync()
-	cerr := tmp.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("writing pool: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("writing pool: %w", err)
-	}
-	dir, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return fmt.Errorf("syncing pool directory: %w", err)
-	}
-	defer dir.Close()
-	if err := dir.Sync(); err != nil {
-		return fmt.Errorf("syncing pool directory: %w", err)
 	}
 	return nil
+}
+
+// removeTemps removes the temporary files of pool writes that a crash
+// interrupted: atomicfile's, and "<pool>.tmp*" of older versions. Call it
+// under the pool's lock.
+func (p *pool) removeTemps() error {
+	tmps, err := atomicfile.Temps(p.path)
+	if err != nil {
+		return err
+	}
+	legacy, _ := filepath.Glob(p.path + ".tmp*")
+	var errs []error
+	for _, f := range append(tmps, legacy...) {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("removing leftover %s: %w", f, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // allocate reserves the lowest free /30 for a job owned by this process.

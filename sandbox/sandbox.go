@@ -44,7 +44,7 @@ type Config struct {
 	PoolFile string
 	// Firewall installs the job's packet filter. Required: a sandbox
 	// without its firewall would let the job reach the host.
-	Firewall *netpolicy.Firewall
+	Firewall Firewall
 	// Gateway ports the job may reach on its gateway address, and the
 	// transparent proxy ports its TCP 80/443 are redirected to (0: none).
 	TCPPorts        []uint16
@@ -52,6 +52,22 @@ type Config struct {
 	TransparentHTTP uint16
 	TransparentTLS  uint16
 	Logger          hclog.Logger
+}
+
+// Firewall is the packet filter of job sandboxes (netpolicy's iptables
+// Firewall is one; a native nftables one is another). Every method is
+// atomic (a job never sees half of its rules), idempotent (Apply of an
+// applied spec and Remove of a removed one succeed) and safe for
+// concurrent use, also by several processes on one host.
+type Firewall interface {
+	// Apply installs the rules of spec: host side, and inside spec.NetNS
+	// when it is set.
+	Apply(ctx context.Context, spec netpolicy.FirewallSpec) error
+	// Remove deletes the rules of spec; rules already gone are no error.
+	Remove(ctx context.Context, spec netpolicy.FirewallSpec) error
+	// Sweep removes the host-side rules of runnerID's jobs whose job tag
+	// (netpolicy.JobTag) keep does not hold, and nothing of another runner.
+	Sweep(ctx context.Context, runnerID string, keep func(jobTag string) bool) error
 }
 
 // Manager sets up and tears down job networks. It is safe for concurrent
@@ -140,18 +156,29 @@ func (m *Manager) Setup(ctx context.Context, jobID string, netnsPath string) (*N
 		RunnerID: m.cfg.RunnerID, JobID: jobID, HostIf: hostIf, Prefix: prefix,
 		GatewayIP: gw, JobIP: gw.Next(), NetNS: netnsPath, m: m,
 	}
+	// The links and the rules are made at once: they wait on different
+	// kernel locks (rtnl for links, nfnetlink's for rules), and the rules
+	// name interfaces, they need none to exist. Nothing of the job runs
+	// before Setup returns, so no packet of it meets a link without its
+	// rules; other jobs' packets are dropped by their own tables.
 	t1 := time.Now()
-	if err := m.plumb(ctx, n); err != nil {
-		terr := n.Teardown(context.WithoutCancel(ctx))
-		return nil, fmt.Errorf("setting up network for job %s: %w", jobID, errors.Join(err, terr))
-	}
-	t2 := time.Now()
-	if err := m.cfg.Firewall.Apply(ctx, n.FirewallSpec()); err != nil {
+	var plumbErr error
+	var plumbTook time.Duration
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		plumbErr = m.plumb(ctx, n)
+		plumbTook = time.Since(t1)
+	}()
+	fwErr := m.cfg.Firewall.Apply(ctx, n.FirewallSpec())
+	fwTook := time.Since(t1)
+	<-done
+	if err := errors.Join(plumbErr, fwErr); err != nil {
 		terr := n.Teardown(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("setting up network for job %s: %w", jobID, errors.Join(err, terr))
 	}
 	m.log.Debug("network set up", "job", jobID, "veth", hostIf, "gateway", gw, "prefix", prefix,
-		"allocate", t1.Sub(t0), "plumb", t2.Sub(t1), "firewall", time.Since(t2))
+		"allocate", t1.Sub(t0), "plumb", plumbTook, "firewall", fwTook)
 	return n, nil
 }
 
@@ -175,8 +202,22 @@ func (m *Manager) plumb(ctx context.Context, n *Network) error {
 		return fmt.Errorf("refusing to plumb %s: it is the host's network namespace", n.NetNS)
 	}
 
+	// Every change of a link takes the kernel's one rtnl lock, which all
+	// jobs' setups (and the engine's) share: the host end gets its alias
+	// in the creating request. It comes up only once IPv6 is off on it
+	// (up first would autoconfigure a link-local address, more work under
+	// that lock, and an address the job's end could reach).
 	la := netlink.NewLinkAttrs()
 	la.Name = n.HostIf
+	// One queue each way, said in the request: without it the kernel
+	// makes one per CPU and then cuts them to one, and that cut waits
+	// for an RCU grace period while holding the rtnl lock — every other
+	// job's (and the engine's) link change waits behind it.
+	la.NumTxQueues, la.NumRxQueues = 1, 1
+	la.Alias = "airlock runner=" + n.RunnerID + " job=" + n.JobID
+	if len(la.Alias) > 255 {
+		la.Alias = la.Alias[:255]
+	}
 	veth := &netlink.Veth{LinkAttrs: la, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(target))}
 	if err := netlink.LinkAdd(veth); err != nil {
 		return fmt.Errorf("creating veth %s: %w", n.HostIf, err)
@@ -185,12 +226,11 @@ func (m *Manager) plumb(ctx context.Context, n *Network) error {
 	if err != nil {
 		return fmt.Errorf("finding veth %s: %w", n.HostIf, err)
 	}
-	alias := "airlock runner=" + n.RunnerID + " job=" + n.JobID
-	if len(alias) > 255 {
-		alias = alias[:255]
-	}
-	if err := netlink.LinkSetAlias(host, alias); err != nil {
-		return fmt.Errorf("setting alias of veth %s: %w", n.HostIf, err)
+	if host.Attrs().Alias != la.Alias {
+		// A kernel that does not take the alias at creation.
+		if err := netlink.LinkSetAlias(host, la.Alias); err != nil {
+			return fmt.Errorf("setting alias of veth %s: %w", n.HostIf, err)
+		}
 	}
 	if err := writeSysctls(map[string]string{
 		"net/ipv6/conf/" + n.HostIf + "/disable_ipv6": "1",
@@ -230,8 +270,11 @@ func (m *Manager) plumbInside(n *Network, target netns.NsHandle) error {
 	if err != nil {
 		return fmt.Errorf("finding lo in namespace %s: %w", n.NetNS, err)
 	}
-	if err := h.LinkSetUp(lo); err != nil {
-		return fmt.Errorf("bringing up lo in namespace %s: %w", n.NetNS, err)
+	// A container runtime has brought lo up already (Docker does).
+	if lo.Attrs().Flags&net.FlagUp == 0 {
+		if err := h.LinkSetUp(lo); err != nil {
+			return fmt.Errorf("bringing up lo in namespace %s: %w", n.NetNS, err)
+		}
 	}
 	eth, err := h.LinkByName("eth0")
 	if err != nil {

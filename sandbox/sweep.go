@@ -11,8 +11,9 @@ import (
 )
 
 // Sweep removes what this runner's dead processes left behind: host veths
-// named with this runner's tag, their firewall rules and chains, and their
-// pool allocations. An allocation is dead when its owner process (pid and
+// named with this runner's tag, their firewall rules and chains, their
+// pool allocations, and the named network namespaces they created
+// (CreateNetNS). An allocation is dead when its owner process (pid and
 // start time) is gone. Resources held by a live allocation - of any runner,
 // including this process's own jobs - and resources of other runners are
 // never touched. Sweep holds the pool lock throughout, so a Setup running
@@ -34,7 +35,7 @@ func (m *Manager) Sweep(ctx context.Context) error {
 		}
 		keep := func(jobTag string) bool { return live[netpolicy.HostIfPrefix+rtag+jobTag] }
 
-		links, err := netlink.LinkList()
+		links, err := linkList()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("listing links: %w", err))
 		}
@@ -53,6 +54,11 @@ func (m *Manager) Sweep(ctx context.Context) error {
 		if err := m.cfg.Firewall.Sweep(ctx, m.cfg.RunnerID, keep); err != nil {
 			errs = append(errs, err)
 		}
+		// Under the pool's lock no write of it is under way: a temporary
+		// file is what a process killed mid-write left.
+		if err := m.pool.removeTemps(); err != nil {
+			errs = append(errs, err)
+		}
 		if len(errs) > 0 || len(dead) == 0 {
 			return false, nil
 		}
@@ -64,9 +70,23 @@ func (m *Manager) Sweep(ctx context.Context) error {
 		}
 		return true, nil
 	})
-	errs = append(errs, err)
+	errs = append(errs, err, m.sweepNetNS())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("sweeping runner %s: %w", m.cfg.RunnerID, err)
 	}
 	return nil
+}
+
+// linkList lists the host's links. A dump interrupted by a concurrent
+// change (other jobs' veths come and go) is asked again: its result may
+// be incomplete.
+func linkList() ([]netlink.Link, error) {
+	var err error
+	for range 5 {
+		var links []netlink.Link
+		if links, err = netlink.LinkList(); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return links, err
+		}
+	}
+	return nil, err
 }
