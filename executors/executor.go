@@ -40,6 +40,9 @@ type Limits struct {
 	Memory   int64   // bytes; swap is not allowed beyond it
 	CPUs     float64 // number of CPUs
 	ReadOnly bool    // read-only root filesystem (a writable tmpfs on the work dir and /tmp)
+	// WorkDirSize and TmpSize bound the writable tmpfs on the work dir
+	// and /tmp when ReadOnly is set (bytes; 0: the executor's default).
+	WorkDirSize, TmpSize int64
 }
 
 // Mount is a host path mounted into the job container, always read-only.
@@ -59,9 +62,11 @@ type Spec struct {
 	Mounts   []Mount
 	WorkDir  string // created as a writable tmpfs if Limits.ReadOnly
 	User     string // "" = the image's user
-	// DNS is the resolver the job uses (the job's gateway). Empty leaves the
-	// image's resolv.conf alone.
-	DNS string
+	// NetNS is the path of a network namespace the caller created and
+	// firewalled (/var/run/netns/NAME): an executor that implements
+	// NamespaceJoiner starts every process of the job in it. Executors
+	// that create the namespace themselves (Docker) require it empty.
+	NetNS string
 }
 
 // Exec is one command run in a job's container.
@@ -116,8 +121,82 @@ const (
 	LabelJob    = "io.airlock.job"
 )
 
+// NamespaceJoiner is an optional Executor capability: the executor starts
+// the job's processes in the network namespace named by Spec.NetNS, which
+// the caller created and firewalled before Create, so that no process of
+// the job ever exists outside its policy (containerd). An executor without
+// it creates the namespace itself, reports it by Container.NetNS, and runs
+// only an idle entrypoint until the caller has plumbed it (Docker).
+type NamespaceJoiner interface {
+	JoinsNetNS() bool
+}
+
+// Leftover is something an executor made for a job that is still there.
+type Leftover struct {
+	ID     string            // executor-specific id (container id)
+	JobID  string            // the LabelJob label
+	Labels map[string]string // every label it carries
+}
+
+// Reaper is an optional Executor capability used by crash recovery: List
+// returns what is labelled with runnerID (and nothing else), Remove takes
+// one away with everything the executor made for it (task, snapshot,
+// cgroups). Remove of something already gone is not an error.
+type Reaper interface {
+	Leftovers(ctx context.Context, runnerID string) ([]Leftover, error)
+	RemoveLeftover(ctx context.Context, l Leftover) error
+}
+
 // Uploader is an optional Container capability: copying a tar stream into
 // a directory of the container (the job's sources, for example).
 type Uploader interface {
 	Upload(ctx context.Context, dir string, tarStream io.Reader) error
+}
+
+// Downloader is an optional Container capability: a tar stream of path in
+// the container (a file, a directory with everything below it, or a
+// symlink itself, never what it points to), read by the engine within the
+// container's filesystem. The first component of every entry name is
+// path's base name. A missing path gives an error wrapping fs.ErrNotExist.
+type Downloader interface {
+	Download(ctx context.Context, path string) (io.ReadCloser, error)
+}
+
+// ServiceSpec describes a service container started beside a job (a
+// database the job's tests talk to).
+type ServiceSpec struct {
+	// Name identifies the service in names and logs (e.g. "postgres-0").
+	Name  string
+	Image string
+	Pull  PullPolicy
+	// Entrypoint and Cmd replace the image's when not nil.
+	Entrypoint, Cmd []string
+	// Env is the service's whole environment (KEY=VALUE); it is in the
+	// container's configuration, so it must never hold a secret.
+	Env    []string
+	Labels map[string]string
+	Limits Limits
+	Mounts []Mount
+}
+
+// Service is a running service container.
+//
+// Logs writes the service's output to w, following it until ctx ends
+// when follow is set. Destroy stops and removes it; calling it again is a
+// no-op.
+type Service interface {
+	ID() string
+	// Ports are the TCP ports the image exposes, sorted.
+	Ports() []int
+	Logs(ctx context.Context, w io.Writer, follow bool) error
+	Destroy(ctx context.Context) error
+}
+
+// ServiceStarter is an optional Container capability: starting a service
+// container in the job's own network namespace (so that it shares the
+// job's firewall and reaches nothing the job cannot), with the job
+// container's hardening and limits and its runner and job labels, so that
+// recovery finds it. The job reaches it on 127.0.0.1.
+type ServiceStarter interface {
+	StartService(ctx context.Context, spec ServiceSpec) (Service, error)
 }

@@ -19,16 +19,17 @@ import (
 	"syscall"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/client"
-	"github.com/docker/docker/errdefs"
 	"github.com/docker/docker/pkg/stdcopy"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/executors/stepd"
 )
 
 // Config configures the Docker executor.
@@ -47,6 +48,38 @@ type Config struct {
 	CPUs      float64 `toml:"cpus"`
 	// Grace is how long processes get between SIGTERM and SIGKILL.
 	Grace time.Duration `toml:"stop_grace"`
+	// ReadOnly gives job containers a read-only root filesystem; the work
+	// dir and /tmp are then writable tmpfs mounts of WorkDirSize and
+	// TmpSize (default 4g and 1g), which bounds the job's disk use.
+	ReadOnly    bool   `toml:"read_only"`
+	WorkDirSize string `toml:"work_dir_size"`
+	TmpSize     string `toml:"tmp_size"`
+	// StepServer is the host path of the static airlock-stepd, the job
+	// container's entrypoint that starts each step itself (a fork instead
+	// of the engine's exec round trips). Empty takes airlock-stepd next to
+	// the airlock binary when it is there; "off" runs every step as an
+	// engine exec.
+	StepServer string `toml:"step_server"`
+}
+
+// Default tmpfs sizes with ReadOnly.
+const (
+	DefaultWorkDirSize = 4 << 30
+	DefaultTmpSize     = 1 << 30
+)
+
+// Limits returns the container limits the configuration sets (sizes
+// parsed; Validate reports bad ones): the runner passes them in every
+// Spec.
+func (c Config) Limits() executors.Limits {
+	l := executors.Limits{ReadOnly: c.ReadOnly}
+	if c.WorkDirSize != "" {
+		l.WorkDirSize, _ = ParseBytes(c.WorkDirSize)
+	}
+	if c.TmpSize != "" {
+		l.TmpSize, _ = ParseBytes(c.TmpSize)
+	}
+	return l
 }
 
 // Defaults for Config's zero fields.
@@ -84,6 +117,16 @@ func (c Config) Validate(prefix string) []error {
 	if c.Grace < 0 {
 		errs = append(errs, fmt.Errorf("%s.stop_grace: must not be negative", prefix))
 	}
+	for key, v := range map[string]string{"work_dir_size": c.WorkDirSize, "tmp_size": c.TmpSize} {
+		if v == "" {
+			continue
+		}
+		if _, err := ParseBytes(v); err != nil {
+			errs = append(errs, fmt.Errorf("%s.%s: %w", prefix, key, err))
+		} else if !c.ReadOnly {
+			errs = append(errs, fmt.Errorf("%s.%s: applies only with %s.read_only = true", prefix, key, prefix))
+		}
+	}
 	return errs
 }
 
@@ -115,6 +158,7 @@ type Executor struct {
 	pull  executors.PullPolicy
 	mem   int64
 	grace time.Duration
+	stepd string // host path of the step server; "" for engine execs
 }
 
 var _ executors.Executor = (*Executor)(nil)
@@ -146,7 +190,16 @@ func New(ctx context.Context, cfg Config, log hclog.Logger) (*Executor, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	return &Executor{cli: cli, cfg: cfg, log: log.Named("docker"), pull: pull, mem: mem, grace: grace}, nil
+	log = log.Named("docker")
+	stepServer, why, err := ResolveStepServer(cfg.StepServer)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	if stepServer == "" {
+		log.Info("steps run as engine execs (slower): no step server", "reason", why)
+	}
+	return &Executor{cli: cli, cfg: cfg, log: log, pull: pull, mem: mem, grace: grace, stepd: stepServer}, nil
 }
 
 // Close releases the client.
@@ -154,6 +207,9 @@ func (e *Executor) Close() error { return e.cli.Close() }
 
 // Grace is the SIGTERM-to-SIGKILL grace period.
 func (e *Executor) Grace() time.Duration { return e.grace }
+
+// engineCallTimeout bounds one engine call of Create.
+const engineCallTimeout = 2 * time.Minute
 
 // idleScript keeps the container alive, doing nothing, until it is stopped.
 // docker-init (Init) is PID 1: it reaps orphans and forwards SIGTERM here.
@@ -179,93 +235,116 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	labels[executors.LabelRunner] = spec.RunnerID
 	labels[executors.LabelJob] = spec.JobID
 
-	lim := spec.Limits
-	if lim.Pids == 0 {
-		lim.Pids = e.cfg.PidsLimit
-		if lim.Pids == 0 {
-			lim.Pids = DefaultPidsLimit
-		}
-	}
-	if lim.Memory == 0 {
-		lim.Memory = e.mem
-	}
-	if lim.CPUs == 0 {
-		lim.CPUs = e.cfg.CPUs
-		if lim.CPUs == 0 {
-			lim.CPUs = DefaultCPUs
-		}
-	}
-	init := true
-	hc := &container.HostConfig{
-		NetworkMode:    "none",
-		CapDrop:        []string{"ALL"},
-		SecurityOpt:    []string{"no-new-privileges:true"},
-		RestartPolicy:  container.RestartPolicy{Name: container.RestartPolicyDisabled},
-		Init:           &init,
-		ReadonlyRootfs: lim.ReadOnly,
-		Resources: container.Resources{
-			PidsLimit:  &lim.Pids,
-			Memory:     lim.Memory,
-			MemorySwap: lim.Memory,
-			NanoCPUs:   int64(lim.CPUs * 1e9),
-		},
-		Sysctls: map[string]string{
-			"net.ipv6.conf.all.disable_ipv6":     "1",
-			"net.ipv6.conf.default.disable_ipv6": "1",
-			"net.ipv4.ping_group_range":          "1 0",
-		},
+	lim := e.limits(spec.Limits)
+	hc := e.hardened("none", lim, spec.Mounts)
+	hc.Sysctls = map[string]string{
+		"net.ipv6.conf.all.disable_ipv6":     "1",
+		"net.ipv6.conf.default.disable_ipv6": "1",
+		"net.ipv4.ping_group_range":          "1 0",
 	}
 	if lim.ReadOnly {
-		hc.Tmpfs = map[string]string{"/tmp": "rw,nosuid,nodev,size=1g"}
+		tmpSize, workSize := lim.TmpSize, lim.WorkDirSize
+		if tmpSize <= 0 {
+			tmpSize = DefaultTmpSize
+		}
+		if workSize <= 0 {
+			workSize = DefaultWorkDirSize
+		}
+		// mode=1777 like a disk /tmp: any user of the job can write there.
+		hc.Tmpfs = map[string]string{"/tmp": fmt.Sprintf("rw,nosuid,nodev,mode=1777,size=%d", tmpSize)}
 		if spec.WorkDir != "" {
-			hc.Tmpfs[spec.WorkDir] = "rw,nosuid,nodev,exec,size=4g"
+			hc.Tmpfs[spec.WorkDir] = fmt.Sprintf("rw,nosuid,nodev,exec,mode=1777,size=%d", workSize)
 		}
 	}
-	for _, m := range spec.Mounts {
-		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: true})
+	entrypoint := []string{"/bin/sh", "-c", idleScript}
+	if e.stepd != "" {
+		entrypoint = []string{stepd.Target}
+		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: e.stepd, Target: stepd.Target, ReadOnly: true})
+		// Step output travels on the server's stdout: the engine must not
+		// keep a copy (it would hold unmasked secrets).
+		hc.LogConfig = container.LogConfig{Type: "none"}
 	}
 	cfg := &container.Config{
 		Image:      spec.Image,
-		Entrypoint: []string{"/bin/sh", "-c", idleScript},
+		Entrypoint: entrypoint,
 		Cmd:        nil,
 		WorkingDir: spec.WorkDir,
 		User:       spec.User,
 		Labels:     labels,
 		// Env stays empty on purpose: variables are given per exec.
 		NetworkDisabled: false,
-		AttachStdout:    false,
-		AttachStderr:    false,
+		AttachStdin:     e.stepd != "",
+		AttachStdout:    e.stepd != "",
+		AttachStderr:    e.stepd != "",
+		OpenStdin:       e.stepd != "",
 	}
 	name := "airlock-" + spec.RunnerID + "-" + spec.JobID
-	resp, err := e.cli.ContainerCreate(ctx, cfg, hc, nil, nil, name)
+	// The engine finishes a create or start it has received even when the
+	// client goes away, so these calls are not cut short by ctx (that
+	// would leave a container nobody knows of): each is bounded, and ctx
+	// is checked between them.
+	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), engineCallTimeout)
+	defer cancel()
+	t0 := time.Now()
+	resp, err := e.cli.ContainerCreate(octx, cfg, hc, nil, nil, name)
 	if err != nil {
-		err = fmt.Errorf("creating container for job %s: %w", spec.JobID, err)
-		if ctx.Err() != nil {
-			// Cancelled mid-request: the engine may have created it anyway.
-			err = errors.Join(err, e.Remove(context.WithoutCancel(ctx), name))
+		// A timed-out request may still have created it.
+		return nil, errors.Join(fmt.Errorf("creating container for job %s: %w", spec.JobID, err), e.Remove(context.WithoutCancel(ctx), name))
+	}
+	c := &Container{e: e, id: resp.ID, job: spec.JobID, user: spec.User}
+	started := false
+	fail := func(what string, err error) (executors.Container, error) {
+		if c.step != nil && started && ctx.Err() == nil {
+			// A container whose step server could not run stops at once:
+			// say so, not only what failed next.
+			if serr := c.step.EndErr(time.Second); serr != nil && !strings.Contains(err.Error(), serr.Error()) {
+				err = fmt.Errorf("%w; the step server %s ended: %v (if the engine cannot run it here, set [docker] step_server = \"off\")", err, e.stepd, serr)
+			}
 		}
-		return nil, err
+		return nil, errors.Join(fmt.Errorf("%s container for job %s: %w", what, spec.JobID, err), c.Destroy(context.WithoutCancel(ctx)))
 	}
-	c := &Container{e: e, id: resp.ID, job: spec.JobID}
-	if err := e.cli.ContainerStart(ctx, resp.ID, container.StartOptions{}); err != nil {
-		return nil, errors.Join(fmt.Errorf("starting container for job %s: %w", spec.JobID, err), c.Destroy(context.WithoutCancel(ctx)))
+	if ctx.Err() != nil {
+		return fail("creating", context.Cause(ctx))
 	}
-	info, err := e.cli.ContainerInspect(ctx, resp.ID)
+	if e.stepd != "" {
+		// Attached before the start: the server's hello is not missed.
+		hj, err := e.cli.ContainerAttach(octx, resp.ID, container.AttachOptions{Stream: true, Stdin: true, Stdout: true, Stderr: true})
+		if err != nil {
+			return fail("attaching to", err)
+		}
+		c.step = attachStepServer(hj, spec.JobID)
+	}
+	t1 := time.Now()
+	if err := e.cli.ContainerStart(octx, resp.ID, container.StartOptions{}); err != nil {
+		return fail("starting", err)
+	}
+	started = true
+	t2 := time.Now()
+	if ctx.Err() != nil {
+		return fail("starting", context.Cause(ctx))
+	}
+	info, err := e.cli.ContainerInspect(octx, resp.ID)
 	if err == nil && (info.State == nil || info.State.Pid == 0) {
 		err = errors.New("container is not running")
 	}
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("inspecting container for job %s: %w", spec.JobID, err), c.Destroy(context.WithoutCancel(ctx)))
+		return fail("inspecting", err)
 	}
 	c.pid = info.State.Pid
 	c.pidns, err = os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", c.pid))
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("reading pid namespace of job %s: %w", spec.JobID, err), c.Destroy(context.WithoutCancel(ctx)))
+		return fail("reading the pid namespace of", err)
 	}
 	if c.idle, err = findIdle(c.pid, c.pidns, 10*time.Second); err != nil {
-		return nil, errors.Join(fmt.Errorf("starting container for job %s: %w", spec.JobID, err), c.Destroy(context.WithoutCancel(ctx)))
+		return fail("starting", err)
 	}
-	e.log.Debug("container created", "job", spec.JobID, "container", shortID(resp.ID), "pid", c.pid)
+	if c.step != nil {
+		if err := c.step.Ready(10 * time.Second); err != nil {
+			return fail("starting the step server of", err)
+		}
+	}
+	e.log.Debug("container created", "job", spec.JobID, "container", shortID(resp.ID), "pid", c.pid,
+		"create", t1.Sub(t0), "start", t2.Sub(t1), "ready", time.Since(t2))
 	return c, nil
 }
 
@@ -275,7 +354,7 @@ func (e *Executor) ensureImage(ctx context.Context, ref string, pull executors.P
 		if err == nil {
 			return nil
 		}
-		if !errdefs.IsNotFound(err) {
+		if !cerrdefs.IsNotFound(err) {
 			return fmt.Errorf("inspecting image %s: %w", ref, err)
 		}
 		if pull == executors.PullNever {
@@ -312,9 +391,8 @@ func drainPull(rc io.ReadCloser) error {
 	}
 }
 
-// Leftovers lists the containers labelled with runnerID: their ids mapped
-// to their labels.
-func (e *Executor) Leftovers(ctx context.Context, runnerID string) (map[string]map[string]string, error) {
+// Leftovers lists the containers labelled with runnerID (executors.Reaper).
+func (e *Executor) Leftovers(ctx context.Context, runnerID string) ([]executors.Leftover, error) {
 	list, err := e.cli.ContainerList(ctx, container.ListOptions{
 		All:     true,
 		Filters: filters.NewArgs(filters.Arg("label", executors.LabelRunner+"="+runnerID)),
@@ -322,18 +400,24 @@ func (e *Executor) Leftovers(ctx context.Context, runnerID string) (map[string]m
 	if err != nil {
 		return nil, fmt.Errorf("listing containers of runner %s: %w", runnerID, err)
 	}
-	out := make(map[string]map[string]string, len(list))
+	out := make([]executors.Leftover, 0, len(list))
 	for _, c := range list {
-		out[c.ID] = c.Labels
+		out = append(out, executors.Leftover{ID: c.ID, JobID: c.Labels[executors.LabelJob], Labels: c.Labels})
 	}
 	return out, nil
+}
+
+// RemoveLeftover force-removes a container Leftovers listed
+// (executors.Reaper).
+func (e *Executor) RemoveLeftover(ctx context.Context, l executors.Leftover) error {
+	return e.Remove(ctx, l.ID)
 }
 
 // Remove force-removes a container by id; a missing container is not an
 // error.
 func (e *Executor) Remove(ctx context.Context, id string) error {
 	err := e.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
-	if err != nil && !errdefs.IsNotFound(err) && !isRemovalInProgress(err) {
+	if err != nil && !cerrdefs.IsNotFound(err) && !isRemovalInProgress(err) {
 		return fmt.Errorf("removing container %s: %w", shortID(id), err)
 	}
 	return nil
@@ -351,6 +435,8 @@ type Container struct {
 	pid   int    // host pid of the container's init
 	idle  int    // host pid of the idle entrypoint
 	pidns string // its pid namespace, to find the job's processes
+	user  string // Spec.User: the step server runs as it
+	step  *stepd.Client
 
 	mu      sync.Mutex
 	removed bool
@@ -364,8 +450,18 @@ func (c *Container) ID() string { return c.id }
 // NetNS implements executors.Container.
 func (c *Container) NetNS() string { return fmt.Sprintf("/proc/%d/ns/net", c.pid) }
 
-// Exec implements executors.Container.
+// Exec implements executors.Container. A command as the container's user
+// runs through the step server when there is one; another user's needs
+// the engine (the server has no capability to switch users).
 func (c *Container) Exec(ctx context.Context, x executors.Exec) (int, error) {
+	if c.step != nil && (x.User == "" || x.User == c.user) {
+		return c.step.Exec(ctx, x, c.e.grace, c.stopProcesses)
+	}
+	return c.engineExec(ctx, x)
+}
+
+// engineExec runs x as an engine exec (create, attach, inspect).
+func (c *Container) engineExec(ctx context.Context, x executors.Exec) (int, error) {
 	cli := c.e.cli
 	created, err := cli.ContainerExecCreate(ctx, c.id, container.ExecOptions{
 		User:         x.User,
@@ -439,24 +535,30 @@ func (c *Container) Exec(ctx context.Context, x executors.Exec) (int, error) {
 	}
 }
 
+// jobProcs lists the job's processes in the container.
+func (c *Container) jobProcs() ([]int, error) {
+	return jobProcesses(c.pid, c.idle, c.pidns, c.step == nil)
+}
+
 // stopProcesses sends SIGTERM to every process of the job (all processes
 // in the container's pid namespace except its init and the idle
-// entrypoint), then SIGKILL to those left after grace.
+// entrypoint), then SIGKILL to those left after grace. When the processes
+// cannot be listed, it still waits the whole grace period (they may be
+// cleaning up) and returns the listing error.
 func (c *Container) stopProcesses(grace time.Duration) error {
-	err := signalJob(c.pid, c.idle, c.pidns, termSignal)
-	deadline := time.Now().Add(grace)
-	for time.Now().Before(deadline) {
-		if left, _ := jobProcesses(c.pid, c.idle, c.pidns); len(left) == 0 {
+	err := signalJob(c.pid, c.idle, c.pidns, c.step == nil, termSignal)
+	gone := func() bool {
+		left, lerr := c.jobProcs()
+		return lerr == nil && len(left) == 0
+	}
+	for deadline := time.Now().Add(grace); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if gone() {
 			return err
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
-	err = errors.Join(err, signalJob(c.pid, c.idle, c.pidns, killSignal))
+	err = errors.Join(err, signalJob(c.pid, c.idle, c.pidns, c.step == nil, killSignal))
 	// SIGKILL is not instant: wait (bounded) for the processes to go.
-	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-		if left, _ := jobProcesses(c.pid, c.idle, c.pidns); len(left) == 0 {
-			break
-		}
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end) && !gone(); time.Sleep(10 * time.Millisecond) {
 	}
 	return err
 }
@@ -470,17 +572,25 @@ func (c *Container) Destroy(ctx context.Context) error {
 		return nil
 	}
 	var errs []error
+	t0 := time.Now()
 	if c.pid != 0 {
-		if left, _ := jobProcesses(c.pid, c.idle, c.pidns); len(left) > 0 {
-			errs = append(errs, c.stopProcesses(c.e.grace))
+		// A listing error is no reason to skip the grace period.
+		if left, err := c.jobProcs(); err != nil || len(left) > 0 {
+			if err := c.stopProcesses(c.e.grace); err != nil {
+				errs = append(errs, fmt.Errorf("stopping the processes of job %s: %w", c.job, err))
+			}
 		}
 		c.stopIdle(ctx)
 	}
+	t1 := time.Now()
 	if err := c.e.Remove(ctx, c.id); err != nil {
 		errs = append(errs, err)
 	} else {
 		c.removed = true
-		c.e.log.Debug("container removed", "job", c.job, "container", shortID(c.id))
+		if c.step != nil {
+			_ = c.step.Close()
+		}
+		c.e.log.Debug("container removed", "job", c.job, "container", shortID(c.id), "stop", t1.Sub(t0), "remove", time.Since(t1))
 	}
 	return errors.Join(errs...)
 }
@@ -516,4 +626,51 @@ func (c *Container) Upload(ctx context.Context, dir string, tarStream io.Reader)
 		return fmt.Errorf("copying into %s of job %s: %w", dir, c.job, err)
 	}
 	return nil
+}
+
+// limits fills the zero fields of l with the executor's defaults: a
+// container never runs unlimited.
+func (e *Executor) limits(l executors.Limits) executors.Limits {
+	if l.Pids == 0 {
+		l.Pids = e.cfg.PidsLimit
+		if l.Pids == 0 {
+			l.Pids = DefaultPidsLimit
+		}
+	}
+	if l.Memory == 0 {
+		l.Memory = e.mem
+	}
+	if l.CPUs == 0 {
+		l.CPUs = e.cfg.CPUs
+		if l.CPUs == 0 {
+			l.CPUs = DefaultCPUs
+		}
+	}
+	return l
+}
+
+// hardened is the host configuration every container Airlock makes gets
+// (job and service alike): no capabilities, no new privileges, no restart,
+// an init, the limits, the read-only root when asked, and the mounts,
+// read-only.
+func (e *Executor) hardened(network container.NetworkMode, lim executors.Limits, mounts []executors.Mount) *container.HostConfig {
+	init := true
+	hc := &container.HostConfig{
+		NetworkMode:    network,
+		CapDrop:        []string{"ALL"},
+		SecurityOpt:    []string{"no-new-privileges:true"},
+		RestartPolicy:  container.RestartPolicy{Name: container.RestartPolicyDisabled},
+		Init:           &init,
+		ReadonlyRootfs: lim.ReadOnly,
+		Resources: container.Resources{
+			PidsLimit:  &lim.Pids,
+			Memory:     lim.Memory,
+			MemorySwap: lim.Memory,
+			NanoCPUs:   int64(lim.CPUs * 1e9),
+		},
+	}
+	for _, m := range mounts {
+		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: true})
+	}
+	return hc
 }

@@ -7,7 +7,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -22,7 +24,7 @@ import (
 func newTestExecutor(t *testing.T) (*Executor, string) {
 	t.Helper()
 	testenv.RequireTestImage(t)
-	e, err := New(context.Background(), Config{Grace: 2 * time.Second}, nil)
+	e, err := New(context.Background(), Config{Grace: 2 * time.Second, StepServer: testenv.StepServer(t)}, nil)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -34,9 +36,9 @@ func newTestExecutor(t *testing.T) (*Executor, string) {
 		if err != nil {
 			t.Errorf("listing leftovers: %v", err)
 		}
-		for id := range left {
-			t.Errorf("container %s of runner %s left behind", shortID(id), runner)
-			_ = e.Remove(context.Background(), id)
+		for _, l := range left {
+			t.Errorf("container %s of runner %s left behind", shortID(l.ID), runner)
+			_ = e.Remove(context.Background(), l.ID)
 		}
 		e.Close()
 	})
@@ -190,7 +192,7 @@ func TestExecEnvNotInInspect(t *testing.T) {
 func TestCreateIsIdle(t *testing.T) {
 	e, runner := newTestExecutor(t)
 	c := create(t, e, runner, "idle").(*Container)
-	pids, err := jobProcesses(c.pid, c.idle, c.pidns)
+	pids, err := c.jobProcs()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +222,7 @@ func TestExecCancelKillsProcesses(t *testing.T) {
 				_, err := c.Exec(ctx, executors.Exec{Cmd: []string{"/bin/sh", "-c", tc.script}, Grace: 500 * time.Millisecond})
 				errc <- err
 			}()
-			waitFor(t, func() bool { p, _ := jobProcesses(c.pid, c.idle, c.pidns); return len(p) > 0 })
+			waitFor(t, func() bool { p, _ := c.jobProcs(); return len(p) > 0 })
 			cause := errors.New("canceled by test")
 			cancel(cause)
 			select {
@@ -231,7 +233,7 @@ func TestExecCancelKillsProcesses(t *testing.T) {
 			case <-time.After(30 * time.Second):
 				t.Fatal("Exec did not return after cancel")
 			}
-			if p, _ := jobProcesses(c.pid, c.idle, c.pidns); len(p) != 0 {
+			if p, _ := c.jobProcs(); len(p) != 0 {
 				t.Errorf("processes left after cancel: %v", p)
 			}
 		})
@@ -312,5 +314,75 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 10s")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Destroy when the job's processes cannot be listed: the failure is
+// reported (not taken for "no processes"), the grace period is still
+// given, and the container is removed.
+func TestDestroyProcListingFails(t *testing.T) {
+	e, runner := newTestExecutor(t)
+	c, err := e.Create(context.Background(), executors.Spec{RunnerID: runner, JobID: "noproc", Image: testenv.TestImage, Pull: executors.PullNever})
+	if err != nil {
+		t.Fatal(err)
+	}
+	procRoot = t.TempDir() + "/missing"
+	t.Cleanup(func() { procRoot = "/proc" })
+	err = c.Destroy(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "listing processes") {
+		t.Errorf("Destroy = %v, want the process listing error", err)
+	}
+	procRoot = "/proc"
+	if left, _ := e.Leftovers(context.Background(), runner); len(left) != 0 {
+		t.Errorf("container left after Destroy: %v", left)
+	}
+}
+
+// With ReadOnly the writable tmpfs mounts have the configured sizes: a
+// job cannot fill the host's disk through them.
+func TestReadOnlySizes(t *testing.T) {
+	e, runner := newTestExecutor(t)
+	c, err := e.Create(context.Background(), executors.Spec{
+		RunnerID: runner, JobID: "sizes", Image: testenv.TestImage, Pull: executors.PullNever, WorkDir: "/builds",
+		Limits: executors.Limits{ReadOnly: true, TmpSize: 8 << 20, WorkDirSize: 16 << 20},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Destroy(context.Background()) })
+	for _, tc := range []struct {
+		path   string
+		fits   int
+		exceed int
+	}{{"/tmp", 4 << 20, 12 << 20}, {"/builds", 12 << 20, 20 << 20}} {
+		for _, n := range []int{tc.fits, tc.exceed} {
+			var errOut syncBuffer
+			code, err := c.Exec(context.Background(), executors.Exec{
+				Cmd: []string{"/bin/sh", "-c", "rm -f " + tc.path + "/f; head -c " + strconv.Itoa(n) + " /dev/zero > " + tc.path + "/f"}, Stderr: &errOut,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (code == 0) != (n == tc.fits) {
+				t.Errorf("writing %d bytes to %s exited %d (%s), want success only within the size", n, tc.path, code, errOut.String())
+			}
+		}
+	}
+}
+
+func TestConfigLimits(t *testing.T) {
+	c := Config{ReadOnly: true, WorkDirSize: "2g", TmpSize: "256m"}
+	if errs := c.Validate("docker"); len(errs) > 0 {
+		t.Fatalf("Validate: %v", errs)
+	}
+	if got := c.Limits(); !got.ReadOnly || got.WorkDirSize != 2<<30 || got.TmpSize != 256<<20 {
+		t.Errorf("Limits() = %+v", got)
+	}
+	bad := Config{TmpSize: "lots", WorkDirSize: "1g"}
+	errs := fmt.Sprint(bad.Validate("docker"))
+	for _, want := range []string{"docker.tmp_size", "docker.work_dir_size: applies only with docker.read_only"} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("Validate errors %s lack %q", errs, want)
+		}
 	}
 }

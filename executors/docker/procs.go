@@ -20,9 +20,13 @@ type proc struct {
 	pid, ppid int
 }
 
+// procRoot is where the host's processes are listed (tests point it
+// elsewhere to make listing fail).
+var procRoot = "/proc"
+
 // processesIn lists host processes whose pid namespace is pidns.
 func processesIn(pidns string) ([]proc, error) {
-	ents, err := os.ReadDir("/proc")
+	ents, err := os.ReadDir(procRoot)
 	if err != nil {
 		return nil, fmt.Errorf("listing processes: %w", err)
 	}
@@ -32,7 +36,7 @@ func processesIn(pidns string) ([]proc, error) {
 		if err != nil {
 			continue
 		}
-		ns, err := os.Readlink("/proc/" + e.Name() + "/ns/pid")
+		ns, err := os.Readlink(procRoot + "/" + e.Name() + "/ns/pid")
 		if err != nil || ns != pidns {
 			continue
 		}
@@ -47,7 +51,7 @@ func processesIn(pidns string) ([]proc, error) {
 
 // statOf returns a process's parent pid and state letter.
 func statOf(pid int) (int, string, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return 0, "", err
 	}
@@ -67,14 +71,18 @@ func statOf(pid int) (int, string, error) {
 }
 
 // idleTree returns the container's init, the idle entrypoint (init's first
-// child) and the idle entrypoint's descendants: the processes that are
-// not the job's.
-func idleTree(procs []proc, initPID, idlePID int) map[int]bool {
+// child) and, when tree is set, the idle entrypoint's descendants: the
+// processes that are not the job's. The shell entrypoint's children are
+// its sleeps; the step server's children are the job's steps (tree unset).
+func idleTree(procs []proc, initPID, idlePID int, tree bool) map[int]bool {
 	keep := map[int]bool{initPID: true}
 	if idlePID == 0 {
 		return keep
 	}
 	keep[idlePID] = true
+	if !tree {
+		return keep
+	}
 	for changed := true; changed; {
 		changed = false
 		for _, p := range procs {
@@ -89,12 +97,12 @@ func idleTree(procs []proc, initPID, idlePID int) map[int]bool {
 
 // jobProcesses lists the pids of the job's processes in the container: all
 // in its pid namespace except init and the idle entrypoint's tree.
-func jobProcesses(initPID, idlePID int, pidns string) ([]int, error) {
+func jobProcesses(initPID, idlePID int, pidns string, tree bool) ([]int, error) {
 	procs, err := processesIn(pidns)
 	if err != nil {
 		return nil, err
 	}
-	keep := idleTree(procs, initPID, idlePID)
+	keep := idleTree(procs, initPID, idlePID, tree)
 	var out []int
 	for _, p := range procs {
 		if !keep[p.pid] {
@@ -105,8 +113,8 @@ func jobProcesses(initPID, idlePID int, pidns string) ([]int, error) {
 }
 
 // signalJob sends sig to every job process of the container.
-func signalJob(initPID, idlePID int, pidns string, sig syscall.Signal) error {
-	pids, err := jobProcesses(initPID, idlePID, pidns)
+func signalJob(initPID, idlePID int, pidns string, tree bool, sig syscall.Signal) error {
+	pids, err := jobProcesses(initPID, idlePID, pidns, tree)
 	if err != nil {
 		return fmt.Errorf("finding job processes: %w", err)
 	}

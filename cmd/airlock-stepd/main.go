@@ -1,0 +1,53 @@
+// Command airlock-stepd is the step server of Airlock's Docker executor:
+// the idle entrypoint of a job container, which starts the job's steps as
+// the host asks over its stdin (see executors/stepd). It is bind-
+// mounted read-only into every job container and must be static.
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/airlock-ci/airlock/executors/stepd"
+)
+
+func main() {
+	// Not dumpable: job code running as the same user cannot open this
+	// process's stdin or stdout through /proc, nor read its memory.
+	if err := prctl(syscall.PR_SET_DUMPABLE, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "airlock-stepd: PR_SET_DUMPABLE:", err)
+		os.Exit(125)
+	}
+	// Stopping the container sends SIGTERM: the server ends at once (the
+	// engine kills what is left), as the shell idle entrypoint does.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-sig
+		os.Exit(0)
+	}()
+	srv := stepd.NewServer(os.Stdout, os.Environ())
+	if os.Getpid() == 1 {
+		// The container's init (containerd starts no other): reap what
+		// ends in it, orphans included.
+		sigchld := make(chan os.Signal, 16)
+		signal.Notify(sigchld, syscall.SIGCHLD)
+		srv.Reap(sigchld)
+	}
+	if err := srv.Serve(os.Stdin); err != nil {
+		fmt.Fprintln(os.Stderr, "airlock-stepd:", err)
+		os.Exit(125)
+	}
+	// The host went away: stay, as the idle entrypoint would, until the
+	// container is stopped.
+	select {}
+}
+
+func prctl(op, arg uintptr) error {
+	if _, _, e := syscall.RawSyscall(syscall.SYS_PRCTL, op, arg, 0); e != 0 {
+		return e
+	}
+	return nil
+}

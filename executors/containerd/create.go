@@ -1,0 +1,294 @@
+package containerd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/cio"
+	"github.com/containerd/containerd/containers"
+	capparmor "github.com/containerd/containerd/contrib/apparmor"
+	"github.com/containerd/containerd/contrib/seccomp"
+	"github.com/containerd/containerd/oci"
+	"github.com/containerd/containerd/pkg/apparmor"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/executors/stepd"
+)
+
+// idleScript keeps the task alive, doing nothing, until it is killed. As
+// pid 1 of the task's pid namespace the shell reaps the orphans of the
+// job's execs.
+const idleScript = `trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done`
+
+// Create implements executors.Executor: the image is made available as
+// the pull policy allows, the container is created from a hardened spec
+// and its task started with the idle entrypoint as its only process, in
+// spec.NetNS when it is set (else in a network namespace of its own with
+// only lo). On error nothing of it is left.
+func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.Container, error) {
+	if spec.RunnerID == "" || spec.JobID == "" {
+		return nil, errors.New("creating container: runner id and job id are required")
+	}
+	ctx = e.ctx(ctx)
+	pull := spec.Pull
+	if pull == "" {
+		pull = e.pull
+	}
+	// The lease keeps the image's content and the new snapshot from the
+	// garbage collector until the container record references them.
+	lctx, doneLease, err := e.withLease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = doneLease(context.WithoutCancel(ctx)) }()
+
+	t0 := time.Now()
+	img, err := e.image(lctx, spec.Image, pull)
+	if err != nil {
+		return nil, err
+	}
+	t1 := time.Now()
+	id := ContainerID(spec.RunnerID, spec.JobID)
+	labels := map[string]string{}
+	for k, v := range spec.Labels {
+		labels[k] = v
+	}
+	labels[executors.LabelRunner] = spec.RunnerID
+	labels[executors.LabelJob] = spec.JobID
+
+	c := &Container{e: e, id: id, job: spec.JobID, netns: spec.NetNS, user: spec.User, pidfd: -1}
+	ctr, err := e.cli.NewContainer(lctx, id,
+		containerd.WithImage(img),
+		containerd.WithSnapshotter(e.cfg.Snapshotter),
+		containerd.WithNewSnapshot(id, img),
+		containerd.WithRuntime(e.cfg.Runtime, nil),
+		containerd.WithContainerLabels(labels),
+		containerd.WithNewSpec(e.specOpts(img, spec)...),
+	)
+	if err != nil {
+		err = fmt.Errorf("creating container for job %s: %w", spec.JobID, err)
+		// The cached image may be what failed (removed from the store
+		// meanwhile): the next job looks it up again.
+		if name, nerr := NormalizeImage(spec.Image); nerr == nil {
+			e.images.drop(name)
+		}
+		// A failed or cancelled create may have left the record or the
+		// snapshot: remove by id.
+		return nil, errors.Join(err, e.remove(context.WithoutCancel(ctx), id))
+	}
+	c.ctr = ctr
+	t2 := time.Now()
+	if err := c.start(ctx); err != nil {
+		return nil, errors.Join(fmt.Errorf("starting task of job %s: %w", spec.JobID, err), c.Destroy(context.WithoutCancel(ctx)))
+	}
+	e.log.Debug("container created", "job", spec.JobID, "container", id, "pid", c.pid, "netns", spec.NetNS,
+		"image_took", t1.Sub(t0), "create_took", t2.Sub(t1), "start_took", time.Since(t2))
+	return c, nil
+}
+
+// initArgs is the task's init: the step server, or the idle shell.
+func (e *Executor) initArgs() []string {
+	if e.stepd != "" {
+		return []string{stepd.Target}
+	}
+	return []string{"/bin/sh", "-c", idleScript}
+}
+
+// start creates and starts the task (the idle entrypoint). With the step
+// server, the task's stdio are the server's frames: stdin from a pipe the
+// client writes, stdout read by the client, stderr kept as diagnostics.
+func (c *Container) start(ctx context.Context) error {
+	creator := cio.NullIO
+	if c.e.stepd != "" {
+		inR, inW := io.Pipe()
+		outR, outW := io.Pipe()
+		diag := &stepd.Diag{Limit: 4096}
+		creator = cio.NewCreator(cio.WithStreams(inR, outW, diag))
+		c.step = stepd.NewClient(inW, func() error {
+			inW.Close()
+			return outW.Close()
+		}, c.job)
+		go c.step.Run(outR, diag.String)
+	}
+	task, err := c.ctr.NewTask(ctx, creator)
+	if err != nil {
+		return err
+	}
+	c.task = task
+	exited, err := task.Wait(ctx)
+	if err != nil {
+		return err
+	}
+	c.exited = exited
+	if err := task.Start(ctx); err != nil {
+		return err
+	}
+	c.pid = int(task.Pid())
+	if fd, err := unix.PidfdOpen(c.pid, 0); err == nil {
+		c.pidfd = fd
+	}
+	if c.step != nil {
+		if err := c.step.Ready(10 * time.Second); err != nil {
+			return fmt.Errorf("the step server %s did not start (if the runtime cannot run it here, set [containerd] step_server = \"off\"): %w", c.e.stepd, err)
+		}
+	}
+	return nil
+}
+
+// specOpts builds the hardened spec: no capabilities, no new privileges,
+// the default seccomp profile, an AppArmor profile where the host has
+// AppArmor, the default masked and read-only /proc paths, pids/memory/CPU limits, the runner's read-only mounts, and an
+// environment with nothing but the image's own variables.
+func (e *Executor) specOpts(img containerd.Image, spec executors.Spec) []oci.SpecOpts {
+	lim := spec.Limits
+	if lim.Pids == 0 {
+		lim.Pids = e.cfg.PidsLimit
+	}
+	if lim.Memory == 0 {
+		lim.Memory = e.mem
+	}
+	if lim.CPUs == 0 {
+		lim.CPUs = e.cfg.CPUs
+	}
+	lim.ReadOnly = lim.ReadOnly || e.cfg.ReadOnly
+	const period = 100000
+	opts := []oci.SpecOpts{
+		oci.WithImageConfig(img),
+		oci.WithProcessArgs(e.initArgs()...),
+		oci.WithHostname("airlock"),
+		oci.WithCapabilities(nil),
+		withNoAmbient,
+		oci.WithNoNewPrivileges,
+		seccomp.WithDefaultProfile(),
+		oci.WithPidsLimit(lim.Pids),
+		oci.WithMemoryLimit(uint64(lim.Memory)),
+		withMemorySwap(lim.Memory),
+		oci.WithCPUCFS(int64(lim.CPUs*period), period),
+		withDockerNofile,
+	}
+	if apparmor.HostSupports() {
+		// Generated from containerd's template and loaded once (like
+		// Docker's docker-default).
+		opts = append(opts, capparmor.WithDefaultProfile("airlock-default"))
+	}
+	if spec.WorkDir != "" {
+		opts = append(opts, oci.WithProcessCwd(spec.WorkDir))
+	}
+	if spec.User != "" {
+		opts = append(opts, oci.WithUser(spec.User), oci.WithAdditionalGIDs(spec.User))
+	}
+	if spec.NetNS != "" {
+		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: spec.NetNS}))
+	} else {
+		// A namespace of its own (only lo), configured as the sandbox
+		// configures a joined one.
+		opts = append(opts, withSysctls(map[string]string{
+			"net.ipv6.conf.all.disable_ipv6":     "1",
+			"net.ipv6.conf.default.disable_ipv6": "1",
+			"net.ipv4.ping_group_range":          "1 0",
+		}))
+	}
+	var mounts []specs.Mount
+	if lim.ReadOnly {
+		opts = append(opts, oci.WithRootFSReadonly())
+		mounts = append(mounts, tmpfs("/tmp", "size=1g"))
+		if spec.WorkDir != "" {
+			mounts = append(mounts, tmpfs(spec.WorkDir, "exec", "size=4g"))
+		}
+	} else if spec.WorkDir != "" {
+		// The work dir exists and is writable even if the image lacks it.
+		mounts = append(mounts, tmpfs(spec.WorkDir, "exec", "size=4g"))
+	}
+	// The job's own cgroups, read-only, as Docker shows them.
+	mounts = append(mounts, specs.Mount{Type: "cgroup", Source: "cgroup", Destination: "/sys/fs/cgroup",
+		Options: []string{"ro", "nosuid", "noexec", "nodev"}})
+	hosts := e.hostsFile != ""
+	for _, m := range spec.Mounts {
+		mounts = append(mounts, specs.Mount{Type: "bind", Source: m.Source, Destination: m.Target,
+			Options: []string{"rbind", "ro", "nosuid", "nodev"}})
+		hosts = hosts && m.Target != "/etc/hosts"
+	}
+	if e.stepd != "" {
+		mounts = append(mounts, specs.Mount{Type: "bind", Source: e.stepd, Destination: stepd.Target,
+			Options: []string{"rbind", "ro", "nosuid", "nodev"}})
+	}
+	if hosts {
+		// localhost resolves without asking the gateway, as in Docker.
+		mounts = append(mounts, specs.Mount{Type: "bind", Source: e.hostsFile, Destination: "/etc/hosts",
+			Options: []string{"rbind", "ro", "nosuid", "nodev"}})
+	}
+	opts = append(opts, oci.WithMounts(mounts))
+	return opts
+}
+
+func tmpfs(dst string, opts ...string) specs.Mount {
+	return specs.Mount{Type: "tmpfs", Source: "tmpfs", Destination: dst,
+		Options: append([]string{"nosuid", "nodev", "mode=1777"}, opts...)}
+}
+
+func withNoAmbient(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+	if s.Process != nil && s.Process.Capabilities != nil {
+		s.Process.Capabilities.Ambient = nil
+		s.Process.Capabilities.Inheritable = nil
+	}
+	return nil
+}
+
+func withMemorySwap(limit int64) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Linux != nil && s.Linux.Resources != nil && s.Linux.Resources.Memory != nil {
+			s.Linux.Resources.Memory.Swap = &limit
+		}
+		return nil
+	}
+}
+
+func withSysctls(kv map[string]string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Linux.Sysctl == nil {
+			s.Linux.Sysctl = map[string]string{}
+		}
+		for k, v := range kv {
+			s.Linux.Sysctl[k] = v
+		}
+		return nil
+	}
+}
+
+// withDockerNofile drops the default spec's open-files limit of 1024,
+// which breaks common build tools: the task inherits the daemon's limit,
+// as Docker's containers do.
+func withDockerNofile(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+	if s.Process == nil {
+		return nil
+	}
+	var keep []specs.POSIXRlimit
+	for _, r := range s.Process.Rlimits {
+		if r.Type != "RLIMIT_NOFILE" {
+			keep = append(keep, r)
+		}
+	}
+	s.Process.Rlimits = keep
+	return nil
+}
+
+// waitExit waits (bounded) for a task or process to exit.
+func waitExit(ch <-chan containerd.ExitStatus, d time.Duration) (containerd.ExitStatus, bool) {
+	if ch == nil {
+		return containerd.ExitStatus{}, true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case st := <-ch:
+		return st, true
+	case <-t.C:
+		return containerd.ExitStatus{}, false
+	}
+}

@@ -1,0 +1,242 @@
+package containerd
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd"
+	"github.com/containerd/containerd/leases"
+	"github.com/containerd/containerd/remotes"
+	"github.com/containerd/containerd/remotes/docker"
+	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
+	dockerclient "github.com/docker/docker/client"
+
+	"github.com/airlock-ci/airlock/executors"
+)
+
+// leaseTTL bounds a lease that a crash left behind: its content and
+// snapshots become garbage afterwards.
+const leaseTTL = 30 * time.Minute
+
+// imageCache remembers images known to be unpacked, so that a job's
+// Create costs no image lookups after the first (pull policy "always"
+// bypasses it).
+type imageCache struct {
+	mu sync.Mutex
+	m  map[string]containerd.Image
+}
+
+func (c *imageCache) get(name string) containerd.Image {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[name]
+}
+
+func (c *imageCache) put(name string, img containerd.Image) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]containerd.Image{}
+	}
+	c.m[name] = img
+}
+
+func (c *imageCache) drop(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, name)
+}
+
+// importCall is one image fetch in flight; concurrent Creates of the same
+// image wait for it instead of importing it again.
+type importCall struct {
+	done chan struct{}
+	img  containerd.Image
+	err  error
+}
+
+// NormalizeImage returns the fully qualified name containerd stores an
+// image under ("busybox" is "docker.io/library/busybox:latest").
+func NormalizeImage(ref string) (string, error) {
+	n, err := reference.ParseDockerRef(ref)
+	if err != nil {
+		return "", fmt.Errorf("image %q: %w", ref, err)
+	}
+	return n.String(), nil
+}
+
+// image returns the spec's image, unpacked for the snapshotter: from the
+// namespace's store, else imported from Docker's store, else pulled, as
+// the pull policy allows. ctx carries the caller's lease.
+func (e *Executor) image(ctx context.Context, ref string, pull executors.PullPolicy) (containerd.Image, error) {
+	name, err := NormalizeImage(ref)
+	if err != nil {
+		return nil, err
+	}
+	if pull != executors.PullAlways {
+		if img := e.images.get(name); img != nil {
+			return img, nil
+		}
+	}
+	e.mu.Lock()
+	if c, ok := e.imps[name]; ok {
+		e.mu.Unlock()
+		select {
+		case <-c.done:
+			return c.img, c.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	c := &importCall{done: make(chan struct{})}
+	e.imps[name] = c
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		delete(e.imps, name)
+		e.mu.Unlock()
+		close(c.done)
+	}()
+	c.img, c.err = e.fetchImage(ctx, ref, name, pull)
+	if c.err == nil {
+		e.images.put(name, c.img)
+	}
+	return c.img, c.err
+}
+
+func (e *Executor) fetchImage(ctx context.Context, ref, name string, pull executors.PullPolicy) (containerd.Image, error) {
+	if pull != executors.PullAlways {
+		img, err := e.cli.GetImage(ctx, name)
+		switch {
+		case err == nil:
+			return img, e.unpack(ctx, img)
+		case !errdefs.IsNotFound(err):
+			return nil, fmt.Errorf("looking up image %s: %w", ref, err)
+		}
+		img, found, err := e.importFromDocker(ctx, ref, name)
+		if err != nil || found {
+			return img, err
+		}
+		if pull == executors.PullNever {
+			return nil, fmt.Errorf("image %s: %w in containerd namespace %s or in Docker, and the pull policy is \"never\"", ref, executors.ErrImageNotFound, e.cfg.Namespace)
+		}
+	}
+	img, err := e.cli.Pull(ctx, name,
+		containerd.WithPullUnpack,
+		containerd.WithPullSnapshotter(e.cfg.Snapshotter),
+		containerd.WithResolver(e.resolver()))
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w and pulling it failed: %v", ref, executors.ErrImageNotFound, err)
+	}
+	return img, nil
+}
+
+func (e *Executor) unpack(ctx context.Context, img containerd.Image) error {
+	ok, err := img.IsUnpacked(ctx, e.cfg.Snapshotter)
+	if err == nil && !ok {
+		err = img.Unpack(ctx, e.cfg.Snapshotter)
+	}
+	if err != nil {
+		return fmt.Errorf("unpacking image %s for snapshotter %s: %w", img.Name(), e.cfg.Snapshotter, err)
+	}
+	return nil
+}
+
+// importFromDocker copies the image from Docker's store (`docker save`
+// through the engine API) into the namespace and unpacks it. found is
+// false when Docker is off, not reachable or does not have the image.
+func (e *Executor) importFromDocker(ctx context.Context, ref, name string) (img containerd.Image, found bool, err error) {
+	if e.cfg.DockerHost == NoDocker {
+		return nil, false, nil
+	}
+	opts := []dockerclient.Opt{dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation()}
+	if e.cfg.DockerHost != "" {
+		opts = append(opts, dockerclient.WithHost(e.cfg.DockerHost))
+	}
+	dc, err := dockerclient.NewClientWithOpts(opts...)
+	if err != nil {
+		return nil, false, fmt.Errorf("creating Docker client to import %s: %w", ref, err)
+	}
+	defer dc.Close()
+	if _, err := dc.ImageInspect(ctx, ref); err != nil {
+		if !errdefs.IsNotFound(err) && !dockerclient.IsErrConnectionFailed(err) {
+			e.log.Debug("Docker cannot tell about image", "image", ref, "error", err)
+		}
+		return nil, false, nil
+	}
+	t0 := time.Now()
+	rc, err := dc.ImageSave(ctx, []string{ref})
+	if err != nil {
+		return nil, true, fmt.Errorf("exporting image %s from Docker: %w", ref, err)
+	}
+	defer rc.Close()
+	imgs, err := e.cli.Import(ctx, rc)
+	if err != nil {
+		return nil, true, fmt.Errorf("importing image %s from Docker into containerd: %w", ref, err)
+	}
+	for _, i := range imgs {
+		if i.Name != name {
+			continue
+		}
+		img := containerd.NewImage(e.cli, i)
+		if err := e.unpack(ctx, img); err != nil {
+			return nil, true, err
+		}
+		e.log.Info("imported image from Docker", "image", name, "duration", time.Since(t0))
+		return img, true, nil
+	}
+	return nil, true, fmt.Errorf("importing image %s from Docker: the archive has no image named %s", ref, name)
+}
+
+// resolver fetches from registries with the configured credentials.
+func (e *Executor) resolver() remotes.Resolver {
+	return docker.NewResolver(docker.ResolverOptions{
+		Hosts: docker.ConfigureDefaultRegistries(docker.WithAuthorizer(
+			docker.NewDockerAuthorizer(docker.WithAuthCreds(e.credentials)))),
+	})
+}
+
+// credentials returns the configured username and password for a
+// registry host; no entry means anonymous.
+func (e *Executor) credentials(host string) (string, string, error) {
+	for _, r := range e.cfg.Registries {
+		if !strings.EqualFold(r.Host, host) && !(host == "registry-1.docker.io" && r.Host == "docker.io") {
+			continue
+		}
+		if st, err := os.Stat(r.PasswordFile); err == nil && st.Mode().Perm()&0o077 != 0 {
+			return "", "", fmt.Errorf("the password file of registry %s (%s) is readable by others (mode %04o): chmod 600 it", r.Host, r.PasswordFile, st.Mode().Perm())
+		}
+		b, err := os.ReadFile(r.PasswordFile)
+		if err != nil {
+			return "", "", fmt.Errorf("reading the password of registry %s: %w", r.Host, err)
+		}
+		return r.Username, strings.TrimSpace(string(b)), nil
+	}
+	return "", "", nil
+}
+
+// withLease returns ctx with a new lease that keeps what is made under it
+// (content, snapshots) from the garbage collector until done, or until it
+// expires when a crash prevented done.
+// The lease is created whatever ctx does (a cancelled request may still
+// have created it, and nobody would delete it then).
+func (e *Executor) withLease(ctx context.Context) (context.Context, func(context.Context) error, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	l, err := e.cli.LeasesService().Create(cctx, leases.WithRandomID(), leases.WithExpiration(leaseTTL))
+	if err != nil {
+		return nil, nil, fmt.Errorf("creating containerd lease: %w", err)
+	}
+	done := func(ctx context.Context) error {
+		return e.cli.LeasesService().Delete(ctx, l)
+	}
+	return leases.WithLease(ctx, l.ID), done, nil
+}
