@@ -10,12 +10,15 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
 
 	"github.com/airlock-ci/airlock/audit"
+	"github.com/airlock-ci/airlock/executors/containerd"
 	"github.com/airlock-ci/airlock/executors/docker"
+	"github.com/airlock-ci/airlock/internal/atomicfile"
 	"github.com/airlock-ci/airlock/netpolicy"
 	"github.com/airlock-ci/airlock/runner/gitlab"
 	"github.com/airlock-ci/airlock/sandbox"
@@ -34,20 +37,37 @@ type Config struct {
 	CheckInterval   time.Duration `toml:"check_interval"`
 	ListenAddress   string        `toml:"listen_address"`
 	ShutdownTimeout time.Duration `toml:"shutdown_timeout"`
-	LogLevel        string        `toml:"log_level"`
-	LogFormat       string        `toml:"log_format"`
+	// ReportTimeout bounds a job's report to its coordinator (audit
+	// upload, rest of the log, final state), counted from when reporting
+	// starts, however long the job ran.
+	ReportTimeout time.Duration `toml:"report_timeout"`
+	LogLevel      string        `toml:"log_level"`
+	LogFormat     string        `toml:"log_format"`
 
 	StateDir   string `toml:"state_dir"`
 	RuntimeDir string `toml:"runtime_dir"`
 
-	Docker  docker.Config `toml:"docker"`
-	Network Network       `toml:"network"`
-	Gateway Gateway       `toml:"gateway"`
-	Egress  Egress        `toml:"egress"`
-	Audit   audit.Config  `toml:"audit"`
+	// Executor runs every job: "docker" (default) or "containerd".
+	Executor   string            `toml:"executor"`
+	Docker     docker.Config     `toml:"docker"`
+	Containerd containerd.Config `toml:"containerd"`
+	Network    Network           `toml:"network"`
+	Gateway    Gateway           `toml:"gateway"`
+	Egress     Egress            `toml:"egress"`
+	Audit      audit.Config      `toml:"audit"`
+	Pool       Pool              `toml:"pool"`
+	Store      Store             `toml:"store"`
+	Cache      Cache             `toml:"cache"`
+	Services   Services          `toml:"services"`
+	// GitLabSecrets is [gitlab_secrets]: where secrets: may come from.
+	GitLabSecrets GitLabSecrets `toml:"gitlab_secrets"`
 
 	// Runners are the GitLab runners this agent serves ([[runners]]).
 	Runners []gitlab.RunnerConfig `toml:"runners"`
+	// GitHub are the GitHub runner registrations it serves ([[github]]).
+	GitHub []GitHubRunner `toml:"github"`
+	// Autoscale entries make ephemeral GitHub runners on demand.
+	Autoscale []Autoscale `toml:"autoscale"`
 
 	path string
 	meta toml.MetaData
@@ -59,6 +79,7 @@ func Defaults() *Config {
 		Concurrent:      1,
 		CheckInterval:   3 * time.Second,
 		ShutdownTimeout: 30 * time.Minute,
+		ReportTimeout:   10 * time.Minute,
 		LogLevel:        "info",
 		LogFormat:       "text",
 		StateDir:        DefaultStateDir,
@@ -117,6 +138,10 @@ func (c *Config) Validate() []error {
 	if c.ShutdownTimeout < 0 {
 		errs = append(errs, errors.New("shutdown_timeout: must not be negative"))
 	}
+	if c.ReportTimeout <= 0 {
+		errs = append(errs, errors.New("report_timeout: must be positive"))
+	}
+	errs = append(errs, c.Store.validate()...)
 	switch c.LogFormat {
 	case "text", "json":
 	default:
@@ -134,9 +159,13 @@ func (c *Config) Validate() []error {
 		errs = append(errs, fmt.Errorf("runtime_dir %q: must be an absolute path", c.RuntimeDir))
 	}
 	errs = append(errs, c.Docker.Validate("docker")...)
+	errs = append(errs, c.Containerd.Validate("containerd")...)
+	errs = append(errs, c.validateExecutor()...)
 	errs = append(errs, c.Network.validate()...)
+	errs = append(errs, c.Pool.validate()...)
 	errs = append(errs, c.Gateway.validate()...)
 	errs = append(errs, c.Egress.validate()...)
+	errs = append(errs, c.Cache.validate()...)
 	errs = append(errs, c.Audit.Validate()...)
 	names := map[string]int{}
 	for i, r := range c.Runners {
@@ -147,6 +176,100 @@ func (c *Config) Validate() []error {
 				errs = append(errs, fmt.Errorf("%s.name: %q is also the name of runners[%d]", key, r.Name, j))
 			}
 			names[r.Name] = i
+		}
+	}
+	ghNames := map[string]int{}
+	for i, r := range c.GitHub {
+		key := fmt.Sprintf("github[%d]", i)
+		errs = append(errs, r.Validate(key)...)
+		if j, dup := ghNames[r.Name]; dup {
+			errs = append(errs, fmt.Errorf("%s.name: %q is also the name of github[%d]", key, r.Name, j))
+		}
+		ghNames[r.Name] = i
+	}
+	asNames, paths := map[string]int{}, map[string]int{}
+	for i, a := range c.Autoscale {
+		key := fmt.Sprintf("autoscale[%d]", i)
+		errs = append(errs, a.Validate(key, c.ListenAddress)...)
+		if j, dup := asNames[a.Name]; dup {
+			errs = append(errs, fmt.Errorf("%s.name: %q is also the name of autoscale[%d]", key, a.Name, j))
+		}
+		asNames[a.Name] = i
+		if j, dup := paths[a.Path()]; dup && a.WebhookSecret != "" {
+			errs = append(errs, fmt.Errorf("%s.webhook_path: %q is also the webhook of autoscale[%d]", key, a.Path(), j))
+		}
+		paths[a.Path()] = i
+	}
+	return errs
+}
+
+// Executor names.
+const (
+	ExecutorDocker     = "docker"
+	ExecutorContainerd = "containerd"
+)
+
+// ExecutorName is the executor that runs every job: the top-level
+// executor key, else the one every [[runners]] names, else Docker.
+func (c *Config) ExecutorName() string {
+	if c.Executor != "" {
+		return c.Executor
+	}
+	for _, r := range c.Runners {
+		if r.Executor != "" {
+			return r.Executor
+		}
+	}
+	return ExecutorDocker
+}
+
+// DefaultImage is the selected executor's image for jobs that name none.
+func (c *Config) DefaultImage() string {
+	if c.ExecutorName() == ExecutorContainerd {
+		return c.Containerd.Image
+	}
+	return c.Docker.Image
+}
+
+// PullPolicy is the selected executor's default pull policy.
+func (c *Config) PullPolicy() string {
+	if c.ExecutorName() == ExecutorContainerd {
+		return c.Containerd.Pull
+	}
+	return c.Docker.Pull
+}
+
+// SetPullPolicy overrides the selected executor's pull policy (a flag).
+func (c *Config) SetPullPolicy(p string) {
+	if c.ExecutorName() == ExecutorContainerd {
+		c.Containerd.Pull = p
+	} else {
+		c.Docker.Pull = p
+	}
+}
+
+// Grace is the selected executor's SIGTERM-to-SIGKILL grace period
+// (0: the executor's default).
+func (c *Config) Grace() time.Duration {
+	if c.ExecutorName() == ExecutorContainerd {
+		return c.Containerd.Grace
+	}
+	return c.Docker.Grace
+}
+
+// validateExecutor checks the executor key and that every [[runners]]
+// entry agrees with it: one executor runs every job of the agent.
+func (c *Config) validateExecutor() []error {
+	var errs []error
+	switch c.Executor {
+	case "", ExecutorDocker, ExecutorContainerd:
+	default:
+		errs = append(errs, fmt.Errorf("executor %q: must be docker or containerd", c.Executor))
+	}
+	want := c.ExecutorName()
+	for i, r := range c.Runners {
+		if r.Executor != "" && r.Executor != want {
+			errs = append(errs, fmt.Errorf("runners[%d].executor %q: the agent runs every job with one executor (%s); remove the key or make it %q", i, r.Executor, want, want))
 		}
 	}
 	return errs
@@ -163,27 +286,7 @@ func (c *Config) Save(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("creating configuration directory: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".config-*.toml")
-	if err != nil {
-		return fmt.Errorf("writing configuration: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing configuration: %w", err)
-	}
-	if _, err := tmp.Write(buf.Bytes()); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing configuration: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing configuration: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing configuration: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := atomicfile.WriteFile(path, buf.Bytes(), 0o600); err != nil {
 		return fmt.Errorf("writing configuration: %w", err)
 	}
 	c.path = path
@@ -196,6 +299,10 @@ type Network struct {
 	Pool string `toml:"pool"`
 	// PoolFile records the allocations of every airlock process on the host.
 	PoolFile string `toml:"pool_file"`
+	// Firewall is the packet filter backend: "auto" (default: native
+	// nftables when the host's iptables is nf_tables-based and its INPUT
+	// policy accepts, iptables otherwise), "iptables" or "nftables".
+	Firewall string `toml:"firewall"`
 }
 
 // Prefix parses Pool ("" = the default).
@@ -211,13 +318,19 @@ func (n Network) Prefix() (netip.Prefix, error) {
 }
 
 func (n Network) validate() []error {
+	var errs []error
 	if _, err := n.Prefix(); err != nil {
-		return []error{fmt.Errorf("network.pool %w", err)}
+		errs = append(errs, fmt.Errorf("network.pool %w", err))
 	}
 	if n.PoolFile != "" && !filepath.IsAbs(n.PoolFile) {
-		return []error{fmt.Errorf("network.pool_file %q: must be an absolute path", n.PoolFile)}
+		errs = append(errs, fmt.Errorf("network.pool_file %q: must be an absolute path", n.PoolFile))
 	}
-	return nil
+	switch n.Firewall {
+	case "", netpolicy.FirewallAuto, netpolicy.FirewallIPTables, netpolicy.FirewallNFTables:
+	default:
+		errs = append(errs, fmt.Errorf("network.firewall %q: must be auto, iptables or nftables", n.Firewall))
+	}
+	return errs
 }
 
 // Gateway is the [gateway] section.
@@ -234,12 +347,18 @@ type Gateway struct {
 	// for upstreams of credential-bound hosts (where the gateway
 	// terminates TLS and connects on).
 	UpstreamCAFile string `toml:"upstream_ca_file"`
+	// EgressSource is the address (or interface) upstream connections
+	// leave from, so that API keys can be IP-restricted to runner hosts.
+	EgressSource string `toml:"egress_source"`
 }
 
 func (g Gateway) validate() []error {
 	var errs []error
 	if _, err := netpolicy.ParseHosts(g.Hosts); err != nil {
 		errs = append(errs, fmt.Errorf("gateway.hosts: %w", err))
+	}
+	if _, err := netpolicy.ResolveEgressSource(g.EgressSource); err != nil {
+		errs = append(errs, err)
 	}
 	if g.UpstreamCAFile != "" {
 		if _, err := os.Stat(g.UpstreamCAFile); err != nil {
@@ -267,4 +386,40 @@ func (e Egress) validate() []error {
 		return []error{fmt.Errorf("egress.ceiling: %w", err)}
 	}
 	return nil
+}
+
+// Pool is the [pool] section: warm sandboxes `airlock run` keeps ready
+// for the images listed, so that a job of one of them starts without a
+// container or a network being made on its path.
+type Pool struct {
+	// Images are the images to keep warm sandboxes of.
+	Images []string `toml:"images"`
+	// Size is how many warm sandboxes are kept per image (default 1).
+	Size int `toml:"size"`
+}
+
+// Sizes maps each image to its number of warm sandboxes.
+func (p Pool) Sizes() map[string]int {
+	n := p.Size
+	if n == 0 {
+		n = 1
+	}
+	out := map[string]int{}
+	for _, img := range p.Images {
+		out[img] = n
+	}
+	return out
+}
+
+func (p Pool) validate() []error {
+	var errs []error
+	if p.Size < 0 {
+		errs = append(errs, fmt.Errorf("pool.size %d: must not be negative", p.Size))
+	}
+	for i, img := range p.Images {
+		if strings.TrimSpace(img) == "" {
+			errs = append(errs, fmt.Errorf("pool.images[%d]: empty image name", i))
+		}
+	}
+	return errs
 }

@@ -83,6 +83,10 @@ pull_policy = "sometimes"
 memory = "lots"
 [network]
 pool = "not-a-prefix"
+firewall = "pf"
+[pool]
+size = -1
+images = [""]
 [gateway.hosts]
 "db.internal" = "not-an-ip"
 [egress]
@@ -93,7 +97,7 @@ ceiling = ["", "http://x"]
 		t.Fatal("Load accepted a bad configuration")
 	}
 	for _, want := range []string{"config.toml", "concurrent", "check_interval", "log_format", `unknown key "bogus"`,
-		"docker.pull_policy", "docker.memory", "network.pool", "gateway.hosts", "egress.ceiling"} {
+		"docker.pull_policy", "docker.memory", "network.pool", "network.firewall", "pool.size", "pool.images[0]", "gateway.hosts", "egress.ceiling"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q:\n%v", want, err)
 		}
@@ -129,5 +133,42 @@ func TestSaveRoundTrip(t *testing.T) {
 	}
 	if got.Concurrent != 3 || len(got.Egress.Ceiling) != 1 || got.CheckInterval != c.CheckInterval {
 		t.Errorf("round trip = %+v", got)
+	}
+}
+
+func TestExecutorKey(t *testing.T) {
+	tests := []struct {
+		value, want, wantErr string
+	}{
+		{`"docker"`, ExecutorDocker, ""},
+		{`"containerd"`, ExecutorContainerd, ""},
+		{`"podman"`, "", `executor "podman": must be docker or containerd`},
+	}
+	for _, tc := range tests {
+		c, err := Load(write(t, "executor = "+tc.value+"\n"), false)
+		switch {
+		case tc.wantErr == "" && err != nil:
+			t.Errorf("executor = %s: %v", tc.value, err)
+		case tc.wantErr == "" && c.ExecutorName() != tc.want:
+			t.Errorf("executor = %s: ExecutorName() = %q, want %q", tc.value, c.ExecutorName(), tc.want)
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("executor = %s: error %v, want one containing %q", tc.value, err, tc.wantErr)
+		}
+	}
+	if c, err := Load(write(t, ""), false); err != nil || c.ExecutorName() != ExecutorDocker {
+		t.Errorf("default executor = %q, %v; want docker", c.ExecutorName(), err)
+	}
+}
+
+func TestDockerReadOnlyKeys(t *testing.T) {
+	c, err := Load(write(t, "[docker]\nread_only = true\nwork_dir_size = \"2g\"\ntmp_size = \"512m\"\n"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := c.Docker.Limits(); !l.ReadOnly || l.WorkDirSize != 2<<30 || l.TmpSize != 512<<20 {
+		t.Errorf("docker limits = %+v", l)
+	}
+	if c, err := Load(write(t, ""), false); err != nil || c.Docker.Limits().ReadOnly {
+		t.Errorf("default read_only = %v, %v; want false", c.Docker.Limits().ReadOnly, err)
 	}
 }

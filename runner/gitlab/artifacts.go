@@ -27,9 +27,10 @@ type ArtifactOptions struct {
 }
 
 const (
-	maxArtifactRedirects = 3
-	maxArtifactAttempts  = 5
-	maxBufferedArtifact  = 256 << 20
+	maxArtifactRedirects   = 3
+	maxArtifactAttempts    = 3
+	maxArtifactAttempts503 = 6
+	maxBufferedArtifact    = 256 << 20
 )
 
 // ErrArtifactRefused: GitLab refused the artifact (403: not allowed or
@@ -40,8 +41,9 @@ var ErrArtifactRefused = errors.New("GitLab refused the artifact")
 // job's artifact file name (POST /jobs/:id/artifacts, multipart part
 // "file"). Upload before Finish: the job token stops working once the job
 // has its final state. A 307 is followed to its Location on the same host
-// (never elsewhere: the job token would travel with it); 503 and other
-// transient failures are retried. When r is not an io.ReadSeeker it is
+// (never elsewhere: the job token would travel with it), keeping the API
+// path as gitlab-runner does; 503 is retried up to 6 tries, other
+// transient failures up to 3. When r is not an io.ReadSeeker it is
 // buffered in memory (up to 256 MiB) so that it can be sent again.
 func (c *Client) UploadArtifact(ctx context.Context, id int64, token, name string, r io.Reader, size int64, o ArtifactOptions) error {
 	op := fmt.Sprintf("uploading artifact %q of job %d", name, id)
@@ -79,7 +81,9 @@ func (c *Client) UploadArtifact(ctx context.Context, id int64, token, name strin
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	bo := NewBackoff(time.Second, 60*time.Second)
+	// gitlab-runner's: pauses of 1-5 s, 6 tries while GitLab answers 503,
+	// 3 for other failures.
+	bo := NewBackoff(time.Second, 5*time.Second)
 	redirects := 0
 	for attempt := 1; ; attempt++ {
 		if _, err := rs.Seek(start, io.SeekStart); err != nil {
@@ -104,8 +108,12 @@ func (c *Client) UploadArtifact(ctx context.Context, id int64, token, name strin
 				case redirects >= maxArtifactRedirects:
 					return &APIError{Op: op, Status: resp.status, Err: errors.New("too many redirects")}
 				}
+				// As gitlab-runner: only the scheme and host of Location
+				// are taken, the API path and query are kept.
 				redirects++
-				target = loc
+				next := *target
+				next.Scheme, next.Host = loc.Scheme, loc.Host
+				target = &next
 				attempt--
 				continue
 			case http.StatusForbidden, http.StatusRequestEntityTooLarge:
@@ -115,7 +123,12 @@ func (c *Client) UploadArtifact(ctx context.Context, id int64, token, name strin
 			}
 			err = unexpected(op, resp)
 		}
-		if !IsRetryable(err) || attempt >= maxArtifactAttempts {
+		limit := maxArtifactAttempts
+		var ae *APIError
+		if errors.As(err, &ae) && ae.Status == http.StatusServiceUnavailable {
+			limit = maxArtifactAttempts503
+		}
+		if !IsRetryable(err) || attempt >= limit {
 			return err
 		}
 		d := bo.Next(err)

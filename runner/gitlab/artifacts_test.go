@@ -28,6 +28,12 @@ func TestUploadArtifact(t *testing.T) {
 		{name: "503 retried", seeker: true, setup: func(f *fakegitlab.Server, id int64) {
 			f.InjectFault(fakegitlab.Fault{Path: fmt.Sprintf("/api/v4/jobs/%d/artifacts", id), Status: 503, Count: 2})
 		}, wantPosts: 3},
+		{name: "503 six times gives up after 6 tries", seeker: true, setup: func(f *fakegitlab.Server, id int64) {
+			f.InjectFault(fakegitlab.Fault{Path: fmt.Sprintf("/api/v4/jobs/%d/artifacts", id), Status: 503, Count: 10})
+		}, wantErr: errors.New("503"), wantPosts: 6},
+		{name: "500 gives up after 3 tries", seeker: true, setup: func(f *fakegitlab.Server, id int64) {
+			f.InjectFault(fakegitlab.Fault{Path: fmt.Sprintf("/api/v4/jobs/%d/artifacts", id), Status: 500, Count: 10})
+		}, wantErr: errors.New("500"), wantPosts: 3},
 		{name: "403", seeker: true, token: "glcbt-wrong", wantErr: ErrArtifactRefused, wantPosts: 1},
 		{name: "413", seeker: true, setup: func(f *fakegitlab.Server, id int64) {
 			f.InjectFault(fakegitlab.Fault{Path: fmt.Sprintf("/api/v4/jobs/%d/artifacts", id), Status: 413, Count: 1})

@@ -2,47 +2,30 @@ package gitlab
 
 import (
 	"errors"
-	"math/rand/v2"
 	"time"
+
+	"github.com/airlock-ci/airlock/internal/backoff"
 )
 
-// Backoff computes waits between retries: exponential with full jitter,
-// never shorter than Min (so a retry loop is never tight) and never shorter
-// than the server's Retry-After/RateLimit-ResetTime hint. Not safe for
-// concurrent use; one per retry loop.
+// Backoff is a backoff.Backoff that honours the wait a GitLab error asks
+// for (Retry-After, RateLimit-ResetTime). Not safe for concurrent use; one
+// per retry loop.
 type Backoff struct {
-	Min, Max time.Duration
-	attempt  int
+	backoff.Backoff
 }
 
 // NewBackoff returns a Backoff between min and max.
 func NewBackoff(min, max time.Duration) *Backoff {
-	if min <= 0 {
-		min = 100 * time.Millisecond
-	}
-	if max < min {
-		max = min
-	}
-	return &Backoff{Min: min, Max: max}
+	return &Backoff{*backoff.New(min, max)}
 }
 
 // Next returns the wait before the next attempt after err (which may be
 // nil) and advances the attempt counter.
 func (b *Backoff) Next(err error) time.Duration {
-	ceil := b.Min
-	for i := 0; i < b.attempt && ceil < b.Max; i++ {
-		ceil *= 2
-	}
-	ceil = min(ceil, b.Max)
-	b.attempt++
-	d := time.Duration(rand.Int64N(int64(ceil) + 1)) // full jitter in [0, ceil]
-	d = max(d, b.Min)
+	var hint time.Duration
 	var ae *APIError
-	if errors.As(err, &ae) && ae.RetryAfter > d {
-		d = ae.RetryAfter
+	if errors.As(err, &ae) {
+		hint = ae.RetryAfter
 	}
-	return d
+	return b.Backoff.Next(hint)
 }
-
-// Reset starts over after a success.
-func (b *Backoff) Reset() { b.attempt = 0 }

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/airlock-ci/airlock/internal/backoff"
 )
 
 const (
@@ -105,7 +107,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		executor:   "docker",
 		shell:      "sh",
 		features:   DefaultFeatures(),
-		sleep:      sleepCtx,
+		sleep:      backoff.Sleep,
 		lastUpdate: map[string]string{},
 	}
 	for _, o := range opts {
@@ -267,20 +269,6 @@ func serverMessage(body []byte) string {
 		s = s[:maxErrorBody] + "..."
 	}
 	return s
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	case <-t.C:
-		return nil
-	}
 }
 
 // retrying runs fn up to attempts times while it fails with a retryable

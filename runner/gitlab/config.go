@@ -20,6 +20,7 @@ type RunnerConfig struct {
 	Executor           string    `toml:"executor"`
 	Limit              int       `toml:"limit"`               // concurrent jobs of this runner; 0 = no own limit
 	RequestConcurrency int       `toml:"request_concurrency"` // parallel job requests; 0 = 1
+	OutputLimit        int       `toml:"output_limit"`        // job log kept and sent, KiB; 0 = 4096
 }
 
 // String shows the entry without its token.
@@ -66,6 +67,9 @@ func (r RunnerConfig) Validate(key string) []error {
 	case "", "docker", "containerd":
 	default:
 		add("executor", "%q: must be docker or containerd", r.Executor)
+	}
+	if r.OutputLimit < 0 {
+		add("output_limit", "must not be negative (KiB; 0 means 4096)")
 	}
 	if r.Limit < 0 {
 		add("limit", "must not be negative")

@@ -108,3 +108,7 @@ func retryAfter(h http.Header, now time.Time) time.Duration {
 	}
 	return min(d, maxServerWait)
 }
+
+// RetryAfterDelay is the server's Retry-After hint (0 if none), for
+// back-off loops outside this package.
+func (e *APIError) RetryAfterDelay() time.Duration { return e.RetryAfter }

@@ -101,9 +101,6 @@ func (t *TraceWriter) touch(ctx context.Context) error {
 	}
 	switch r.status {
 	case http.StatusOK, http.StatusAccepted:
-		t.mu.Lock()
-		t.lastSend = time.Now()
-		t.mu.Unlock()
 		return nil
 	case http.StatusForbidden, http.StatusNotFound:
 		t.jobGone(r.header.Get("Job-Status"))
@@ -134,9 +131,8 @@ func (t *TraceWriter) Finish(ctx context.Context, fs FinalState) error {
 	default:
 		return fmt.Errorf("%s: state %q is not success or failed", op, fs.State)
 	}
-	t.stopLoop()
+	t.s.Stop()
 	t.mu.Lock()
-	t.closed = true
 	t.finishing = true
 	t.mu.Unlock()
 
@@ -191,10 +187,7 @@ func (t *TraceWriter) Finish(ctx context.Context, fs FinalState) error {
 				return fmt.Errorf("%s: GitLab keeps refusing the trace checksum (412)", op)
 			}
 			t.log.Info("GitLab's copy of the job log differs; resending it from the start")
-			t.mu.Lock()
-			t.sent = 0
-			t.tooLarge = false
-			t.mu.Unlock()
+			t.s.Rewind(0)
 		case http.StatusForbidden, http.StatusNotFound:
 			t.mu.Lock()
 			t.gone = true
@@ -212,11 +205,7 @@ func (t *TraceWriter) Finish(ctx context.Context, fs FinalState) error {
 	}
 }
 
-func (t *TraceWriter) currentInterval() time.Duration {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.interval
-}
+func (t *TraceWriter) currentInterval() time.Duration { return t.s.Interval() }
 
 func serverInterval(r *response, def time.Duration) time.Duration {
 	if v := r.header.Get("X-GitLab-Trace-Update-Interval"); v != "" {

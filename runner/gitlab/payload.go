@@ -27,7 +27,7 @@ type JobResponse struct {
 	Credentials   []JobCredential            `json:"credentials"`
 	Dependencies  []JobDependency            `json:"dependencies"`
 	Features      JobFeatures                `json:"features"`
-	Secrets       map[string]json.RawMessage `json:"secrets"` // GitLab CI secrets: (Vault, ...), not resolved by Airlock
+	Secrets       map[string]json.RawMessage `json:"secrets"` // GitLab CI secrets: (Vault, ...); a job with any is refused
 	Run           json.RawMessage            `json:"run"`     // CI steps (native step runner), not supported
 }
 
@@ -96,6 +96,8 @@ type JobImage struct {
 	Command    []string `json:"command"`
 	Entrypoint []string `json:"entrypoint"`
 	PullPolicy []string `json:"pull_policy"`
+	// Variables are a service's own variables.
+	Variables []JobVariable `json:"variables"`
 }
 
 // JobArtifact is an artifacts: entry of the job.
@@ -112,11 +114,12 @@ type JobArtifact struct {
 
 // JobCache is a cache: entry of the job.
 type JobCache struct {
-	Key       string   `json:"key"`
-	Untracked bool     `json:"untracked"`
-	Policy    string   `json:"policy"`
-	Paths     []string `json:"paths"`
-	When      string   `json:"when"`
+	Key          string   `json:"key"`
+	Untracked    bool     `json:"untracked"`
+	Policy       string   `json:"policy"`
+	Paths        []string `json:"paths"`
+	When         string   `json:"when"`
+	FallbackKeys []string `json:"fallback_keys"`
 }
 
 // JobCredential is a registry credential (password is the job token).

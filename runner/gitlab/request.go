@@ -2,14 +2,10 @@ package gitlab
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"runtime"
-	"time"
 	"unicode/utf8"
-
-	"github.com/hashicorp/go-hclog"
 )
 
 var (
@@ -37,6 +33,7 @@ type Features struct {
 	Proxy                   bool `json:"proxy"`
 	RawVariables            bool `json:"raw_variables"`
 	ArtifactsExclude        bool `json:"artifacts_exclude"`
+	FallbackCacheKeys       bool `json:"fallback_cache_keys"`
 	MultiBuildSteps         bool `json:"multi_build_steps"`
 	TraceReset              bool `json:"trace_reset"`
 	TraceChecksum           bool `json:"trace_checksum"`
@@ -55,15 +52,27 @@ type Features struct {
 // steps), vault_secrets, services, cache and two-phase commit are off.
 func DefaultFeatures() Features {
 	return Features{
-		Variables:          true,
-		Image:              true,
-		TraceReset:         true,
-		TraceChecksum:      true,
-		TraceSize:          true,
-		Cancelable:         true,
-		ReturnExitCode:     true,
-		Masking:            true,
-		UploadRawArtifacts: true,
+		Variables:      true,
+		Image:          true,
+		TraceReset:     true,
+		TraceChecksum:  true,
+		TraceSize:      true,
+		Cancelable:     true,
+		ReturnExitCode: true,
+		Masking:        true,
+		// Artifacts, reports, exclude and the host-local cache are built
+		// by Pipeline (the agent runs it for every job).
+		Artifacts:               true,
+		UploadMultipleArtifacts: true,
+		UploadRawArtifacts:      true,
+		ArtifactsExclude:        true,
+		Cache:                   true,
+		FallbackCacheKeys:       true,
+		// services: start in the job's network namespace (the runner's
+		// executor must implement executors.ServiceStarter).
+		Services: true,
+		// secrets: from Vault with id_tokens (Pipeline.ResolveSecrets).
+		VaultSecrets: true,
 	}
 }
 
@@ -125,65 +134,5 @@ func (e *PayloadError) Error() string {
 }
 
 func (e *PayloadError) Unwrap() error { return e.Err }
-
-// Poller requests jobs until one arrives. Between empty answers it waits
-// Interval unless the server held the request (long poll) at least that
-// long; on retryable errors it backs off (full jitter, honouring
-// Retry-After). It is never a tight loop.
-type Poller struct {
-	Client   *Client
-	Token    string
-	SystemID string
-	Interval time.Duration // default 3s
-	Backoff  *Backoff      // default 1s..60s
-	Logger   hclog.Logger
-}
-
-// Next blocks until a job arrives, ctx ends, or a non-retryable error
-// (ErrTokenInvalid, *PayloadError, ...) occurs.
-func (p *Poller) Next(ctx context.Context) (*JobResponse, error) {
-	interval := p.Interval
-	if interval <= 0 {
-		interval = 3 * time.Second
-	}
-	bo := p.Backoff
-	if bo == nil {
-		bo = NewBackoff(time.Second, 60*time.Second)
-	}
-	log := p.Logger
-	if log == nil {
-		log = hclog.NewNullLogger()
-	}
-	for {
-		if err := ctx.Err(); err != nil {
-			return nil, context.Cause(ctx)
-		}
-		start := time.Now()
-		resp, err := p.Client.RequestJob(ctx, p.Token, p.SystemID)
-		switch {
-		case err == nil && resp != nil:
-			bo.Reset()
-			return resp, nil
-		case err == nil:
-			bo.Reset()
-			if held := time.Since(start); held < interval {
-				if err := p.Client.sleep(ctx, interval-held); err != nil {
-					return nil, err
-				}
-			}
-		case IsRetryable(err) && ctx.Err() == nil:
-			d := bo.Next(err)
-			log.Warn("job request failed; backing off", "error", err, "wait", d)
-			if err := p.Client.sleep(ctx, d); err != nil {
-				return nil, err
-			}
-		default:
-			if ctx.Err() != nil {
-				return nil, errors.Join(err, context.Cause(ctx))
-			}
-			return nil, err
-		}
-	}
-}
 
 func validUTF8(b []byte) bool { return utf8.Valid(b) }

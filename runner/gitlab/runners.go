@@ -17,6 +17,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/airlock-ci/airlock/internal/atomicfile"
 )
 
 // RunnerCredentials is what GitLab returns for a verified or registered
@@ -281,21 +283,8 @@ func SystemID(dir string) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("creating directory for system id: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, systemIDFile+".tmp*")
-	if err != nil {
+	if err := atomicfile.WriteFile(path, []byte(id+"\n"), 0o644); err != nil {
 		return "", fmt.Errorf("writing system id: %w", err)
-	}
-	_, werr := tmp.WriteString(id + "\n")
-	serr := tmp.Sync()
-	cerr := tmp.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		return "", errors.Join(fmt.Errorf("writing system id: %w", err), os.Remove(tmp.Name()))
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return "", errors.Join(fmt.Errorf("writing system id: %w", err), os.Remove(tmp.Name()))
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return "", errors.Join(fmt.Errorf("writing system id: %w", err), os.Remove(tmp.Name()))
 	}
 	return id, nil
 }

@@ -3,7 +3,6 @@ package gitlab
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -23,18 +22,12 @@ const (
 	defaultJobTimeout = 2 * time.Hour       // gitlab-runner's default when none is sent
 )
 
-// Variables Airlock reads its declarations from.
+// Variables Airlock reads its declarations from: job variables here (see
+// package job for their syntax, shared with GitHub's job-level env).
+// Example: AIRLOCK_SECRETS: "deploy_token, npm:NPM_TOKEN@proxy kubeconfig@file".
 const (
-	// SecretsVariable declares the credentials the job needs: entries
-	// separated by commas or white space, each NAME[:VAR][@DELIVERY]:
-	// NAME is the secret's name in Airlock's store, VAR the variable the job
-	// reads it from (default: NAME upper-cased, other characters as '_'),
-	// DELIVERY env, file or proxy (default: as the grant says). Example:
-	//   AIRLOCK_SECRETS: "deploy_token, npm:NPM_TOKEN@proxy kubeconfig@file"
-	SecretsVariable = "AIRLOCK_SECRETS"
-	// EgressVariable declares the job's egress: entries separated by commas
-	// or white space, in netpolicy's syntax (e.g. "api.example.com:443").
-	EgressVariable = "AIRLOCK_EGRESS"
+	SecretsVariable = job.SecretsVariable
+	EgressVariable  = job.EgressVariable
 )
 
 // Step names GitLab sends.
@@ -61,9 +54,11 @@ func (r *JobResponse) ToJob() (*job.Job, error) {
 	if len(r.Run) > 0 && string(r.Run) != "null" && string(r.Run) != `""` {
 		add("run: CI steps (run:) are not supported by Airlock; use script")
 	}
-	if len(r.Services) > 0 {
-		add("services: %d service(s) requested; services are not supported by Airlock", len(r.Services))
+	if _, serrs := r.parseSecrets(); len(serrs) > 0 {
+		errs = append(errs, serrs...)
 	}
+	errs = append(errs, r.checkPipeline()...)
+	errs = append(errs, r.checkSources()...)
 
 	j := &job.Job{
 		ID:     strconv.FormatInt(r.ID, 10),
@@ -72,10 +67,18 @@ func (r *JobResponse) ToJob() (*job.Job, error) {
 		Ref:    r.GitInfo.Ref,
 		SHA:    r.GitInfo.SHA,
 		Image:  strings.TrimSpace(r.Image.Name),
+		// What the change adds is scanned for leaked keys: from the
+		// merge request's diff base, else the push's before_sha.
+		BeforeSHA: r.GitInfo.BeforeSHA,
+	}
+	for _, v := range r.Variables {
+		if v.Key == "CI_MERGE_REQUEST_DIFF_BASE_SHA" && v.Value != "" {
+			j.BeforeSHA = v.Value
+		}
 	}
 	j.Repo = strings.Trim(r.JobInfo.ProjectFullPath, "/")
 	if j.Repo == "" {
-		j.Repo = repoPath(r.GitInfo.RepoURL)
+		j.Repo = job.RepoPath(r.GitInfo.RepoURL)
 	}
 	if j.Repo == "" {
 		add("job_info.project_full_path: missing, and git_info.repo_url names no project")
@@ -94,6 +97,7 @@ func (r *JobResponse) ToJob() (*job.Job, error) {
 		j.Timeout = time.Duration(t) * time.Second
 	}
 
+	errs = append(errs, r.convertServices(j)...)
 	errs = append(errs, r.convertSteps(j)...)
 	errs = append(errs, r.convertVariables(j)...)
 
@@ -175,6 +179,10 @@ func (r *JobResponse) convertSteps(j *job.Job) []error {
 	if total > maxScriptBytes {
 		add("steps: %d bytes of script, at most %d", total, maxScriptBytes)
 	}
+	if post := r.postSourcesScript(); len(post) > 0 && hasScript {
+		// Inside the sandbox, once the sources are in place.
+		j.Steps = append([]job.Step{{Name: HookPostGetSources, Script: append([]string(nil), post...), When: job.OnSuccess}}, j.Steps...)
+	}
 	if !hasScript && len(errs) == 0 {
 		add("steps: no script step")
 	}
@@ -244,57 +252,11 @@ func (r *JobResponse) convertVariables(j *job.Job) []error {
 	return errs
 }
 
-// ParseSecrets parses the AIRLOCK_SECRETS syntax (see SecretsVariable).
-func ParseSecrets(s string) ([]job.SecretRequest, error) {
-	if len(s) > maxDeclaredLen {
-		return nil, fmt.Errorf("longer than %d bytes", maxDeclaredLen)
-	}
-	var out []job.SecretRequest
-	var errs []error
-	for i, e := range splitList(s) {
-		rest := e
-		var req job.SecretRequest
-		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
-			req.Delivery = job.Delivery(rest[at+1:])
-			rest = rest[:at]
-			if req.Delivery == "" || !req.Delivery.Valid() {
-				errs = append(errs, fmt.Errorf("entry %d %q: delivery must be env, file or proxy", i, truncate(e)))
-				continue
-			}
-		}
-		if colon := strings.IndexByte(rest, ':'); colon >= 0 {
-			req.Var = rest[colon+1:]
-			rest = rest[:colon]
-			if !job.ValidVarName(req.Var) {
-				errs = append(errs, fmt.Errorf("entry %d %q: %q is not a valid variable name", i, truncate(e), truncate(req.Var)))
-				continue
-			}
-		}
-		req.Name = rest
-		if !job.ValidSecretName(req.Name) {
-			errs = append(errs, fmt.Errorf("entry %d %q: want NAME[:VAR][@env|file|proxy] with NAME of letters, digits, '.', '_', '-'", i, truncate(e)))
-			continue
-		}
-		out = append(out, req)
-	}
-	return out, errors.Join(errs...)
-}
+// ParseSecrets parses the AIRLOCK_SECRETS syntax (job.ParseSecrets).
+func ParseSecrets(s string) ([]job.SecretRequest, error) { return job.ParseSecrets(s) }
 
 // splitList splits on commas and white space, dropping empty entries.
-func splitList(s string) []string {
-	return strings.FieldsFunc(s, func(r rune) bool {
-		return r == ',' || r == ' ' || r == '\t' || r == '\n' || r == '\r'
-	})
-}
-
-// repoPath returns "group/project" from a clone URL, without credentials.
-func repoPath(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" {
-		return ""
-	}
-	return strings.TrimSuffix(strings.Trim(u.Path, "/"), ".git")
-}
+func splitList(s string) []string { return job.SplitList(s) }
 
 func cleanText(s string) bool {
 	for _, r := range s {

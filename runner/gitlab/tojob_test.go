@@ -26,7 +26,11 @@ func TestToJobExample(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ParseJobResponse() = %v", err)
 	}
+	// GitLab secrets: are refused (TestToJobRefusesUnsupported); convert the rest.
+	secrets := resp.Secrets
+	resp.Secrets = nil
 	j, err := resp.ToJob()
+	resp.Secrets = secrets
 	if err != nil {
 		t.Fatalf("ToJob() = %v", err)
 	}
@@ -40,6 +44,7 @@ func TestToJobExample(t *testing.T) {
 		Protected:   true,
 		Environment: "staging",
 		Image:       "alpine:3.20",
+		BeforeSHA:   "0000000000000000000000000000000000000000",
 		Steps: []job.Step{
 			{Name: "script", Script: []string{"./deploy.sh --env staging"}, When: job.OnSuccess, Timeout: time.Hour},
 			{Name: "after_script", Script: []string{"echo cleanup"}, When: job.Always, Timeout: 5 * time.Minute, AllowFailure: true},
@@ -98,6 +103,7 @@ func mutate(t *testing.T, f func(m map[string]any)) []byte {
 	if err := json.Unmarshal(examplePayload(t), &m); err != nil {
 		t.Fatal(err)
 	}
+	delete(m, "secrets") // refused; see TestToJobRefusesUnsupported
 	f(m)
 	b, err := json.Marshal(m)
 	if err != nil {
@@ -195,9 +201,9 @@ func TestToJobMalformed(t *testing.T) {
 		{"secret clashes with a variable", func(t *testing.T) []byte {
 			return mutate(t, func(m map[string]any) { setVar(m, "AIRLOCK_SECRETS", "x:REGISTRY_PASSWORD") })
 		}, "clashes"},
-		{"services", func(t *testing.T) []byte {
-			return mutate(t, func(m map[string]any) { m["services"] = []any{map[string]any{"name": "postgres"}} })
-		}, "services are not supported"},
+		{"service with a bad alias", func(t *testing.T) []byte {
+			return mutate(t, func(m map[string]any) { m["services"] = []any{map[string]any{"name": "postgres", "alias": "db;rm"}} })
+		}, "not a valid host name"},
 		{"CI steps", func(t *testing.T) []byte { return mutate(t, func(m map[string]any) { m["run"] = `[{"name":"x"}]` }) }, "run:"},
 		{"no project", func(t *testing.T) []byte {
 			return mutate(t, func(m map[string]any) {
@@ -322,4 +328,29 @@ func FuzzToJob(f *testing.F) {
 			t.Fatalf("ToJob() = id %q source %q timeout %s", j.ID, j.Source, j.Timeout)
 		}
 	})
+}
+
+func TestToJobChangeBase(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		vars []JobVariable
+		want string
+	}{
+		{"push", nil, "1111111111111111111111111111111111111111"},
+		{"merge request", []JobVariable{{Key: "CI_MERGE_REQUEST_DIFF_BASE_SHA", Value: "2222222222222222222222222222222222222222"}}, "2222222222222222222222222222222222222222"},
+	} {
+		resp, err := ParseJobResponse(examplePayload(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.GitInfo.BeforeSHA = "1111111111111111111111111111111111111111"
+		resp.Variables = append(resp.Variables, tc.vars...)
+		j, err := resp.ToJob()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.BeforeSHA != tc.want {
+			t.Errorf("%s: BeforeSHA = %q, want %q (the leak scan's base)", tc.name, j.BeforeSHA, tc.want)
+		}
+	}
 }

@@ -13,16 +13,18 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/airlock-ci/airlock/internal/logstream"
 )
 
 const (
-	maxTraceChunk       = 1 << 20 // bytes per PATCH
-	defaultTraceLimit   = 4 << 20 // gitlab-runner's output_limit default
-	defaultTraceEvery   = 3 * time.Second
-	defaultKeepAlive    = 30 * time.Second
-	minServerInterval   = time.Second
-	maxConsecutive416   = 8
-	traceTruncateNotice = "\n[airlock] job log exceeded %d bytes; further output is not sent to GitLab\n"
+	maxTraceChunk     = 1 << 20 // bytes per PATCH
+	defaultTraceLimit = 4 << 20 // gitlab-runner's output_limit default
+	defaultTraceEvery = 3 * time.Second
+	defaultKeepAlive  = 30 * time.Second
+	minServerInterval = time.Second
+	// traceTruncateNotice is gitlab-runner's, word for word.
+	traceTruncateNotice = "\n\x1b[33;1mJob's log exceeded limit of %d bytes.\nJob execution will continue but no more output will be collected.\x1b[0;m\n"
 )
 
 // Job statuses GitLab reports in the Job-Status header.
@@ -56,39 +58,44 @@ type TraceOptions struct {
 	// the job canceled or failed, or the job is gone (403/404): stop
 	// everything now; Finish will then fail with ErrJobGone.
 	OnAbort func(status string)
-	Logger  hclog.Logger
+	// Resume continues a trace GitLab holds already (a job a crashed run
+	// left): the writer appends at Resume.Size instead of rewriting the
+	// log from offset 0.
+	Resume TraceProgress
+	// OnProgress, if set, is called (in the sending goroutine) whenever
+	// GitLab acknowledged more of the trace, so that it can be journaled
+	// for Resume.
+	OnProgress func(TraceProgress)
+	Logger     hclog.Logger
+}
+
+// TraceProgress is how much of a job's trace GitLab acknowledged: its
+// size and the CRC32 (IEEE) of those bytes.
+type TraceProgress struct {
+	Size int64  `json:"size,omitempty"`
+	CRC  uint32 `json:"crc,omitempty"`
 }
 
 // TraceWriter streams a job's log to GitLab (PATCH /jobs/:id/trace) and
-// reports its final state. Write never blocks on the network: output is
-// buffered and sent in chunks of at most 1 MiB by Start's goroutine, by
-// Flush, and by Finish. Write, Flush and Checksum are safe for concurrent
-// use; Finish is called once, last. Put it behind the masker: what is
-// written here reaches GitLab as is.
+// reports its final state. It is a logstream.Streamer whose upload is the
+// PATCH: Write never blocks on the network; output is sent in chunks of at
+// most 1 MiB by Start's goroutine, by Flush, and by Finish. Write, Flush
+// and Checksum are safe for concurrent use; Finish is called once, last.
+// Put it behind the masker: what is written here reaches GitLab as is.
 type TraceWriter struct {
 	c     *Client
 	id    int64
 	token string
 	opts  TraceOptions
 	log   hclog.Logger
+	s     *logstream.Streamer
 
 	mu        sync.Mutex
-	buf       []byte // everything written and kept, sent or not
-	sent      int    // bytes GitLab holds: buf[:sent]
-	truncated bool
-	closed    bool
-	tooLarge  bool
 	gone      bool
 	finishing bool
-	interval  time.Duration
-	lastSend  time.Time
 
-	sendMu     sync.Mutex // one sender at a time
 	cancelOnce sync.Once
 	abortOnce  sync.Once
-	stopOnce   sync.Once
-	stop       chan struct{}
-	done       chan struct{}
 }
 
 // NewTraceWriter returns the trace of job id, authenticated with its job
@@ -107,144 +114,100 @@ func (c *Client) NewTraceWriter(id int64, token string, o TraceOptions) *TraceWr
 	if log == nil {
 		log = c.log
 	}
-	return &TraceWriter{
-		c: c, id: id, token: token, opts: o,
-		log:      log.With("job", id),
-		interval: o.Interval,
-		lastSend: time.Now(),
-		stop:     make(chan struct{}),
+	t := &TraceWriter{c: c, id: id, token: token, opts: o, log: log.With("job", id)}
+	t.s = logstream.New(t.patch, logstream.Options{
+		Limit:     o.Limit,
+		Notice:    traceTruncateNotice,
+		MaxChunk:  maxTraceChunk,
+		Interval:  o.Interval,
+		KeepAlive: o.KeepAlive,
+		OnIdle:    t.idle,
+		OnAck:     t.acked,
+		Base:      o.Resume.Size,
+		Logger:    t.log,
+	})
+	return t
+}
+
+// Write buffers p for sending. It fails only after Finish.
+func (t *TraceWriter) Write(p []byte) (int, error) {
+	n, err := t.s.Write(p)
+	if errors.Is(err, logstream.ErrClosed) {
+		return n, errTraceClosed
 	}
+	return n, err
 }
 
 var errTraceClosed = errors.New("job trace already finished")
 
-// Write buffers p for sending. It fails only after Finish.
-func (t *TraceWriter) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return 0, errTraceClosed
-	}
-	if t.truncated {
-		return len(p), nil
-	}
-	room := t.opts.Limit - int64(len(t.buf))
-	if int64(len(p)) > room {
-		t.buf = append(t.buf, p[:max(room, 0)]...)
-		t.buf = append(t.buf, fmt.Sprintf(traceTruncateNotice, t.opts.Limit)...)
-		t.truncated = true
-		return len(p), nil
-	}
-	t.buf = append(t.buf, p...)
-	return len(p), nil
-}
-
 // Checksum returns the CRC32 (IEEE) and size of exactly the bytes GitLab
 // acknowledged holding.
 func (t *TraceWriter) Checksum() (uint32, int64) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return crc32.ChecksumIEEE(t.buf[:t.sent]), int64(t.sent)
+	p := t.progress()
+	return p.CRC, p.Size
+}
+
+func (t *TraceWriter) progress() TraceProgress {
+	off, kept := t.s.Acked()
+	return TraceProgress{Size: off, CRC: crc32.Update(t.opts.Resume.CRC, crc32.IEEETable, kept)}
+}
+
+func (t *TraceWriter) acked(int64) {
+	if t.opts.OnProgress != nil {
+		t.opts.OnProgress(t.progress())
+	}
 }
 
 // Start sends the trace every interval and touches the job when idle,
 // until Finish or ctx ends. Call it at most once.
-func (t *TraceWriter) Start(ctx context.Context) {
-	t.done = make(chan struct{})
-	go t.loop(ctx)
-}
+func (t *TraceWriter) Start(ctx context.Context) { t.s.Start(ctx) }
 
-func (t *TraceWriter) loop(ctx context.Context) {
-	defer close(t.done)
-	for {
-		t.mu.Lock()
-		wait := t.interval
-		t.mu.Unlock()
-		timer := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return
-		case <-t.stop:
-			timer.Stop()
-			return
-		case <-timer.C:
-		}
-		err := t.Flush(ctx)
-		switch {
-		case errors.Is(err, ErrJobGone):
-			return
-		case errors.Is(err, ErrTraceTooLarge):
-		case err != nil:
-			t.log.Debug("sending job trace failed; will retry", "error", err)
-		}
-		t.mu.Lock()
-		idle := time.Since(t.lastSend) >= t.opts.KeepAlive
-		t.mu.Unlock()
-		if idle {
-			if err := t.touch(ctx); errors.Is(err, ErrJobGone) {
-				return
-			} else if err != nil {
-				t.log.Debug("touching job failed; will retry", "error", err)
-			}
-		}
+// idle touches the job while its log is quiet.
+func (t *TraceWriter) idle(ctx context.Context) error {
+	t.mu.Lock()
+	gone := t.gone
+	t.mu.Unlock()
+	if gone {
+		return logstream.Permanent(ErrJobGone)
 	}
-}
-
-func (t *TraceWriter) stopLoop() {
-	t.stopOnce.Do(func() { close(t.stop) })
-	if t.done != nil {
-		<-t.done
+	err := t.touch(ctx)
+	if errors.Is(err, ErrJobGone) {
+		return logstream.Permanent(err)
 	}
+	return err
 }
 
 // Flush sends everything buffered. It returns ErrTraceTooLarge once GitLab
 // refused more trace, an error wrapping ErrJobGone when the job is gone,
 // and a retryable *APIError on transient failures.
 func (t *TraceWriter) Flush(ctx context.Context) error {
-	t.sendMu.Lock()
-	defer t.sendMu.Unlock()
-	for n416 := 0; ; {
-		t.mu.Lock()
-		if t.gone {
-			t.mu.Unlock()
-			return fmt.Errorf("sending trace of job %d: %w", t.id, ErrJobGone)
-		}
-		if t.tooLarge {
-			t.mu.Unlock()
-			return ErrTraceTooLarge
-		}
-		start := t.sent
-		end := min(len(t.buf), start+maxTraceChunk)
-		chunk := t.buf[start:end] // never rewritten: Write only appends
-		total := len(t.buf)
-		t.mu.Unlock()
-		if start >= total {
-			return nil
-		}
-		got, err := t.patch(ctx, start, chunk, total)
-		if err != nil {
-			return err
-		}
-		if got < 0 { // 416 or no progress
-			if n416++; n416 > maxConsecutive416 {
-				return fmt.Errorf("sending trace of job %d: GitLab keeps refusing the range", t.id)
-			}
-		} else {
-			n416 = 0
-		}
+	err := t.s.Flush(ctx)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrTraceTooLarge):
+		return ErrTraceTooLarge
+	case errors.Is(err, ErrJobGone):
+		return fmt.Errorf("sending trace of job %d: %w", t.id, err)
 	}
+	return err
 }
 
-// patch sends one chunk at offset start. It returns the new acknowledged
-// size, or -1 after a 416 or an answer without progress (the size was reset
-// to what GitLab holds).
-func (t *TraceWriter) patch(ctx context.Context, start int, chunk []byte, total int) (int, error) {
+// patch sends one chunk at offset start (the streamer's Upload) and
+// returns the size GitLab holds afterwards: after a 416 it is the size
+// GitLab says it holds, from which the streamer resends.
+func (t *TraceWriter) patch(ctx context.Context, start int64, chunk []byte) (int64, error) {
 	op := fmt.Sprintf("sending trace of job %d", t.id)
+	t.mu.Lock()
+	gone := t.gone
+	t.mu.Unlock()
+	if gone {
+		return 0, logstream.Permanent(&APIError{Op: op, Status: http.StatusNotFound, Err: ErrJobGone})
+	}
 	r, err := t.c.do(ctx, call{
 		op: op, method: http.MethodPatch, url: t.c.endpoint(fmt.Sprintf("/jobs/%d/trace", t.id)),
 		raw: bytes.NewReader(chunk), ctype: "text/plain", jobToken: t.token,
-		header: map[string]string{"Content-Range": fmt.Sprintf("%d-%d", start, start+len(chunk)-1)},
+		header: map[string]string{"Content-Range": fmt.Sprintf("%d-%d", start, start+int64(len(chunk))-1)},
 	})
 	if err != nil {
 		return 0, err
@@ -252,48 +215,32 @@ func (t *TraceWriter) patch(ctx context.Context, start int, chunk []byte, total 
 	t.observe(r)
 	switch r.status {
 	case http.StatusAccepted, http.StatusOK:
-		n := start + len(chunk)
+		n := start + int64(len(chunk))
 		if end, ok := rangeEnd(r.header.Get("Range")); ok {
-			if end > total {
-				return 0, fmt.Errorf("%s: GitLab claims %d bytes, only %d were written", op, end, total)
+			if int64(end) > n {
+				return 0, fmt.Errorf("%s: GitLab claims %d bytes, only %d were written", op, end, n)
 			}
-			n = end
-		}
-		t.mu.Lock()
-		t.sent = n
-		t.lastSend = time.Now()
-		t.mu.Unlock()
-		if n <= start {
-			return -1, nil // no progress: bounded like a 416
+			n = int64(end)
 		}
 		return n, nil
 	case http.StatusRequestedRangeNotSatisfiable:
 		end, ok := rangeEnd(r.header.Get("Range"))
-		if !ok || end > total {
+		if !ok || int64(end) > start+int64(len(chunk)) {
 			return 0, &APIError{Op: op, Status: r.status, Err: errors.New("no usable Range header to resume from")}
 		}
 		t.log.Debug("resuming trace", "from", end)
-		t.mu.Lock()
-		t.sent = end
-		t.mu.Unlock()
-		return -1, nil
+		return int64(end), nil
 	case http.StatusForbidden:
 		status := r.header.Get("Job-Status")
 		if status == JobStatusRunning || status == JobStatusCanceling {
-			t.mu.Lock()
-			first := !t.tooLarge
-			t.tooLarge = true
-			t.mu.Unlock()
-			if first {
-				t.log.Warn("GitLab refused more job log (size limit); output is no longer sent")
-			}
-			return 0, ErrTraceTooLarge
+			t.log.Warn("GitLab refused more job log (size limit); output is no longer sent")
+			return 0, logstream.Permanent(ErrTraceTooLarge)
 		}
 		t.jobGone(status)
-		return 0, &APIError{Op: op, Status: r.status, Err: ErrJobGone}
+		return 0, logstream.Permanent(&APIError{Op: op, Status: r.status, Err: ErrJobGone})
 	case http.StatusNotFound:
 		t.jobGone("")
-		return 0, &APIError{Op: op, Status: r.status, Err: ErrJobGone}
+		return 0, logstream.Permanent(&APIError{Op: op, Status: r.status, Err: ErrJobGone})
 	}
 	return 0, unexpected(op, r)
 }
@@ -302,10 +249,7 @@ func (t *TraceWriter) patch(ctx context.Context, start int, chunk []byte, total 
 func (t *TraceWriter) observe(r *response) {
 	if v := r.header.Get("X-GitLab-Trace-Update-Interval"); v != "" {
 		if s, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil && s > 0 {
-			d := min(max(time.Duration(min(s, int64(maxServerWait/time.Second)))*time.Second, minServerInterval), maxServerWait)
-			t.mu.Lock()
-			t.interval = d
-			t.mu.Unlock()
+			t.s.SetInterval(min(max(time.Duration(min(s, int64(maxServerWait/time.Second)))*time.Second, minServerInterval), maxServerWait))
 		}
 	}
 	t.mu.Lock()

@@ -231,7 +231,7 @@ func TestTraceKeepAlive(t *testing.T) {
 		t.Fatal("no PUT state=running while the job was silent")
 	}
 	cancel()
-	tw.stopLoop()
+	tw.s.Stop()
 	for _, r := range fake.RequestsTo("PUT", fmt.Sprintf("/api/v4/jobs/%d", j.ID)) {
 		if !strings.Contains(string(r.Body), `"state":"running"`) {
 			t.Errorf("touch body = %s, want state running", r.Body)
@@ -254,7 +254,26 @@ func TestTraceLimitTruncates(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := fake.Trace(j.ID)
-	if !bytes.HasPrefix(got, data[:1000]) || !strings.Contains(string(got[1000:]), "exceeded 1000 bytes") {
-		t.Errorf("trace = %q..., want the first 1000 bytes and a notice", got[min(len(got), 990):])
+	notice := "\n\x1b[33;1mJob's log exceeded limit of 1000 bytes.\nJob execution will continue but no more output will be collected.\x1b[0;m\n"
+	if !bytes.HasPrefix(got, data[:1000]) || string(got[1000:]) != notice {
+		t.Errorf("trace = %q..., want the first 1000 bytes and GitLab's notice", got[min(len(got), 990):])
+	}
+	// The final update's checksum covers exactly the kept bytes.
+	if st := fake.Job(j.ID); st.Checksum != fmt.Sprintf("crc32:%08x", crc32.ChecksumIEEE(got)) || st.Bytesize != int64(len(got)) {
+		t.Errorf("final checksum %s size %d, want crc32 of the %d kept bytes", st.Checksum, st.Bytesize, len(got))
+	}
+}
+
+func TestTraceLimitNeverSplitsUTF8(t *testing.T) {
+	fake := newRunnerFake(t)
+	c, _ := newTestClient(t, fake)
+	j := startJob(t, fake, c, fakegitlab.JobSpec{})
+	tw := c.NewTraceWriter(j.ID, j.Token, TraceOptions{Limit: 10})
+	tw.Write([]byte("abcdefghi\u00e9tail")) // é straddles byte 10
+	if err := tw.Finish(testCtx(t), FinalState{State: StateSuccess}); err != nil {
+		t.Fatal(err)
+	}
+	if got := fake.Trace(j.ID); !bytes.HasPrefix(got, []byte("abcdefghi\n")) {
+		t.Errorf("trace = %q, want the cut before the two-byte rune", got)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/versions"
 	"github.com/docker/docker/client"
 )
@@ -70,7 +71,7 @@ func checkDocker(ctx context.Context, host, image string) []Result {
 	switch _, err := cli.ImageInspect(ctx, image); {
 	case err == nil:
 		img.Detail = image + " present"
-	case client.IsErrNotFound(err):
+	case cerrdefs.IsNotFound(err):
 		img.Status = Info
 		img.Detail = image + " not present (only the tests and the demo job use it)"
 		img.Fix = "make testimage (in the source tree)"

@@ -154,8 +154,9 @@ func Run(ctx context.Context, e *Env, o Options) []Result {
 	}
 	rs := []Result{cfgRes, checkRoot(e), checkNetNS(e)}
 	rs = append(rs, checkKernel(ctx, e)...)
-	rs = append(rs, checkIPTablesTools(e), checkIPTablesBackend(ctx, e))
+	rs = append(rs, checkIPTablesTools(e), checkIPTablesBackend(ctx, e), checkFirewall(ctx, e, cfg.Network.Firewall))
 	rs = append(rs, checkDocker(ctx, cfg.Docker.Host, o.TestImage)...)
+	rs = append(rs, checkContainerd(ctx, e, cfg.Containerd, cfg.ExecutorName() == config.ExecutorContainerd)...)
 	rs = append(rs, checkStateDir(e, cfg.StateDir))
 	for _, name := range o.KeyFiles {
 		rs = append(rs, checkKeyFile(e, filepath.Join(cfg.StateDir, name)))

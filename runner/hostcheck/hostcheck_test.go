@@ -16,8 +16,9 @@ func TestRunFakeHost(t *testing.T) {
 		paths: map[string]bool{"iptables": true, "ip6tables": true, "iptables-restore": true,
 			"ip6tables-restore": true, "iptables-nft-save": true},
 		outs: map[string]fakeOut{
-			"iptables --version": {out: "iptables v1.8.9 (nf_tables)\n"},
-			"iptables-nft-save":  {out: saveWithDocker},
+			"iptables --version":             {out: "iptables v1.8.9 (nf_tables)\n"},
+			"iptables-nft-save":              {out: saveWithDocker},
+			"iptables -w -t filter -S INPUT": {out: "-P INPUT ACCEPT\n"},
 		},
 	}
 	e := fakeEnv(t, cmd)
@@ -41,7 +42,7 @@ func TestRunFakeHost(t *testing.T) {
 		names = append(names, r.Name)
 	}
 	want := []string{"config", "root", "network namespaces", "veth", "ipv6 sysctls", "ping_group_range",
-		"iptables tools", "iptables backend", "docker", "test image", "state dir", "state.key", "audit.key",
+		"iptables tools", "iptables backend", "firewall", "docker", "test image", "containerd", "state dir", "state.key", "audit.key",
 		"runtime dir", "clock"}
 	if !reflect.DeepEqual(names, want) {
 		t.Fatalf("Run names = %q, want %q", names, want)
@@ -56,6 +57,8 @@ func TestRunFakeHost(t *testing.T) {
 			wantResult(t, r, OK, "/var/lib/override/audit.key", "")
 		case "runtime dir":
 			wantResult(t, r, OK, "tmpfs", "")
+		case "containerd":
+			wantResult(t, r, Info, "not used (executor = docker); no socket", "[containerd] address")
 		default:
 			wantResult(t, r, OK, "", "")
 		}
@@ -66,7 +69,7 @@ func TestRunFakeHost(t *testing.T) {
 	if !Failed(append(rs, Result{Name: "x", Status: Fail})) {
 		t.Errorf("Failed with a Fail result = false, want true")
 	}
-	if got := strings.Join(cmd.calls, "; "); got != "iptables --version; iptables-nft-save" {
+	if got := strings.Join(cmd.calls, "; "); got != "iptables --version; iptables-nft-save; iptables --version; iptables -w -t filter -S INPUT" {
 		t.Errorf("commands run = %q", got)
 	}
 }

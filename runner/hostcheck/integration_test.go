@@ -43,7 +43,7 @@ func TestRunRealHost(t *testing.T) {
 		got[r.Name] = r
 	}
 	for _, name := range []string{"config", "root", "network namespaces", "veth", "ping_group_range",
-		"iptables tools", "docker", "state dir", "state.key", "audit.key"} {
+		"iptables tools", "firewall", "docker", "state dir", "state.key", "audit.key"} {
 		r, ok := got[name]
 		if !ok {
 			t.Errorf("no %q result", name)

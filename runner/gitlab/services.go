@@ -1,0 +1,102 @@
+package gitlab
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/airlock-ci/airlock/runner/job"
+)
+
+// maxServices bounds a job's services (gitlab-runner's services_limit is
+// unlimited by default; a bound keeps a payload from starting hundreds).
+const maxServices = 16
+
+// convertServices turns services: into job services with every alias
+// GitLab defines: the user's (split on commas and white space) and the
+// two derived from the image name (research §6). An alias an earlier
+// service took is skipped.
+func (r *JobResponse) convertServices(j *job.Job) []error {
+	var errs []error
+	if len(r.Services) > maxServices {
+		return []error{fmt.Errorf("services: %d services, at most %d", len(r.Services), maxServices)}
+	}
+	vars := map[string]string{}
+	for _, v := range r.Variables {
+		vars[v.Key] = v.Value
+	}
+	expand := func(s string) string { return os.Expand(s, func(k string) string { return vars[k] }) }
+	taken := map[string]bool{}
+	for i, s := range r.Services {
+		name := strings.TrimSpace(expand(s.Name))
+		if name == "" || !cleanText(name) || strings.ContainsAny(name, " \t") {
+			errs = append(errs, fmt.Errorf("services[%d].name: missing or not an image name", i))
+			continue
+		}
+		svc := job.Service{Image: name, Entrypoint: s.Entrypoint, Command: s.Command}
+		if len(svc.Entrypoint) == 0 {
+			svc.Entrypoint = nil
+		}
+		if len(svc.Command) == 0 {
+			svc.Command = nil
+		}
+		candidates := splitList(expand(s.Alias))
+		candidates = append(candidates, ServiceAliases(name)...)
+		for _, a := range candidates {
+			if !validHostName(a) {
+				errs = append(errs, fmt.Errorf("services[%d].alias %q: not a valid host name", i, truncate(a)))
+				continue
+			}
+			if !taken[a] {
+				taken[a] = true
+				svc.Aliases = append(svc.Aliases, a)
+			}
+		}
+		for k, v := range s.Variables {
+			if !job.ValidVarName(v.Key) {
+				errs = append(errs, fmt.Errorf("services[%d].variables[%d] %q: not a valid variable name", i, k, truncate(v.Key)))
+				continue
+			}
+			svc.Variables = append(svc.Variables, job.Variable{Key: v.Key, Value: expand(v.Value), Public: true})
+		}
+		j.Services = append(j.Services, svc)
+	}
+	return errs
+}
+
+// ServiceAliases are the names GitLab derives from a service image: tag,
+// digest and registry port dropped, "/" replaced by "__", and by "-" as a
+// second name when that differs.
+func ServiceAliases(image string) []string {
+	name := image
+	if i := strings.IndexByte(name, '@'); i >= 0 {
+		name = name[:i]
+	}
+	if i := strings.LastIndexByte(name, ':'); i >= 0 && !strings.Contains(name[i:], "/") {
+		name = name[:i]
+	}
+	if first, rest, ok := strings.Cut(name, "/"); ok {
+		if host, _, hasPort := strings.Cut(first, ":"); hasPort {
+			name = host + "/" + rest
+		}
+	}
+	a := strings.ReplaceAll(name, "/", "__")
+	out := []string{a}
+	if b := strings.ReplaceAll(name, "/", "-"); b != a {
+		out = append(out, b)
+	}
+	return out
+}
+
+// validHostName: letters, digits, '-', '_', '.'; what /etc/hosts takes.
+func validHostName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,157 @@
+package gitlab
+
+import (
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+
+	"github.com/airlock-ci/airlock/runner/checkout"
+)
+
+// Hook names GitLab sends in hooks[].
+const (
+	HookPreGetSources  = "pre_get_sources_script"
+	HookPostGetSources = "post_get_sources_script"
+)
+
+func (r *JobResponse) variable(key string) (string, bool) {
+	val, ok := "", false
+	for _, v := range r.Variables {
+		if v.Key == key {
+			val, ok = v.Value, true
+		}
+	}
+	return strings.TrimSpace(val), ok
+}
+
+// GitStrategy is the job's GIT_STRATEGY: clone, fetch, none or empty;
+// unset or unknown gives fetch when GitLab allows it, else clone (as
+// gitlab-runner, which warns about an unknown value).
+func (r *JobResponse) GitStrategy() string {
+	v, _ := r.variable("GIT_STRATEGY")
+	switch v = strings.ToLower(v); v {
+	case "clone", "fetch", "none", "empty":
+		return v
+	}
+	if r.AllowGitFetch {
+		return "fetch"
+	}
+	return "clone"
+}
+
+// CheckoutSpec is the host-side checkout the job asks for; ok is false
+// for GIT_STRATEGY none and empty (a fresh, empty workspace: Airlock's
+// workspaces never outlive a job, so the two are the same). fetch uses
+// the per-project cache under cacheDir when there is one. GIT_CLEAN_FLAGS
+// has nothing to clean in a fresh workspace.
+func (r *JobResponse) CheckoutSpec(cacheDir string) (checkout.Spec, bool) {
+	strategy := r.GitStrategy()
+	if strategy == "none" || strategy == "empty" {
+		return checkout.Spec{}, false
+	}
+	depth := r.GitInfo.Depth
+	if v, ok := r.variable("GIT_DEPTH"); ok {
+		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+			depth = n
+		}
+	}
+	spec := checkout.Spec{
+		RepoURL:  r.GitInfo.RepoURL,
+		Ref:      r.GitInfo.Ref,
+		RefType:  r.GitInfo.RefType,
+		SHA:      r.GitInfo.SHA,
+		Refspecs: r.GitInfo.Refspecs,
+		Depth:    depth,
+		Username: "gitlab-ci-token",
+		Token:    r.Token,
+	}
+	if strategy == "fetch" {
+		spec.CacheDir = cacheDir
+	}
+	spec.Submodules, _ = r.variable("GIT_SUBMODULE_STRATEGY")
+	spec.Submodules = strings.ToLower(spec.Submodules)
+	if v, ok := r.variable("GIT_SUBMODULE_UPDATE_FLAGS"); ok {
+		spec.SubmoduleFlags = strings.Fields(v)
+	}
+	if v, ok := r.variable("GIT_SUBMODULE_DEPTH"); ok {
+		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+			spec.SubmoduleDepth = n
+		}
+	}
+	return spec, true
+}
+
+// checkSources refuses what Airlock cannot do of the job's sources,
+// naming the keyword.
+func (r *JobResponse) checkSources() []error {
+	var errs []error
+	for _, h := range r.Hooks {
+		switch h.Name {
+		case HookPreGetSources:
+			if len(h.Script) > 0 && r.GitStrategy() != "none" && r.GitStrategy() != "empty" {
+				errs = append(errs, fmt.Errorf("hooks: %s is not supported by Airlock: sources are fetched on the host before the job's container runs anything (use post_get_sources_script or the script)", HookPreGetSources))
+			}
+		case HookPostGetSources:
+		default:
+			errs = append(errs, fmt.Errorf("hooks: %q is not supported by Airlock", truncate(h.Name)))
+		}
+	}
+	switch v, _ := r.variable("GIT_SUBMODULE_STRATEGY"); strings.ToLower(v) {
+	case "", "none", "normal", "recursive":
+	default:
+		errs = append(errs, fmt.Errorf("variable GIT_SUBMODULE_STRATEGY %q: must be none, normal or recursive", truncate(v)))
+	}
+	if v, _ := r.variable("GIT_SUBMODULE_PATHS"); v != "" {
+		errs = append(errs, fmt.Errorf("variable GIT_SUBMODULE_PATHS is not supported by Airlock"))
+	}
+	// Steps are exec'd into a container whose entrypoint is Airlock's idle
+	// process: the image's ENTRYPOINT never runs. Clearing it ([""]) or
+	// naming a plain shell (["/bin/sh", "-c"]) is what a job gets anyway;
+	// anything else would be ignored, so it is refused.
+	if !shellEntrypoint(r.Image.Entrypoint) {
+		errs = append(errs, fmt.Errorf("image.entrypoint %q is not supported by Airlock: steps are executed by a shell directly, the image's entrypoint never runs (accepted: [\"\"] or a shell such as [\"/bin/sh\", \"-c\"])", truncate(strings.Join(r.Image.Entrypoint, " "))))
+	}
+	if v, _ := r.variable("GIT_CHECKOUT"); strings.EqualFold(v, "false") {
+		errs = append(errs, fmt.Errorf("variable GIT_CHECKOUT=false is not supported by Airlock"))
+	}
+	return errs
+}
+
+// postSourcesScript is the job's post_get_sources_script, run inside the
+// sandbox as the first step (after the sources are in place); none for
+// GIT_STRATEGY none and empty.
+func (r *JobResponse) postSourcesScript() []string {
+	if s := r.GitStrategy(); s == "none" || s == "empty" {
+		return nil
+	}
+	for _, h := range r.Hooks {
+		if h.Name == HookPostGetSources {
+			return h.Script
+		}
+	}
+	return nil
+}
+
+// shellEntrypoint: none, cleared, or a plain shell with at most -c/-l.
+func shellEntrypoint(ep []string) bool {
+	if len(ep) == 0 || (len(ep) == 1 && ep[0] == "") {
+		return true
+	}
+	if len(ep) > 2 {
+		return false
+	}
+	switch path.Base(ep[0]) {
+	case "sh", "bash", "ash", "dash":
+	default:
+		return false
+	}
+	if len(ep) == 2 {
+		switch ep[1] {
+		case "-c", "-l", "-lc", "-ec":
+		default:
+			return false
+		}
+	}
+	return true
+}
