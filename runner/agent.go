@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
+	"runtime/debug"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/airlock-ci/airlock/runner/gitlab"
+	"github.com/airlock-ci/airlock/internal/backoff"
 	"github.com/airlock-ci/airlock/runner/job"
 )
 
@@ -25,10 +25,11 @@ type JobRunner interface {
 
 // AgentConfig configures an Agent.
 type AgentConfig struct {
-	// Runners are the [[runners]] entries to serve (one poll loop each).
-	Runners []gitlab.RunnerConfig
-	// Concurrent bounds the jobs running at once over all runners
-	// (default 1); each runner's Limit bounds its own.
+	// Coordinators are the job sources to serve (one request loop each,
+	// or RequestConcurrency of them); their names must be unique.
+	Coordinators []Coordinator
+	// Concurrent bounds the jobs running at once over all coordinators
+	// (default 1); each coordinator's Limit bounds its own.
 	Concurrent int
 	// CheckInterval is the pause between job requests that found no job
 	// (default 3s).
@@ -36,66 +37,47 @@ type AgentConfig struct {
 	// ShutdownTimeout is how long running jobs may go on once the agent
 	// is told to stop; then they are aborted. 0 aborts them at once.
 	ShutdownTimeout time.Duration
-	// StateDir holds the journal of jobs in flight and the system id.
+	// ReportTimeout bounds a job's report (audit upload, rest of the log,
+	// final state), counted from when reporting starts (default 10m).
+	ReportTimeout time.Duration
+	// StateDir holds the journal of jobs in flight.
 	StateDir string
-	// SystemID identifies this runner manager to GitLab; default
-	// gitlab.SystemID(StateDir).
-	SystemID string
 	// DefaultImage runs jobs that name no image.
 	DefaultImage string
-	// Version and Revision are reported to GitLab.
-	Version, Revision string
-	// HTTPClient sends the API requests (default: the gitlab package's).
-	HTTPClient *http.Client
-	// Metrics, if set, counts API requests and rejected jobs. (Add it to
-	// the Runner's Hooks too for job counts.)
+	// Metrics, if set, counts rejected jobs. (Add it to the Runner's Hooks
+	// too for job counts, and to the coordinators for API requests.)
 	Metrics *Metrics
-	// TraceInterval is how often the job log is sent (default: GitLab's
-	// X-GitLab-Trace-Update-Interval, 3s before GitLab says otherwise).
-	TraceInterval time.Duration
-	// KeepAlive is how long the job log may stay quiet before the job is
-	// touched (PUT state=running), which is also when a cancel made in
-	// GitLab is noticed during silence (default 30s, gitlab-runner's).
-	KeepAlive time.Duration
 	// BackoffMin and BackoffMax bound the wait after a failed job request
-	// (defaults 1s and 60s), with full jitter; Retry-After is honoured.
+	// (defaults 1s and 60s), with full jitter; a Retry-After hint of the
+	// error (a RetryAfterDelay method) is honoured.
 	BackoffMin, BackoffMax time.Duration
-	// Git is the git binary sources are cloned with on the host (default
-	// "git" from PATH).
-	Git string
 	// RecoverLocal, if set, cleans up what jobs of this runner left on the
 	// host after a crash (credentials, containers, sandboxes) and returns
 	// them (Runner.Recover). It runs once at start, before the crashed jobs
-	// are reported to GitLab with their sealed audit trails.
+	// are reported to their coordinators with their sealed audit trails.
 	RecoverLocal func(ctx context.Context) ([]Recovered, error)
-	// TokenRotated, if set, persists a runner token the agent rotated
-	// (at 75% of its lifetime, see gitlab.RunnerConfig.TokenRotationDue):
-	// the old token no longer works, so the new one must reach the
-	// configuration file. rc is the runner's entry with the new token.
-	TokenRotated func(rc gitlab.RunnerConfig) error
 	// Logger is the runner log (never job output).
 	Logger hclog.Logger
 }
 
-// Agent serves GitLab runners: it polls for jobs within the concurrency
-// limits, runs each through a JobRunner, streams its log, uploads its
-// audit trail and reports its final state. Jobs in flight are journaled
-// so that after a crash the next start reports them failed.
+// Agent serves coordinators: it asks them for jobs within the concurrency
+// limits, runs each through a JobRunner with its log streamed to the
+// coordinator, and has the coordinator report the outcome and upload the
+// audit trail. Jobs in flight are journaled so that after a crash the next
+// start reports them failed.
 type Agent struct {
 	cfg     AgentConfig
 	runner  JobRunner
 	log     hclog.Logger
 	journal *agentJournal
 	slots   chan struct{} // global concurrency
-
-	clientsMu sync.Mutex
-	clients   map[string]*gitlab.Client // by coordinator URL
+	coords  map[string]Coordinator
 
 	// jobsCtx is the parent of every job's context; cancelling it aborts
 	// every running job.
 	jobsCtx   context.Context
 	abortJobs context.CancelCauseFunc
-	// reportCtx outlives jobs: trace, artifact and final-state calls.
+	// reportCtx outlives jobs: the parent of every report's context.
 	reportCtx    context.Context
 	cancelReport context.CancelFunc
 	jobs         sync.WaitGroup
@@ -117,15 +99,15 @@ func NewAgent(cfg AgentConfig, r JobRunner) (*Agent, error) {
 	if r == nil {
 		return nil, errors.New("creating agent: no job runner")
 	}
-	if len(cfg.Runners) == 0 {
-		return nil, errors.New("creating agent: no [[runners]] configured; run `airlock register` first")
+	if len(cfg.Coordinators) == 0 {
+		return nil, errors.New("creating agent: no job source configured (GitLab: run `airlock register` to add a [[runners]] entry)")
 	}
-	var errs []error
-	for i, rc := range cfg.Runners {
-		errs = append(errs, rc.Validate(fmt.Sprintf("runners[%d]", i))...)
-	}
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("creating agent: %w", errors.Join(errs...))
+	coords := map[string]Coordinator{}
+	for _, c := range cfg.Coordinators {
+		if coords[c.Name()] != nil {
+			return nil, fmt.Errorf("creating agent: two job sources are named %q; give each [[runners]] entry its own name", c.Name())
+		}
+		coords[c.Name()] = c
 	}
 	if cfg.StateDir == "" {
 		return nil, errors.New("creating agent: state directory is required")
@@ -136,24 +118,17 @@ func NewAgent(cfg AgentConfig, r JobRunner) (*Agent, error) {
 	if cfg.CheckInterval <= 0 {
 		cfg.CheckInterval = 3 * time.Second
 	}
+	if cfg.ReportTimeout <= 0 {
+		cfg.ReportTimeout = DefaultReportTimeout
+	}
 	if cfg.BackoffMin <= 0 {
 		cfg.BackoffMin = time.Second
 	}
 	if cfg.BackoffMax <= 0 {
 		cfg.BackoffMax = 60 * time.Second
 	}
-	if cfg.Git == "" {
-		cfg.Git = "git"
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
-	}
-	if cfg.SystemID == "" {
-		id, err := gitlab.SystemID(cfg.StateDir)
-		if err != nil {
-			return nil, fmt.Errorf("creating agent: %w", err)
-		}
-		cfg.SystemID = id
 	}
 	jr, err := openAgentJournal(cfg.StateDir)
 	if err != nil {
@@ -165,46 +140,20 @@ func NewAgent(cfg AgentConfig, r JobRunner) (*Agent, error) {
 		log:     cfg.Logger,
 		journal: jr,
 		slots:   make(chan struct{}, cfg.Concurrent),
-		clients: map[string]*gitlab.Client{},
+		coords:  coords,
 		abortCh: make(chan struct{}),
 	}
 	a.jobsCtx, a.abortJobs = context.WithCancelCause(context.Background())
 	a.reportCtx, a.cancelReport = context.WithCancel(context.Background())
-	for _, rc := range cfg.Runners {
-		if _, err := a.client(rc.URL); err != nil {
-			return nil, fmt.Errorf("creating agent: %s: %w", rc, err)
-		}
-	}
 	cfg.Metrics.SetConcurrent(cfg.Concurrent)
 	return a, nil
 }
 
-// client returns the API client for a coordinator URL.
-func (a *Agent) client(url string) (*gitlab.Client, error) {
-	a.clientsMu.Lock()
-	defer a.clientsMu.Unlock()
-	if c := a.clients[url]; c != nil {
-		return c, nil
-	}
-	opts := []gitlab.Option{
-		gitlab.WithLogger(a.log.Named("gitlab")),
-		gitlab.WithVersion(a.cfg.Version, a.cfg.Revision),
-	}
-	if a.cfg.HTTPClient != nil {
-		opts = append(opts, gitlab.WithHTTPClient(a.cfg.HTTPClient))
-	}
-	if a.cfg.Metrics != nil {
-		opts = append(opts, gitlab.WithRequestObserver(a.cfg.Metrics.APIRequest))
-	}
-	c, err := gitlab.New(url, opts...)
-	if err != nil {
-		return nil, err
-	}
-	a.clients[url] = c
-	return c, nil
-}
+// DefaultReportTimeout bounds a job's report when AgentConfig.ReportTimeout
+// is not set.
+const DefaultReportTimeout = 10 * time.Minute
 
-// Run reports jobs a crash left behind, then polls every runner for jobs
+// Run reports jobs a crash left behind, then asks every coordinator for jobs
 // and runs them until ctx ends. Then it drains: no new job is requested,
 // running jobs may finish for ShutdownTimeout, then they are aborted (torn
 // down, credentials revoked) and reported failed. Run returns when every
@@ -223,22 +172,25 @@ func (a *Agent) Run(ctx context.Context) error {
 	pollCtx, stopPolling := context.WithCancel(ctx)
 	defer stopPolling()
 	var pollers sync.WaitGroup
-	for _, rc := range a.cfg.Runners {
-		c, err := a.client(rc.URL)
-		if err != nil {
-			return err // checked by NewAgent
-		}
+	for _, c := range a.cfg.Coordinators {
 		limit := a.cfg.Concurrent
-		if rc.Limit > 0 {
-			limit = min(limit, rc.Limit)
+		if l := c.Limit(); l > 0 {
+			limit = min(limit, l)
 		}
-		pollers.Add(1)
-		go func() {
-			defer pollers.Done()
-			a.poll(pollCtx, rc, c, make(chan struct{}, limit))
-		}()
+		sem := make(chan struct{}, limit)
+		loops := 1
+		if cr, ok := c.(ConcurrentRequester); ok {
+			loops = max(cr.RequestConcurrency(), 1)
+		}
+		for range loops {
+			pollers.Add(1)
+			go func() {
+				defer pollers.Done()
+				a.poll(pollCtx, c, sem)
+			}()
+		}
 	}
-	a.log.Info("agent started", "runners", len(a.cfg.Runners), "concurrent", a.cfg.Concurrent, "system_id", a.cfg.SystemID)
+	a.log.Info("agent started", "coordinators", len(a.cfg.Coordinators), "concurrent", a.cfg.Concurrent)
 
 	select {
 	case <-ctx.Done():
@@ -281,15 +233,15 @@ func (a *Agent) Abort() {
 	a.abortOnce.Do(func() { close(a.abortCh) })
 }
 
-// poll requests jobs for one runner while a slot is free, until ctx ends.
-// Each request holds a slot of the runner and a global one, which the job
-// keeps; a request that finds no job gives them back at once, so that
-// runners sharing the global limit take turns.
-func (a *Agent) poll(ctx context.Context, rc gitlab.RunnerConfig, c *gitlab.Client, limit chan struct{}) {
-	log := a.log.With("runner", rc.Name)
-	bo := gitlab.NewBackoff(a.cfg.BackoffMin, a.cfg.BackoffMax)
+// poll requests jobs from one coordinator while a slot is free, until ctx
+// ends. Each request holds a slot of the coordinator and a global one,
+// which the job keeps; a request that finds no job gives them back at
+// once, so that coordinators sharing the global limit take turns.
+func (a *Agent) poll(ctx context.Context, c Coordinator, limit chan struct{}) {
+	log := a.log.With("coordinator", c.Name())
+	bo := newAgentBackoff(a.cfg.BackoffMin, a.cfg.BackoffMax)
 	for {
-		// A slot of this runner first, then a global one: never ask GitLab
+		// A slot of this coordinator first, then a global one: never ask
 		// for a job there is no room for.
 		if !agentAcquire(ctx, limit) {
 			return
@@ -305,31 +257,20 @@ func (a *Agent) poll(ctx context.Context, rc gitlab.RunnerConfig, c *gitlab.Clie
 			release()
 			return
 		}
-		if rc.TokenRotationDue(time.Now()) {
-			if err := a.rotateToken(ctx, c, &rc, log); err != nil {
-				release()
-				wait := bo.Next(err)
-				log.Error("rotating the runner token failed", "error", err, "wait", wait)
-				if !agentSleep(ctx, wait) {
-					return
-				}
-				continue
-			}
-		}
 		start := time.Now()
-		// A request in flight when draining begins is not cancelled: GitLab
-		// may already have assigned it a job, which would then be lost
-		// (stuck until it times out). It is answered (at once, or when
-		// the long poll ends) and a job it brings is run as part of the
-		// drain. Only an abort cancels it.
-		resp, err := c.RequestJob(a.jobsCtx, rc.Token, a.cfg.SystemID)
-		if err == nil && resp != nil {
-			bo.Reset()
+		// A request in flight when draining begins is not cancelled: the
+		// coordinator may already have assigned it a job, which would then
+		// be lost (stuck until it times out). It is answered (at once, or
+		// when the long poll ends) and a job it brings is run as part of
+		// the drain. Only an abort cancels it.
+		lease, err := agentAcquireLease(a.jobsCtx, c)
+		if err == nil && lease != nil {
+			bo.reset()
 			a.jobs.Add(1)
 			go func() {
 				defer a.jobs.Done()
 				defer release()
-				a.handle(c, rc, resp)
+				a.handle(c, lease)
 			}()
 			continue
 		}
@@ -338,50 +279,51 @@ func (a *Agent) poll(ctx context.Context, rc gitlab.RunnerConfig, c *gitlab.Clie
 			return
 		}
 		var wait time.Duration
-		var pe *gitlab.PayloadError
 		switch {
-		case err == nil: // no job (204, or 409: another runner took it)
-			bo.Reset()
+		case err == nil: // no job
+			bo.reset()
 			wait = a.cfg.CheckInterval - time.Since(start) // a long poll counts
-		case errors.As(err, &pe):
-			a.rejectPayload(c, pe, log)
-			continue
-		case errors.Is(err, gitlab.ErrTokenInvalid):
-			wait = bo.Next(err)
-			log.Error("GitLab refused the runner token; re-register the runner (airlock register)", "error", err, "wait", wait)
-		case gitlab.IsRetryable(err):
-			wait = bo.Next(err)
-			log.Warn("job request failed; backing off", "error", err, "wait", wait)
+		case errors.Is(err, job.ErrCoordinatorGone):
+			log.Error("the job source no longer exists; no more jobs are requested from it", "error", err)
+			return
 		default:
-			wait = bo.Next(err)
-			log.Error("requesting a job failed", "error", err, "wait", wait)
+			wait = bo.next(err)
+			log.Warn("job request failed; backing off", "error", err, "wait", wait)
 		}
-		if wait > 0 && !agentSleep(ctx, wait) {
+		if wait > 0 && backoff.Sleep(ctx, wait) != nil {
 			return
 		}
 	}
 }
 
-// rotateToken replaces the runner's token before it expires and has the
-// new one persisted.
-func (a *Agent) rotateToken(ctx context.Context, c *gitlab.Client, rc *gitlab.RunnerConfig, log hclog.Logger) error {
-	creds, err := c.ResetToken(ctx, rc.Token)
-	if err != nil {
-		return err
-	}
-	rc.Token = creds.Token
-	rc.TokenObtainedAt = time.Now().UTC().Truncate(time.Second)
-	rc.TokenExpiresAt = creds.TokenExpiresAt
-	log.Info("rotated the runner token", "expires", creds.TokenExpiresAt)
-	if a.cfg.TokenRotated != nil {
-		if err := a.cfg.TokenRotated(*rc); err != nil {
-			// The old token is gone: without the new one in the file the
-			// next start cannot authenticate. Say so loudly, go on.
-			log.Error("saving the rotated runner token failed; the runner keeps working until it restarts, then needs `airlock register` again", "error", err)
+// agentAcquireLease asks c for a job, turning a panic of the coordinator
+// into an error (backed off) instead of a crash of every job.
+func agentAcquireLease(ctx context.Context, c Coordinator) (l Lease, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			l, err = nil, fmt.Errorf("requesting a job: internal error in %s: %v\n%s", c.Name(), p, debug.Stack())
 		}
-	}
-	return nil
+	}()
+	return c.Acquire(ctx)
 }
+
+// agentBackoff is a backoff.Backoff that honours the error's own wait
+// (RetryAfterDelay), e.g. a coordinator's Retry-After.
+type agentBackoff struct{ b *backoff.Backoff }
+
+func newAgentBackoff(lo, hi time.Duration) *agentBackoff {
+	return &agentBackoff{b: backoff.New(lo, hi)}
+}
+
+func (b *agentBackoff) next(err error) time.Duration {
+	var hint interface{ RetryAfterDelay() time.Duration }
+	if errors.As(err, &hint) {
+		return b.b.Next(hint.RetryAfterDelay())
+	}
+	return b.b.Next(0)
+}
+
+func (b *agentBackoff) reset() { b.b.Reset() }
 
 // agentAcquire takes a slot of sem, or returns false when ctx ends first.
 func agentAcquire(ctx context.Context, sem chan struct{}) bool {
@@ -390,32 +332,5 @@ func agentAcquire(ctx context.Context, sem chan struct{}) bool {
 		return true
 	case <-ctx.Done():
 		return false
-	}
-}
-
-func agentSleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// rejectPayload fails a job whose payload could not be decoded.
-func (a *Agent) rejectPayload(c *gitlab.Client, pe *gitlab.PayloadError, log hclog.Logger) {
-	a.cfg.Metrics.JobRejected(string(gitlab.ReasonRunnerSystemFailure))
-	if pe.ID <= 0 || pe.Token == "" {
-		log.Error("GitLab sent a job that cannot be decoded and names no job to fail", "error", pe)
-		return
-	}
-	log.Error("GitLab sent a job that cannot be decoded; failing it", "job", pe.ID, "error", pe)
-	ctx, cancel := context.WithTimeout(a.reportCtx, 5*time.Minute)
-	defer cancel()
-	msg := fmt.Sprintf("ERROR: Job failed (system failure): Airlock could not read this job's payload: %v", pe.Err)
-	if err := c.FailJob(ctx, pe.ID, pe.Token, gitlab.ReasonRunnerSystemFailure, msg); err != nil {
-		log.Error("failing undecodable job", "job", pe.ID, "error", err)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"testing"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 
 	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/executors/docker"
+	"github.com/airlock-ci/airlock/internal/testenv"
 	"github.com/airlock-ci/airlock/runner/gitlab"
 )
 
@@ -34,7 +34,7 @@ func TestAgentCrashChild(t *testing.T) {
 	if os.Getenv(crashChildEnv) != "1" {
 		return // only as the child of TestAgentRecoversAfterSIGKILL
 	}
-	ex, err := docker.New(context.Background(), docker.Config{Grace: time.Second}, nil)
+	ex, err := docker.New(context.Background(), docker.Config{Grace: time.Second, StepServer: testenv.StepServer(t)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,13 +43,17 @@ func TestAgentCrashChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := NewAgent(AgentConfig{
-		Runners:       []gitlab.RunnerConfig{{Name: "child", URL: os.Getenv(crashURLEnv), Token: os.Getenv(crashTokenEnv)}},
-		CheckInterval: 100 * time.Millisecond,
-		StateDir:      os.Getenv(crashStateEnv),
+	a, err := NewAgent(agentTestConfig{
+		AgentConfig: AgentConfig{
+			CheckInterval: 100 * time.Millisecond,
+			StateDir:      os.Getenv(crashStateEnv),
+			Logger:        hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: os.Stderr, Name: "child"}),
+		},
+		// The same name as the parent's runner: the parent resumes the
+		// child's journal records.
+		Runners:       []gitlab.RunnerConfig{{Name: "test", URL: os.Getenv(crashURLEnv), Token: os.Getenv(crashTokenEnv)}},
 		TraceInterval: 200 * time.Millisecond,
-		Logger:        hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: os.Stderr, Name: "child"}),
-	}, r)
+	}.build(t), r)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,12 +112,12 @@ func TestAgentRecoversAfterSIGKILL(t *testing.T) {
 			return nil, err
 		}
 		var out []Recovered
-		for c, labels := range left {
-			if err := e.ex.Remove(ctx, c); err != nil {
+		for _, l := range left {
+			if err := e.ex.RemoveLeftover(ctx, l); err != nil {
 				return out, err
 			}
-			recovered = append(recovered, labels[executors.LabelJob])
-			out = append(out, Recovered{JobID: labels[executors.LabelJob], Trail: trail})
+			recovered = append(recovered, l.JobID)
+			out = append(out, Recovered{JobID: l.JobID, Trail: trail})
 		}
 		sort.Strings(recovered)
 		return out, nil
@@ -127,10 +131,16 @@ func TestAgentRecoversAfterSIGKILL(t *testing.T) {
 	if trace := e.gl.Trace(id); !bytes.Contains(trace, []byte("stopped unexpectedly")) {
 		t.Errorf("crashed job's trace does not say what happened:\n%s", trace)
 	}
-	if len(recovered) != 1 || recovered[0] != strconv.FormatInt(id, 10) {
+	// The report continues the trace the job had sent: the log before the
+	// crash is kept (it used to be rewritten from offset 0).
+	if trace := e.gl.Trace(id); !bytes.Contains(trace, []byte("started\n")) ||
+		bytes.Index(trace, []byte("started\n")) > bytes.Index(trace, []byte("stopped unexpectedly")) {
+		t.Errorf("crashed job's trace lost the log sent before the crash:\n%s", trace)
+	}
+	if len(recovered) != 1 || recovered[0] != gitlab.JobID(e.gl.URL, id) {
 		t.Errorf("RecoverLocal cleaned up jobs %v, want [%d]", recovered, id)
 	}
-	if arts := e.gl.Artifacts(id); len(arts) != 1 || arts[0].Name != agentAuditArtifact || arts[0].Format != "zip" {
+	if arts := e.gl.Artifacts(id); len(arts) != 1 || arts[0].Name != gitlab.AuditArtifact || arts[0].Format != "zip" {
 		t.Errorf("artifacts of the crashed job: %+v, want its audit trail", arts)
 	}
 	if left, err := e.ex.Leftovers(context.Background(), e.runnerID); err != nil || len(left) != 0 {

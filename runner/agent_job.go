@@ -1,74 +1,63 @@
 package runner
 
 import (
-	"archive/zip"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"runtime/debug"
-	"strconv"
 	"sync"
 	"time"
 
-	"github.com/airlock-ci/airlock/runner/gitlab"
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/airlock-ci/airlock/runner/job"
 	"github.com/airlock-ci/airlock/secrets/mask"
 )
 
-const (
-	// agentReportTimeout bounds the calls after a job (audit upload,
-	// final state); Finish retries within it.
-	agentReportTimeout = 10 * time.Minute
-	// agentAuditArtifact is the name of the audit trail artifact.
-	agentAuditArtifact = "airlock-audit.zip"
-	// agentMaxAudit bounds the audit trail read into memory for upload.
-	agentMaxAudit = 64 << 20
-)
-
-// handle runs one job GitLab handed out, from journal to final state.
-func (a *Agent) handle(c *gitlab.Client, rc gitlab.RunnerConfig, resp *gitlab.JobResponse) {
-	log := a.log.With("runner", rc.Name, "job", resp.ID)
-	rec := agentJobRecord{Runner: rc.Name, URL: c.URL(), JobID: resp.ID, Token: resp.Token, Started: time.Now().UTC()}
-	rctx, cancel := context.WithTimeout(a.reportCtx, agentReportTimeout)
-	defer cancel()
+// handle runs one job a coordinator handed out, from journal to report.
+func (a *Agent) handle(c Coordinator, lease Lease) {
+	log := a.log.With("coordinator", c.Name())
+	j, jobErr := agentLeaseJob(lease)
+	if jobErr == nil && j.Image == "" {
+		if j.Image = a.cfg.DefaultImage; j.Image == "" {
+			jobErr = errors.New("the job names no image and the runner has no default image ([docker] image)")
+		}
+	}
+	jobID := ""
+	if j != nil {
+		jobID = j.ID
+		log = log.With("job", j.ID)
+	}
 
 	// A job that could not be journaled would be lost in a crash: refuse it.
-	if err := a.journal.add(rec); err != nil {
+	rec := agentJobRecord{Coordinator: c.Name(), JobID: jobID, Lease: lease.Record(), Started: time.Now().UTC()}
+	name, err := a.journal.add(rec)
+	if err != nil {
 		log.Error("journaling job failed; refusing it", "error", err)
-		a.cfg.Metrics.JobRejected(string(gitlab.ReasonRunnerSystemFailure))
-		if ferr := c.FailJob(rctx, resp.ID, resp.Token, gitlab.ReasonRunnerSystemFailure,
-			"ERROR: Job failed (system failure): the runner could not record the job in its state directory"); ferr != nil {
-			log.Error("failing job", "error", ferr)
-		}
+		a.cfg.Metrics.JobRejected(string(RunnerSystemFailure))
+		a.report(log, lease, job.Outcome{State: Failed, Reason: RunnerSystemFailure,
+			Err: errors.New("the runner could not record the job in its state directory")}, "")
 		return
 	}
-	keep := false // keep the record when the final state could not be reported
-	defer func() {
-		if keep {
-			return
-		}
-		if err := a.journal.remove(rec.URL, rec.JobID); err != nil {
+	if ju, ok := lease.(JournalUpdater); ok {
+		ju.SetJournal(func(record []byte) error {
+			r := rec
+			r.Lease = record
+			return a.journal.update(name, r)
+		})
+	}
+	forget := func() {
+		if err := a.journal.remove(name); err != nil {
 			log.Error("forgetting finished job", "error", err)
 		}
-	}()
-
-	j, err := resp.ToJob()
-	if err == nil && j.Image == "" {
-		if j.Image = a.cfg.DefaultImage; j.Image == "" {
-			err = errors.New("the job names no image and the runner has no default image ([docker] image)")
-		}
 	}
-	if err != nil {
-		log.Error("refusing job", "error", err)
-		a.cfg.Metrics.JobRejected(string(gitlab.ReasonRunnerSystemFailure))
-		msg := fmt.Sprintf("ERROR: Job failed (system failure): Airlock cannot run this job: %v", err)
-		if ferr := c.FailJob(rctx, resp.ID, resp.Token, gitlab.ReasonRunnerSystemFailure, msg); ferr != nil {
-			log.Error("failing job", "error", ferr)
-			keep = !errors.Is(ferr, gitlab.ErrJobGone)
+
+	if jobErr != nil {
+		log.Error("refusing job", "error", jobErr)
+		a.cfg.Metrics.JobRejected(string(RunnerSystemFailure))
+		if a.report(log, lease, job.Outcome{State: Failed, Reason: ConfigurationError, Err: jobErr}, "") {
+			forget()
 		}
 		return
 	}
@@ -77,29 +66,36 @@ func (a *Agent) handle(c *gitlab.Client, rc gitlab.RunnerConfig, resp *gitlab.Jo
 	defer abort(nil)
 	canceled := make(chan struct{})
 	var cancelOnce sync.Once
-	tw := c.NewTraceWriter(resp.ID, resp.Token, gitlab.TraceOptions{
-		Interval:       a.cfg.TraceInterval,
-		KeepAlive:      a.cfg.KeepAlive,
-		FailureReasons: resp.Features.FailureReasons,
-		Logger:         log,
-		OnCancel: func() {
-			cancelOnce.Do(func() { close(canceled) })
-		},
-		OnAbort: func(status string) {
-			abort(fmt.Errorf("%w: GitLab says the job is %s", ErrAborted, status))
-		},
-	})
-	tw.Start(a.reportCtx)
+	lease.Start(a.reportCtx,
+		func() { cancelOnce.Do(func() { close(canceled) }) },
+		func(cause error) { abort(fmt.Errorf("%w: %w", ErrAborted, cause)) })
 	// The runner masks too; this layer also covers the agent's own lines.
-	out := mask.New(tw, resp.MaskPhrases()...)
+	out := mask.New(lease.Log(), lease.Mask()...)
 
 	log.Info("running job", "project", j.Repo, "ref", j.Ref)
+	var driver StepDriver
+	if d, ok := lease.(job.Driven); ok {
+		driver = d.StepDriver()
+	}
+	collector, _ := lease.(Collector)
+	var collect func(ctx context.Context, state job.State, fetch func(ctx context.Context, rel, dst string) error, out io.Writer) error
+	if collector != nil {
+		collect = collector.Collect
+	}
+	var resolve func(ctx context.Context) ([]job.Variable, []job.SecretRead, func(context.Context) error, error)
+	if sr, ok := lease.(job.SecretResolver); ok {
+		resolve = sr.ResolveSecrets
+	}
 	res, runErr := agentRunSafely(jobCtx, a.runner, j, RunOptions{
-		Out:       out,
-		Cancel:    canceled,
-		Mask:      resp.MaskPhrases(),
-		Workspace: a.workspace(resp),
-		// The trail is uploaded before Finish: wait until it is sealed.
+		ResolveSecrets: resolve,
+		Out:            out,
+		Cancel:         canceled,
+		Mask:           lease.Mask(),
+		Workspace:      lease.Workspace(),
+		Collect:        collect,
+		Driver:         driver,
+		// The trail is uploaded before the final state: wait until it is
+		// sealed.
 		AwaitAudit: true,
 	})
 	if res == nil {
@@ -109,29 +105,74 @@ func (a *Agent) handle(c *gitlab.Client, rc gitlab.RunnerConfig, resp *gitlab.Jo
 		log.Error("cleaning up after job failed", "error", runErr)
 		fmt.Fprintf(out, "WARNING: cleaning up after the job failed; the runner's administrator was told\n")
 	}
-	cause := context.Cause(jobCtx)
-	fs := agentFinalState(res, cause)
-	fmt.Fprintln(out, agentSummary(res, fs, cause))
-
-	if res.AuditTrail != "" {
-		if err := a.uploadAudit(rctx, c, resp, res.AuditTrail); err != nil {
-			log.Error("uploading audit trail failed", "error", err)
-			fmt.Fprintf(out, "WARNING: uploading the audit trail failed; it stays on the runner\n")
-		}
+	o := agentOutcome(res, context.Cause(jobCtx))
+	if collector != nil {
+		// Artifacts go up before the summary: a refused upload fails the job.
+		dctx, cancel := context.WithTimeout(a.reportCtx, a.cfg.ReportTimeout)
+		collector.Deliver(dctx, &o, res.AuditTrail, out)
+		cancel()
+		o.Summary = agentSummary(o)
 	}
+	if s, ok := lease.(Summarizer); ok {
+		o.Summary = s.Summary(o)
+	}
+	fmt.Fprintln(out, o.Summary)
 	if err := out.Close(); err != nil {
 		log.Warn("flushing masked job log", "error", err)
 	}
-	if err := tw.Finish(rctx, fs); err != nil {
-		if errors.Is(err, gitlab.ErrJobGone) {
-			log.Info("GitLab no longer takes updates for the job", "status", fs.State)
-			return
-		}
-		log.Error("reporting final state failed; it is retried on the next start", "error", err)
-		keep = true
-		return
+	if a.report(log, lease, o, res.AuditTrail) {
+		forget()
 	}
-	log.Info("job finished", "state", fs.State, "failure_reason", fs.FailureReason, "duration", res.Duration)
+	log.Info("job finished", "state", o.State, "failure_reason", o.Reason, "duration", res.Duration)
+}
+
+// report has the lease report o, on a context made now (a long job does
+// not eat into it) and bounded by the report timeout. It returns whether
+// the journal record can go: the report was taken, or the coordinator no
+// longer knows the job.
+func (a *Agent) report(log hclog.Logger, lease Lease, o job.Outcome, trail string) bool {
+	ctx, cancel := context.WithTimeout(a.reportCtx, a.cfg.ReportTimeout)
+	defer cancel()
+	err := agentFinishSafely(ctx, lease, o, trail)
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, job.ErrJobGone):
+		log.Info("the coordinator no longer takes reports for the job", "state", o.State)
+		return true
+	}
+	log.Error("reporting the job failed; it is retried on the next start", "error", err)
+	return false
+}
+
+// agentOutcome is how a job went, for its coordinator. A job the runner
+// stopped (shutdown timeout, abort) is the runner's failure.
+func agentOutcome(res *Result, cause error) job.Outcome {
+	o := job.Outcome{State: res.State, Reason: res.Reason, ExitCode: res.ExitCode, Steps: res.Steps,
+		Duration: res.Duration, Err: res.Err}
+	if res.State == Canceled && (errors.Is(cause, errShutdownTimeout) || errors.Is(cause, errAgentAbort)) {
+		o.Aborted = true
+		o.Err = cause
+	}
+	o.Summary = agentSummary(o)
+	return o
+}
+
+// agentSummary is the job log's last line when the lease does not word it.
+func agentSummary(o job.Outcome) string {
+	switch {
+	case o.State == Success:
+		return "Job succeeded"
+	case o.Aborted:
+		return fmt.Sprintf("ERROR: Job failed (system failure): %v", o.Err)
+	case o.State == Canceled:
+		return "ERROR: Job canceled"
+	case o.Reason == ScriptFailure:
+		return fmt.Sprintf("ERROR: Job failed: exit code %d", o.ExitCode)
+	case o.Err != nil:
+		return fmt.Sprintf("ERROR: Job failed (%s): %v", o.Reason, o.Err)
+	}
+	return fmt.Sprintf("ERROR: Job failed (%s)", o.Reason)
 }
 
 // agentRunSafely runs the job, turning a panic of the runner into a
@@ -148,94 +189,39 @@ func agentRunSafely(ctx context.Context, r JobRunner, j *job.Job, o RunOptions) 
 	return r.Run(ctx, j, o)
 }
 
-// agentFinalState maps a Result to GitLab's final state.
-func agentFinalState(res *Result, cause error) gitlab.FinalState {
-	switch res.State {
-	case Success:
-		return gitlab.FinalState{State: gitlab.StateSuccess}
-	case Failed:
-		return gitlab.FinalState{State: gitlab.StateFailed, FailureReason: agentReason(res.Reason), ExitCode: res.ExitCode}
+// agentLeaseJob is lease.Job with a panic of the coordinator's conversion
+// turned into a refusal of the job.
+func agentLeaseJob(lease Lease) (j *job.Job, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			j, err = nil, fmt.Errorf("internal error reading the job: %v", p)
+		}
+	}()
+	j, err = lease.Job()
+	if err == nil && j == nil {
+		err = errors.New("the job source returned no job")
 	}
-	// Canceled: by GitLab (it ignores the state it receives now), or by
-	// the runner's shutdown, which is the runner's failure.
-	if errors.Is(cause, errShutdownTimeout) || errors.Is(cause, errAgentAbort) {
-		return gitlab.FinalState{State: gitlab.StateFailed, FailureReason: gitlab.ReasonRunnerSystemFailure}
-	}
-	return gitlab.FinalState{State: gitlab.StateFailed, FailureReason: gitlab.ReasonUnknownFailure}
+	return j, err
 }
 
-// agentReason maps the runner's failure reason to GitLab's; the trace
-// writer reduces reasons the job does not accept to unknown_failure.
-func agentReason(r FailureReason) gitlab.FailureReason {
-	switch r {
-	case "":
-		return gitlab.ReasonUnknownFailure
-	case Unauthorized:
-		// A declared credential or egress the admin did not grant.
-		return "unmet_prerequisites"
-	}
-	return gitlab.FailureReason(r)
+// agentFinishSafely is lease.Finish with a panic turned into an error (the
+// record is kept and the report retried on the next start).
+func agentFinishSafely(ctx context.Context, lease Lease, o job.Outcome, trail string) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("reporting the job: internal error: %v\n%s", p, debug.Stack())
+		}
+	}()
+	return lease.Finish(ctx, o, trail)
 }
 
-// agentSummary is the job log's last line.
-func agentSummary(res *Result, fs gitlab.FinalState, cause error) string {
-	switch {
-	case res.State == Success:
-		return "Job succeeded"
-	case res.State == Canceled && (errors.Is(cause, errShutdownTimeout) || errors.Is(cause, errAgentAbort)):
-		return fmt.Sprintf("ERROR: Job failed (system failure): %v", cause)
-	case res.State == Canceled:
-		return "ERROR: Job canceled"
-	case res.Reason == ScriptFailure:
-		return fmt.Sprintf("ERROR: Job failed: exit code %d", res.ExitCode)
-	case res.Err != nil:
-		return fmt.Sprintf("ERROR: Job failed (%s): %v", fs.FailureReason, res.Err)
-	}
-	return fmt.Sprintf("ERROR: Job failed (%s)", fs.FailureReason)
-}
+// agentRecoverTimeout bounds the report of one job a crash interrupted.
+const agentRecoverTimeout = 2 * time.Minute
 
-// uploadAudit uploads the sealed audit trail as the job's zip artifact.
-// It must run before Finish: the job token dies with the final state.
-func (a *Agent) uploadAudit(ctx context.Context, c *gitlab.Client, resp *gitlab.JobResponse, path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("opening audit trail: %w", err)
-	}
-	defer f.Close()
-	var buf bytes.Buffer
-	zw := zip.NewWriter(&buf)
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("reading audit trail: %w", err)
-	}
-	hdr, err := zip.FileInfoHeader(fi)
-	if err != nil {
-		return fmt.Errorf("zipping audit trail: %w", err)
-	}
-	hdr.Name = "airlock-audit/" + filepath.Base(path)
-	hdr.Method = zip.Deflate
-	w, err := zw.CreateHeader(hdr)
-	if err != nil {
-		return fmt.Errorf("zipping audit trail: %w", err)
-	}
-	n, err := io.Copy(w, io.LimitReader(f, agentMaxAudit+1))
-	if err != nil {
-		return fmt.Errorf("zipping audit trail: %w", err)
-	}
-	if n > agentMaxAudit {
-		return fmt.Errorf("zipping audit trail: larger than %d bytes", agentMaxAudit)
-	}
-	if err := zw.Close(); err != nil {
-		return fmt.Errorf("zipping audit trail: %w", err)
-	}
-	return c.UploadArtifact(ctx, resp.ID, resp.Token, agentAuditArtifact, bytes.NewReader(buf.Bytes()),
-		int64(buf.Len()), gitlab.ArtifactOptions{Type: "archive", Format: "zip"})
-}
-
-// agentCrashMessage is the job log line of a job a crash interrupted.
-const agentCrashMessage = "ERROR: Job failed (system failure): the Airlock runner stopped unexpectedly " +
+// errAgentCrashed explains the failure of a job a crash interrupted.
+var errAgentCrashed = errors.New("the Airlock runner stopped unexpectedly " +
 	"(crashed or was killed) while running this job. On restart it removed what the job left on the " +
-	"host and revoked the job's credentials; its audit trail was sealed on the runner."
+	"host and revoked the job's credentials; its audit trail was sealed on the runner")
 
 // recover cleans up after jobs a crash interrupted and reports them failed.
 func (a *Agent) recover(ctx context.Context) {
@@ -257,38 +243,49 @@ func (a *Agent) recover(ctx context.Context) {
 		a.log.Error("reading job journal", "error", err)
 	}
 	for _, r := range recs {
-		a.recoverJob(ctx, r, trails[strconv.FormatInt(r.JobID, 10)])
+		a.recoverJob(ctx, r, trails[r.JobID])
 	}
 }
 
-func (a *Agent) recoverJob(ctx context.Context, r agentJobRecord, trail string) {
-	log := a.log.With("runner", r.Runner, "job", r.JobID)
-	c, err := a.client(r.URL)
-	if err != nil {
-		log.Error("reporting crashed job: unusable coordinator URL", "error", err)
-		return
-	}
-	// A drain does not abandon the report: it is what tells GitLab.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-	defer cancel()
-	if trail != "" {
-		resp := &gitlab.JobResponse{ID: r.JobID, Token: r.Token}
-		if err := a.uploadAudit(rctx, c, resp, trail); err != nil {
-			log.Error("uploading the audit trail of a crashed job failed; it stays on the runner", "error", err)
+func (a *Agent) recoverJob(ctx context.Context, r agentJournalEntry, trail string) {
+	log := a.log.With("coordinator", r.Coordinator, "job", r.JobID)
+	c := a.coords[r.Coordinator]
+	if c == nil {
+		for _, co := range a.cfg.Coordinators {
+			if or, ok := co.(job.OrphanResumer); ok && or.ResumesFor(r.Coordinator) {
+				c = co
+				log = log.With("reported_by", co.Name())
+				break
+			}
 		}
 	}
-	err = c.FailJob(rctx, r.JobID, r.Token, gitlab.ReasonRunnerSystemFailure, agentCrashMessage)
+	if c == nil {
+		log.Error("a job the last run left unfinished is of a job source no longer configured; its record stays in the journal", "started", r.Started)
+		return
+	}
+	lease, err := c.Resume(r.Lease)
+	if err != nil {
+		log.Error("reporting crashed job: unreadable record", "error", err)
+		return
+	}
+	// A drain does not abandon the report: it is what tells the
+	// coordinator. Bounded tighter than a job's report: recovery runs
+	// before any job is requested.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(a.cfg.ReportTimeout, agentRecoverTimeout))
+	defer cancel()
+	o := job.Outcome{State: Failed, Reason: RunnerSystemFailure, Aborted: true, Err: errAgentCrashed}
+	err = agentFinishSafely(rctx, lease, o, trail)
 	switch {
 	case err == nil:
 		log.Warn("reported a job the last run left unfinished as failed", "started", r.Started)
-		a.cfg.Metrics.JobRejected(string(gitlab.ReasonRunnerSystemFailure))
-	case errors.Is(err, gitlab.ErrJobGone):
-		log.Info("a job the last run left unfinished is already over in GitLab")
+		a.cfg.Metrics.JobRejected(string(RunnerSystemFailure))
+	case errors.Is(err, job.ErrJobGone):
+		log.Info("a job the last run left unfinished is already over at its coordinator")
 	default:
 		log.Error("reporting crashed job failed; retrying on the next start", "error", err)
 		return
 	}
-	if err := a.journal.remove(r.URL, r.JobID); err != nil {
+	if err := a.journal.remove(r.name); err != nil {
 		log.Error("forgetting crashed job", "error", err)
 	}
 }

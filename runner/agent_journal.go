@@ -4,7 +4,6 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,10 +11,15 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/airlock-ci/airlock/internal/atomicfile"
 )
+
+// JournalKeyFile, in the state directory, is the key of the agent's job
+// journal (mode 0600; `airlock doctor` checks it).
+const JournalKeyFile = "agent-jobs.key"
 
 // The agent journals every job it accepted until the job's final state is
 // reported, so that a job in flight when the agent died is reported failed
@@ -24,20 +28,26 @@ import (
 // state directory; the file name is the associated data.
 const (
 	agentJournalDir  = "agent-jobs"
-	agentJournalKey  = "agent-jobs.key"
+	agentJournalKey  = JournalKeyFile
 	agentJournalExt  = ".job"
 	agentKeySize     = 32
 	agentMaxRecord   = 64 << 10
 	agentJournalMode = 0o600
 )
 
-// agentJobRecord is one job in flight.
+// agentJobRecord is one job in flight. Lease is the coordinator's record
+// (opaque here; it may hold the job token: sealed on disk).
 type agentJobRecord struct {
-	Runner  string    `json:"runner"` // [[runners]] name, for logs
-	URL     string    `json:"url"`    // coordinator base URL
-	JobID   int64     `json:"job_id"`
-	Token   string    `json:"token"` // job token: sealed on disk
-	Started time.Time `json:"started"`
+	Coordinator string    `json:"coordinator"` // Coordinator.Name
+	JobID       string    `json:"job_id"`      // job.Job.ID; "" when the job could not be read
+	Lease       []byte    `json:"lease"`
+	Started     time.Time `json:"started"`
+}
+
+// agentJournalEntry is a record as listed, with its file name.
+type agentJournalEntry struct {
+	agentJobRecord
+	name string
 }
 
 type agentJournal struct {
@@ -96,74 +106,58 @@ func agentLoadKey(path string) ([]byte, error) {
 
 // agentWriteFile writes data to path atomically and durably, mode 0600.
 func agentWriteFile(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	_, werr := tmp.Write(data)
-	cherr := tmp.Chmod(agentJournalMode)
-	serr := tmp.Sync()
-	cerr := tmp.Close()
-	if err := errors.Join(werr, cherr, serr, cerr); err != nil {
-		return errors.Join(err, os.Remove(tmp.Name()))
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return errors.Join(err, os.Remove(tmp.Name()))
-	}
-	return agentSyncDir(dir)
+	return atomicfile.WriteFile(path, data, agentJournalMode)
 }
 
-func agentSyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
+// add records a job before anything of it runs and returns the record's
+// name (random: unique whatever the coordinator's ids).
+func (j *agentJournal) add(r agentJobRecord) (string, error) {
+	b := make([]byte, 12)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("recording job %s: %w", r.JobID, err)
 	}
-	return errors.Join(d.Sync(), d.Close())
+	name := hex.EncodeToString(b) + agentJournalExt
+	return name, j.update(name, r)
 }
 
-// name is the record's file name: coordinator hash and job id.
-func (j *agentJournal) name(url string, id int64) string {
-	h := sha256.Sum256([]byte(url))
-	return hex.EncodeToString(h[:6]) + "-" + strconv.FormatInt(id, 10) + agentJournalExt
-}
-
-// add records a job before anything of it runs.
-func (j *agentJournal) add(r agentJobRecord) error {
+// update replaces the record name.
+func (j *agentJournal) update(name string, r agentJobRecord) error {
 	pt, err := json.Marshal(r)
 	if err != nil {
-		return fmt.Errorf("recording job %d: %w", r.JobID, err)
+		return fmt.Errorf("recording job %s: %w", r.JobID, err)
 	}
-	name := j.name(r.URL, r.JobID)
 	nonce := make([]byte, j.aead.NonceSize(), j.aead.NonceSize()+len(pt)+j.aead.Overhead())
 	if _, err := rand.Read(nonce); err != nil {
-		return fmt.Errorf("recording job %d: %w", r.JobID, err)
+		return fmt.Errorf("recording job %s: %w", r.JobID, err)
 	}
 	sealed := j.aead.Seal(nonce, nonce, pt, []byte(name))
+	if len(sealed) > agentMaxRecord {
+		return fmt.Errorf("recording job %s: record of %d bytes is larger than %d", r.JobID, len(sealed), agentMaxRecord)
+	}
 	if err := agentWriteFile(filepath.Join(j.dir, name), sealed); err != nil {
-		return fmt.Errorf("recording job %d: %w", r.JobID, err)
+		return fmt.Errorf("recording job %s: %w", r.JobID, err)
 	}
 	return nil
 }
 
-// remove forgets a job whose final state was reported (or that GitLab no
-// longer knows). A missing record is not an error.
-func (j *agentJournal) remove(url string, id int64) error {
-	err := os.Remove(filepath.Join(j.dir, j.name(url, id)))
+// remove forgets a job whose final state was reported (or that its
+// coordinator no longer knows). A missing record is not an error.
+func (j *agentJournal) remove(name string) error {
+	err := os.Remove(filepath.Join(j.dir, name))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("forgetting job %d: %w", id, err)
+		return fmt.Errorf("forgetting job record %s: %w", name, err)
 	}
-	return agentSyncDir(j.dir)
+	return atomicfile.SyncDir(j.dir)
 }
 
 // list returns every recorded job; records that cannot be read are
 // reported (and left in place for an admin) without stopping the others.
-func (j *agentJournal) list() ([]agentJobRecord, error) {
+func (j *agentJournal) list() ([]agentJournalEntry, error) {
 	ents, err := os.ReadDir(j.dir)
 	if err != nil {
 		return nil, fmt.Errorf("reading job journal: %w", err)
 	}
-	var out []agentJobRecord
+	var out []agentJournalEntry
 	var errs []error
 	for _, e := range ents {
 		name := e.Name()
@@ -190,7 +184,7 @@ func (j *agentJournal) list() ([]agentJobRecord, error) {
 			errs = append(errs, fmt.Errorf("reading job record %s: %w", name, err))
 			continue
 		}
-		out = append(out, r)
+		out = append(out, agentJournalEntry{agentJobRecord: r, name: name})
 	}
 	return out, errors.Join(errs...)
 }

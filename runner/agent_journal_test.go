@@ -15,17 +15,22 @@ func TestAgentJournal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tokens := []string{"glcbt-64_" + agentRandomHex(12), "glcbt-64_" + agentRandomHex(12)}
 	recs := []agentJobRecord{
-		{Runner: "a", URL: "https://gitlab.example.test", JobID: 7, Token: "glcbt-64_" + agentRandomHex(12), Started: time.Now().UTC().Truncate(time.Second)},
-		{Runner: "b", URL: "https://other.example.test", JobID: 7, Token: "glcbt-64_" + agentRandomHex(12), Started: time.Now().UTC().Truncate(time.Second)},
+		{Coordinator: "gitlab:a", JobID: "gitlab-aaaa-7", Lease: []byte(`{"token":"` + tokens[0] + `"}`), Started: time.Now().UTC().Truncate(time.Second)},
+		{Coordinator: "gitlab:b", JobID: "gitlab-bbbb-7", Lease: []byte(`{"token":"` + tokens[1] + `"}`), Started: time.Now().UTC().Truncate(time.Second)},
 	}
-	for _, r := range recs {
-		if err := j.add(r); err != nil {
-			t.Fatalf("add(%d) = %v", r.JobID, err)
+	names := make([]string, len(recs))
+	for i, r := range recs {
+		if names[i], err = j.add(r); err != nil {
+			t.Fatalf("add(%s) = %v", r.JobID, err)
 		}
-		if hits := filesContaining(t, dir, r.Token); len(hits) > 0 {
+		if hits := filesContaining(t, dir, tokens[i]); len(hits) > 0 {
 			t.Errorf("job token in plaintext in %v", hits)
 		}
+	}
+	if names[0] == names[1] {
+		t.Errorf("two records got the same name %s", names[0])
 	}
 	for _, name := range []string{agentJournalKey} {
 		fi, err := os.Stat(filepath.Join(dir, name))
@@ -33,6 +38,13 @@ func TestAgentJournal(t *testing.T) {
 			t.Errorf("%s: %v, mode %v; want 0600", name, err, fi.Mode())
 		}
 	}
+	// An update replaces the record in place.
+	updated := recs[1]
+	updated.Lease = []byte(`{"token":"` + tokens[1] + `","trace":{"size":12}}`)
+	if err := j.update(names[1], updated); err != nil {
+		t.Fatalf("update() = %v", err)
+	}
+	recs[1] = updated
 
 	// A second open (the next start) reads them back with the same key.
 	j2, err := openAgentJournal(dir)
@@ -46,18 +58,17 @@ func TestAgentJournal(t *testing.T) {
 	for _, g := range got {
 		var want agentJobRecord
 		for _, r := range recs {
-			if r.URL == g.URL {
+			if r.Coordinator == g.Coordinator {
 				want = r
 			}
 		}
-		if g != want {
-			t.Errorf("list() gave %+v, want %+v", g, want)
+		if g.JobID != want.JobID || !bytes.Equal(g.Lease, want.Lease) || !g.Started.Equal(want.Started) {
+			t.Errorf("list() gave %+v, want %+v", g.agentJobRecord, want)
 		}
 	}
 
 	// A tampered record is reported and skipped, the others still read.
-	ents, _ := os.ReadDir(j.dir)
-	victim := filepath.Join(j.dir, ents[0].Name())
+	victim := filepath.Join(j.dir, names[0])
 	b, _ := os.ReadFile(victim)
 	b[len(b)-1] ^= 1
 	os.WriteFile(victim, b, 0o600)
@@ -65,24 +76,24 @@ func TestAgentJournal(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "authentication failed") || len(got) != 1 {
 		t.Errorf("list() after tampering = %d records, %v; want 1 and an authentication error", len(got), err)
 	}
-	if err := j.remove(recs[0].URL, recs[0].JobID); err != nil {
-		t.Fatal(err)
-	}
-	if err := j.remove(recs[1].URL, recs[1].JobID); err != nil {
-		t.Fatal(err)
-	}
-	if err := j.remove(recs[1].URL, recs[1].JobID); err != nil {
-		t.Errorf("remove() of a missing record = %v, want nil", err)
+	for _, n := range []string{names[0], names[1], names[1]} {
+		if err := j.remove(n); err != nil {
+			t.Errorf("remove(%s) = %v, want nil (also for a missing record)", n, err)
+		}
 	}
 	if got, err := j2.list(); err != nil || len(got) != 0 {
 		t.Errorf("list() after remove = %v, %v; want none", got, err)
 	}
-	// A record renamed to another job's name does not open either.
-	if err := j.add(recs[0]); err != nil {
+	// A record renamed to another record's name does not open either.
+	name, err := j.add(recs[0])
+	if err != nil {
 		t.Fatal(err)
 	}
-	old := filepath.Join(j.dir, j.name(recs[0].URL, recs[0].JobID))
-	if err := os.Rename(old, filepath.Join(j.dir, j.name(recs[0].URL, 8))); err != nil {
+	other := "0" + name[1:]
+	if other == name {
+		other = "1" + name[1:]
+	}
+	if err := os.Rename(filepath.Join(j.dir, name), filepath.Join(j.dir, other)); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := j2.list(); err == nil || len(got) != 0 {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"hash/crc32"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,7 +46,7 @@ func newAgentEnv(t testing.TB) *agentEnv {
 	e := &agentEnv{gl: gl, token: "glrt-" + agentRandomHex(10), runnerID: "a" + agentRandomHex(5),
 		stateDir: t.TempDir(), runtime: t.TempDir()}
 	gl.AddRunner(e.token)
-	ex, err := docker.New(context.Background(), docker.Config{Grace: time.Second}, nil)
+	ex, err := docker.New(context.Background(), docker.Config{Grace: time.Second, StepServer: testenv.StepServer(t)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,9 +58,9 @@ func newAgentEnv(t testing.TB) *agentEnv {
 		if err != nil {
 			t.Errorf("listing leftovers: %v", err)
 		}
-		for c := range left {
-			t.Errorf("container %s of runner %s left behind", c, e.runnerID)
-			ex.Remove(context.Background(), c)
+		for _, l := range left {
+			t.Errorf("container %s of runner %s left behind", l.ID, e.runnerID)
+			ex.Remove(context.Background(), l.ID)
 		}
 		ex.Close()
 	})
@@ -75,28 +76,72 @@ func (e *agentEnv) newRunner(t testing.TB) *Runner {
 	return r
 }
 
+// agentTestConfig is an agent configuration plus the GitLab runners it
+// serves; startAgent turns the runners into coordinators.
+type agentTestConfig struct {
+	AgentConfig
+	Runners       []gitlab.RunnerConfig
+	HTTPClient    *http.Client
+	TraceInterval time.Duration
+	KeepAlive     time.Duration
+	TokenRotated  func(gitlab.RunnerConfig) error
+	Git           string
+	Cache         gitlab.CacheStore
+	GitCacheDir   string
+	VaultServers  []string
+}
+
+// build makes the coordinators and returns the agent configuration.
+func (c agentTestConfig) build(t testing.TB) AgentConfig {
+	t.Helper()
+	cfg := c.AgentConfig
+	cfg.Coordinators = nil
+	for _, rc := range c.Runners {
+		co, err := gitlab.NewCoordinator(gitlab.CoordinatorConfig{
+			Runner: rc, SystemID: "s_0123456789ab", HTTPClient: c.HTTPClient,
+			TraceInterval: c.TraceInterval, KeepAlive: c.KeepAlive, TokenRotated: c.TokenRotated,
+			Git: c.Git, Logger: cfg.Logger, Observer: metricsObserver(cfg.Metrics), Cache: c.Cache,
+			GitCacheDir: c.GitCacheDir, VaultServers: c.VaultServers,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Coordinators = append(cfg.Coordinators, co)
+	}
+	return cfg
+}
+
+func metricsObserver(m *Metrics) gitlab.RequestObserver {
+	if m == nil {
+		return nil
+	}
+	return m.CoordinatorRequests("test")
+}
+
 // config is an agent configuration for the env's runner, quick to poll.
-func (e *agentEnv) config(concurrent int) AgentConfig {
-	return AgentConfig{
-		Runners:         []gitlab.RunnerConfig{{Name: "test", URL: e.gl.URL, Token: e.token}},
-		Concurrent:      concurrent,
-		CheckInterval:   100 * time.Millisecond,
-		ShutdownTimeout: time.Minute,
-		StateDir:        e.stateDir,
-		HTTPClient:      e.gl.Client(),
-		TraceInterval:   200 * time.Millisecond,
-		KeepAlive:       time.Second,
-		BackoffMin:      50 * time.Millisecond,
-		BackoffMax:      300 * time.Millisecond,
-		Logger:          hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr, Name: "agent"}),
+func (e *agentEnv) config(concurrent int) agentTestConfig {
+	return agentTestConfig{
+		AgentConfig: AgentConfig{
+			Concurrent:      concurrent,
+			CheckInterval:   100 * time.Millisecond,
+			ShutdownTimeout: time.Minute,
+			StateDir:        e.stateDir,
+			BackoffMin:      50 * time.Millisecond,
+			BackoffMax:      300 * time.Millisecond,
+			Logger:          hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr, Name: "agent"}),
+		},
+		Runners:       []gitlab.RunnerConfig{{Name: "test", URL: e.gl.URL, Token: e.token}},
+		HTTPClient:    e.gl.Client(),
+		TraceInterval: 200 * time.Millisecond,
+		KeepAlive:     time.Second,
 	}
 }
 
 // start runs an agent until the returned stop is called (stop cancels the
 // run context, the SIGTERM path, and waits for Run to return).
-func startAgent(t testing.TB, cfg AgentConfig, jr JobRunner) (*Agent, func()) {
+func startAgent(t testing.TB, tc agentTestConfig, jr JobRunner) (*Agent, func()) {
 	t.Helper()
-	a, err := NewAgent(cfg, jr)
+	a, err := NewAgent(tc.build(t), jr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,11 +199,14 @@ func (r *recordingRunner) Run(ctx context.Context, j *job.Job, o RunOptions) (*R
 	return r.inner.Run(ctx, j, o)
 }
 
+// output is what the runner wrote for GitLab job id (of any instance).
 func (r *recordingRunner) output(id int64) string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if b := r.out[fmt.Sprint(id)]; b != nil {
-		return b.String()
+	for jid, b := range r.out {
+		if strings.HasSuffix(jid, "-"+fmt.Sprint(id)) {
+			return b.String()
+		}
 	}
 	return ""
 }
@@ -303,9 +351,9 @@ func TestAgentJobs(t *testing.T) {
 		`airlock_jobs_total{failure_reason="unauthorized",state="failed"} 1`,
 		`airlock_jobs_running 0`,
 		`airlock_job_duration_seconds_count 6`,
-		`airlock_api_requests_total{endpoint="/jobs/request",method="POST",status="201"} 6`,
-		`airlock_api_requests_total{endpoint="/jobs/:id",method="PUT",status="200"}`,
-		`airlock_api_requests_total{endpoint="/jobs/:id/trace",method="PATCH",status="202"}`,
+		`airlock_api_requests_total{coordinator="test",endpoint="/jobs/request",method="POST",status="201"} 6`,
+		`airlock_api_requests_total{coordinator="test",endpoint="/jobs/:id",method="PUT",status="200"}`,
+		`airlock_api_requests_total{coordinator="test",endpoint="/jobs/:id/trace",method="PATCH",status="202"}`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)
@@ -362,7 +410,7 @@ func TestAgentMalformedPayload(t *testing.T) {
 	}})
 	unsupported := e.gl.Enqueue(fakegitlab.JobSpec{Payload: func(id int64, token string) []byte {
 		return []byte(fmt.Sprintf(`{"id": %d, "token": %q, "job_info": {"project_full_path": "a/b"},
-			"image": {"name": %q}, "services": [{"name": "postgres"}],
+			"image": {"name": %q}, "run": [{"name": "step", "script": "true"}],
 			"steps": [{"name": "script", "script": ["true"], "when": "on_success"}]}`, id, token, testenv.TestImage))
 	}})
 	good := e.gl.Enqueue(gitlabSpec([]string{"echo still-serving"}, nil))
@@ -441,7 +489,7 @@ func TestAgentDrain(t *testing.T) {
 			id := e.gl.Enqueue(gitlabSpec(tc.script, nil))
 			cfg := e.config(2)
 			cfg.ShutdownTimeout = tc.timeout
-			a, err := NewAgent(cfg, e.rec)
+			a, err := NewAgent(cfg.build(t), e.rec)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -592,14 +640,14 @@ func TestAgentUploadsAuditTrail(t *testing.T) {
 		t.Fatalf("job has %d artifacts, want the audit trail", len(arts))
 	}
 	a := arts[0]
-	if a.Name != agentAuditArtifact || a.Type != "archive" || a.Format != "zip" {
-		t.Errorf("artifact %s (%s, %s), want %s (archive, zip)", a.Name, a.Type, a.Format, agentAuditArtifact)
+	if a.Name != gitlab.AuditArtifact || a.Type != "archive" || a.Format != "zip" {
+		t.Errorf("artifact %s (%s, %s), want %s (archive, zip)", a.Name, a.Type, a.Format, gitlab.AuditArtifact)
 	}
 	zr, err := zip.NewReader(bytes.NewReader(a.Data), int64(len(a.Data)))
 	if err != nil {
 		t.Fatalf("artifact is not a zip: %v", err)
 	}
-	want := fmt.Sprintf("airlock-audit/%d.jsonl", id)
+	want := gitlab.AuditEntry
 	if len(zr.File) != 1 || zr.File[0].Name != want {
 		t.Fatalf("zip holds %v, want %s", zr.File, want)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -37,6 +38,25 @@ type Auditor struct {
 	// runnerID and log serve reopening crashed trails.
 	runnerID string
 	log      hclog.Logger
+}
+
+// AuditorConfig is what NewAuditor needs.
+type AuditorConfig struct {
+	SpoolDir string
+	Dir      string // where the directory sink writes <job>.jsonl
+	Key      *audit.Key
+	Kick     func(job string) // wakes the shipper (may be nil)
+	RunnerID string
+	Logger   hclog.Logger
+}
+
+// NewAuditor returns an Auditor writing trails to c.SpoolDir.
+func NewAuditor(c AuditorConfig) *Auditor {
+	log := c.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	return &Auditor{SpoolDir: c.SpoolDir, Dir: c.Dir, Key: c.Key, Kick: c.Kick, runnerID: c.RunnerID, log: log}
 }
 
 // jobTrail is one job's open trail.
@@ -134,7 +154,10 @@ func awaitDelivered(ctx context.Context, path string) error {
 func (a *Auditor) brokerEvent(ctx context.Context, e secrets.Event) error {
 	jt := a.trail(e.JobID)
 	if jt == nil {
-		jt = a.reopenCrashed(e.JobID)
+		var err error
+		if jt, err = a.reopenCrashed(e.JobID); err != nil {
+			return err
+		}
 	}
 	if jt == nil {
 		return nil // e.g. the sweeper's revocations after the job's trail was sealed
@@ -144,23 +167,30 @@ func (a *Auditor) brokerEvent(ctx context.Context, e secrets.Event) error {
 
 // reopenCrashed opens the unsealed trail of a job whose runner died, so
 // that recovery records its revocations; sealCrashed seals it. A trail a
-// live process holds, one already sealed, or none at all gives nil.
-func (a *Auditor) reopenCrashed(jobID string) *jobTrail {
+// live process holds, one already sealed or another runner's, or none at
+// all gives nil, nil; any other failure to open it is an error (the event
+// could not be recorded).
+func (a *Auditor) reopenCrashed(jobID string) (*jobTrail, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if jt := a.crashed[jobID]; jt != nil {
-		return jt
+		return jt, nil
 	}
-	if _, err := os.Stat(audit.SpoolPath(a.SpoolDir, jobID)); err != nil {
-		return nil
+	if _, err := os.Stat(audit.SpoolPath(a.SpoolDir, jobID)); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("reopening the audit trail of crashed job %s: %w", jobID, err)
 	}
 	opts := []audit.Option{}
 	if a.Kick != nil {
 		opts = append(opts, audit.WithDurable(a.Kick))
 	}
 	t, err := audit.Open(a.SpoolDir, a.runnerID, jobID, a.Key, opts...)
-	if err != nil {
-		return nil
+	switch {
+	case errors.Is(err, audit.ErrLocked), errors.Is(err, audit.ErrSealed), errors.Is(err, audit.ErrOtherRunner):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("reopening the audit trail of crashed job %s: %w", jobID, err)
 	}
 	if a.crashed == nil {
 		a.crashed = map[string]*jobTrail{}
@@ -171,7 +201,7 @@ func (a *Auditor) reopenCrashed(jobID string) *jobTrail {
 	}
 	jt := &jobTrail{t: t, log: log}
 	a.crashed[jobID] = jt
-	return jt
+	return jt, nil
 }
 
 // sealCrashed seals the trails reopened by recovery with runner_crashed
@@ -235,20 +265,41 @@ func newGatewayRecorder(jt *jobTrail, jc *jobCredentials) *gatewayRecorder {
 	return g
 }
 
-// record is the gateway's event sink for the job; the gateway calls it
-// from one goroutine.
-func (g *gatewayRecorder) record(e netpolicy.Event) {
-	ctx := context.Background()
-	if e.Kind == netpolicy.KindProxied {
-		gi := g.grants[e.GrantID]
-		if key := e.GrantID + " " + e.Host; !g.used[key] {
-			g.used[key] = true
-			g.trail.note(ctx, audit.NewCredentialUsed(gi.secret, e.GrantID, gi.fingerprint, e.Host))
+// record is the gateway's event sink for the job: the gateway calls it
+// from the job's queue goroutine with everything queued, and the batch is
+// written to the trail with one fsync.
+func (g *gatewayRecorder) record(evs []netpolicy.Event) {
+	recs := make([]audit.Event, 0, len(evs))
+	for _, e := range evs {
+		switch e.Kind {
+		case netpolicy.KindProxied:
+			gi := g.grants[e.GrantID]
+			if e.GrantID != "" || e.CertGrantID == "" {
+				if key := e.GrantID + " " + e.Host; !g.used[key] {
+					g.used[key] = true
+					recs = append(recs, audit.NewCredentialUsed(gi.secret, e.GrantID, gi.fingerprint, e.Host))
+				}
+			}
+			pr := audit.NewProxiedRequest(e.Method, e.Host, e.Path, e.Status, e.Bytes, e.Duration, gi.secret)
+			if e.CertGrantID != "" {
+				ci := g.grants[e.CertGrantID]
+				if key := e.CertGrantID + " " + e.Host; !g.used[key] {
+					g.used[key] = true
+					recs = append(recs, audit.NewCredentialUsed(ci.secret, e.CertGrantID, e.CertFingerprint, e.Host))
+				}
+				pr.Fields[audit.FieldClientCert] = e.CertFingerprint
+				pr.Fields[audit.FieldCertSecret] = ci.secret
+			}
+			recs = append(recs, pr)
+		case netpolicy.KindDropped:
+			recs = append(recs, audit.NewEventsDropped(e.Dropped, e.Reason))
+		default:
+			recs = append(recs, gatewayEvent(e))
 		}
-		g.trail.note(ctx, audit.NewProxiedRequest(e.Method, e.Host, e.Path, e.Status, e.Bytes, e.Duration, gi.secret))
-		return
 	}
-	g.trail.note(ctx, gatewayEvent(e))
+	if _, err := g.trail.t.LogBatch(context.Background(), recs); err != nil {
+		g.trail.log.Error("audit records lost", "type", "gateway", "count", len(recs), "error", err)
+	}
 }
 
 // gatewayEvent turns a gateway decision (other than a proxied request)

@@ -2,10 +2,12 @@ package runner
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"io"
 	"net/http"
 	"net/http/cgi"
 	"net/http/httptest"
@@ -28,6 +30,7 @@ type checkoutServer struct {
 
 	mu       sync.Mutex
 	requests []*http.Request
+	bodies   [][]byte // request bodies, gunzipped
 	refused  int
 }
 
@@ -89,7 +92,16 @@ func newCheckoutServer(t *testing.T) *checkoutServer {
 		Env:  []string{"GIT_PROJECT_ROOT=" + root, "GIT_HTTP_EXPORT_ALL=1", "GIT_CONFIG_NOSYSTEM=1"},
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		plain := body
+		if r.Header.Get("Content-Encoding") == "gzip" {
+			if zr, err := gzip.NewReader(bytes.NewReader(body)); err == nil {
+				plain, _ = io.ReadAll(zr)
+			}
+		}
 		s.mu.Lock()
+		s.bodies = append(s.bodies, plain)
 		s.requests = append(s.requests, r.Clone(context.Background()))
 		want := "Basic " + base64.StdEncoding.EncodeToString([]byte("gitlab-ci-token:"+s.Token))
 		ok := r.Header.Get("Authorization") == want

@@ -7,10 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/airlock-ci/airlock/netpolicy"
 	"github.com/airlock-ci/airlock/runner/job"
 	"github.com/airlock-ci/airlock/secrets"
+	"github.com/airlock-ci/airlock/secrets/mask"
 )
 
 // jobCredentials are the credentials minted for one job and how each
@@ -42,6 +44,14 @@ func (r *Runner) credentials(ctx context.Context, j *job.Job, dir string) (*jobC
 	}
 	for i := range creds.Creds {
 		d := &creds.Creds[i]
+		// What the job receives must be maskable: a value the masker
+		// refuses would show in the job's output. Fail the job instead
+		// (the credential is revoked with the others). An empty value
+		// gives the job nothing (a client certificate only the gateway
+		// presents).
+		if err := mask.Validate(string(d.Value)); len(d.Value) > 0 && err != nil {
+			return jc, fmt.Errorf("credential %s (grant %s): the value its backend minted cannot be masked in the job's output: %w", d.Secret, d.GrantID, err)
+		}
 		switch d.Delivery {
 		case job.DeliverEnv:
 			jc.env = append(jc.env, d.Var+"="+string(d.Value))
@@ -60,6 +70,18 @@ func (r *Runner) credentials(ctx context.Context, j *job.Job, dir string) (*jobC
 			jc.bound = append(jc.bound, netpolicy.Credential{
 				GrantID: d.GrantID, LeaseID: d.LeaseID, Surrogate: string(d.Value),
 				Hosts: d.Hosts, Header: header, Template: tmpl, Value: d.Real,
+			})
+			jc.hosts = append(jc.hosts, d.Hosts...)
+		case job.DeliverMTLS:
+			if r.Network == nil {
+				return jc, &DeniedError{Err: fmt.Errorf("credential %s is granted for mtls delivery, but this runner has no egress gateway", d.Secret)}
+			}
+			cert, err := secrets.ParseClientCert(d.Real, time.Now())
+			if err != nil {
+				return jc, fmt.Errorf("credential %s (mtls delivery): %w", d.Secret, err)
+			}
+			jc.bound = append(jc.bound, netpolicy.Credential{
+				GrantID: d.GrantID, LeaseID: d.LeaseID, Hosts: d.Hosts, ClientCert: &cert,
 			})
 			jc.hosts = append(jc.hosts, d.Hosts...)
 		default:

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/airlock-ci/airlock/internal/atomicfile"
 )
 
 var runnerIDRE = regexp.MustCompile(`^[a-z0-9]{6,16}$`)
@@ -38,17 +40,12 @@ func LoadOrCreateID(stateDir string) (string, error) {
 		return "", err
 	}
 	id := "r" + hex.EncodeToString(r)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	err = atomicfile.CreateOnce(path, []byte(id+"\n"), 0o644)
 	if errors.Is(err, fs.ErrExist) {
 		return LoadOrCreateID(stateDir) // another process won the race
 	}
 	if err != nil {
 		return "", fmt.Errorf("creating runner id: %w", err)
-	}
-	_, werr := f.WriteString(id + "\n")
-	serr := f.Sync()
-	if err := errors.Join(werr, serr, f.Close()); err != nil {
-		return "", fmt.Errorf("writing runner id: %w", err)
 	}
 	return id, nil
 }

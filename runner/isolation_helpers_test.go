@@ -3,7 +3,6 @@ package runner
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/airlock-ci/airlock/audit"
 	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/executors/containerd"
 	"github.com/airlock-ci/airlock/internal/testenv"
 	"github.com/airlock-ci/airlock/netpolicy"
 	"github.com/airlock-ci/airlock/runner/config"
@@ -58,25 +58,9 @@ func isoOpen(t *testing.T, ceiling ...string) *isoEnv {
 	testenv.RequireRoot(t)
 	testenv.RequireTestImage(t)
 	fake := testenv.NewFakeInternet(t)
-
-	cfg := config.Defaults()
-	cfg.StateDir = filepath.Join(t.TempDir(), "state")
-	cfg.RuntimeDir = t.TempDir()
-	cfg.Docker.Pull = string(executors.PullNever)
-	cfg.Docker.Grace = time.Second
-	cfg.Gateway.Hosts = isoHosts()
-	cfg.Gateway.HostsOnly = true // never a real DNS query from a test
-	cfg.Gateway.UpstreamCAFile = fake.CA.WriteFile(t)
-	cfg.Egress.Ceiling = ceiling
-	if errs := cfg.Validate(); len(errs) > 0 {
-		t.Fatalf("test configuration is invalid: %v", errors.Join(errs...))
-	}
-	// Saved like an installed runner's, so that messages can name the file.
-	if err := cfg.Save(filepath.Join(t.TempDir(), "config.toml")); err != nil {
-		t.Fatalf("saving the configuration: %v", err)
-	}
+	cfg := isoConfig(t, fake, ceiling...)
 	ctx := context.Background()
-	r, err := Open(ctx, cfg, isoLogger())
+	r, err := openWired(ctx, cfg, isoLogger())
 	if err != nil {
 		t.Fatalf("Open() error = %v", err)
 	}
@@ -96,6 +80,59 @@ func isoOpen(t *testing.T, ceiling ...string) *isoEnv {
 		t.Fatalf("Recover() error = %v", err)
 	}
 	return &isoEnv{r: r, fake: fake, cfg: cfg, runnerID: id, caPEM: string(fake.CA.PEM)}
+}
+
+// isoEachExecutor runs fn as a subtest per executor: "docker" and
+// "containerd" (isoOpen builds the runner with the one the subtest names).
+func isoEachExecutor(t *testing.T, fn func(t *testing.T)) {
+	for _, name := range []string{config.ExecutorDocker, config.ExecutorContainerd} {
+		t.Run(name, fn)
+	}
+}
+
+// isoExecutor is the executor a test runs with: the one a subtest of
+// isoEachExecutor names, else Docker.
+func isoExecutor(t testing.TB) string {
+	for _, part := range strings.Split(t.Name(), "/") {
+		if part == config.ExecutorContainerd {
+			return config.ExecutorContainerd
+		}
+	}
+	return config.ExecutorDocker
+}
+
+// isoConfig is the configuration of the isolation tests' runner, saved to
+// a config.toml of its own (cfg.Path()).
+func isoConfig(t *testing.T, fake *testenv.FakeInternet, ceiling ...string) *config.Config {
+	t.Helper()
+	cfg := config.Defaults()
+	cfg.StateDir = filepath.Join(t.TempDir(), "state")
+	cfg.RuntimeDir = t.TempDir()
+	cfg.Docker.Pull = string(executors.PullNever)
+	cfg.Docker.Grace = time.Second
+	cfg.Docker.StepServer = testenv.StepServer(t)
+	if isoExecutor(t) == config.ExecutorContainerd {
+		cfg.Executor = config.ExecutorContainerd
+		cfg.Containerd = containerd.Config{
+			Address:    testenv.ContainerdSocket(),
+			Namespace:  testenv.ContainerdNamespace(t),
+			Pull:       string(executors.PullNever),
+			Grace:      time.Second,
+			StepServer: testenv.StepServer(t),
+		}
+	}
+	cfg.Gateway.Hosts = isoHosts()
+	cfg.Gateway.HostsOnly = true // never a real DNS query from a test
+	cfg.Gateway.UpstreamCAFile = fake.CA.WriteFile(t)
+	cfg.Egress.Ceiling = ceiling
+	if errs := cfg.Validate(); len(errs) > 0 {
+		t.Fatalf("test configuration is invalid: %v", errors.Join(errs...))
+	}
+	// Saved like an installed runner's, so that messages can name the file.
+	if err := cfg.Save(filepath.Join(t.TempDir(), "config.toml")); err != nil {
+		t.Fatalf("saving the configuration: %v", err)
+	}
+	return cfg
 }
 
 // isoHosts is the gateway's hosts map: the fake internet's names, with the
@@ -301,70 +338,35 @@ func (o *isoOutput) await(ctx context.Context, prefix string) (string, error) {
 }
 
 // isoLeftovers lists what carries the runner's id or tag on the host:
-// links (name or alias), iptables and ip6tables lines, containers and
-// address pool entries.
+// links (name or alias), iptables and ip6tables lines, nf_tables lines,
+// containers, address pool entries and runtime directories.
 func isoLeftovers(t testing.TB, runnerID string, cfg *config.Config) []string {
 	t.Helper()
 	tag := netpolicy.RunnerTag(runnerID)
-	marks := []string{
-		netpolicy.HostIfPrefix + tag,
-		netpolicy.ChainPrefix + tag,
-		"runner=" + runnerID + " ",
-	}
-	var out []string
-	carries := func(s string) bool {
-		for _, m := range marks {
-			if strings.Contains(s, m) {
-				return true
-			}
-		}
-		return false
-	}
-	for _, argv := range [][]string{{"ip", "-o", "link"}, {"iptables-save"}, {"ip6tables-save"}} {
-		b, err := exec.Command(argv[0], argv[1:]...).Output()
-		if err != nil {
-			t.Errorf("running %s: %v", strings.Join(argv, " "), err)
-			continue
-		}
-		for line := range strings.Lines(string(b)) {
-			if carries(line) {
-				out = append(out, argv[0]+": "+strings.TrimSpace(line))
-			}
-		}
-	}
-	b, err := exec.Command("docker", "ps", "-a", "--format", "{{.ID}} {{.Names}}", "--filter", "label="+executors.LabelRunner+"="+runnerID).Output()
-	if err != nil {
-		t.Errorf("listing containers: %v", err)
-	}
-	for line := range strings.Lines(string(b)) {
-		out = append(out, "container "+strings.TrimSpace(line))
-	}
 	poolFile := cfg.Network.PoolFile
 	if poolFile == "" {
 		poolFile = sandbox.DefaultPoolFile
 	}
-	if b, err := os.ReadFile(poolFile); err == nil {
-		var st struct {
-			Allocations []struct {
-				Prefix string `json:"prefix"`
-				Runner string `json:"runner"`
-				Job    string `json:"job"`
-			} `json:"allocations"`
+	out := testenv.Leftovers{
+		RunnerID:   runnerID,
+		Marks:      []string{netpolicy.HostIfPrefix + tag, netpolicy.ChainPrefix + tag, "runner=" + runnerID + " "},
+		RuntimeDir: cfg.RuntimeDir,
+		PoolFile:   poolFile,
+	}.List(t)
+	if cfg.ExecutorName() == config.ExecutorContainerd {
+		ids, err := isoContainerdContainers(cfg, runnerID)
+		if err != nil {
+			t.Errorf("listing containers: %v", err)
 		}
-		if err := json.Unmarshal(b, &st); err != nil {
-			t.Errorf("parsing pool file %s: %v", poolFile, err)
+		for _, id := range ids {
+			out = append(out, "container "+id)
 		}
-		for _, a := range st.Allocations {
-			if a.Runner == runnerID {
-				out = append(out, fmt.Sprintf("pool entry %s of job %s", a.Prefix, a.Job))
-			}
-		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("reading pool file: %v", err)
 	}
-	if ents, _ := os.ReadDir(filepath.Join(cfg.RuntimeDir, "jobs")); len(ents) > 0 {
+	if ents, err := os.ReadDir(sandbox.NetNSDir); err == nil {
 		for _, e := range ents {
-			out = append(out, "runtime directory "+e.Name())
+			if strings.HasPrefix(e.Name(), "airlock-"+tag+"-") {
+				out = append(out, "network namespace "+e.Name())
+			}
 		}
 	}
 	return out
@@ -379,8 +381,11 @@ func isoAssertNothingLeft(t testing.TB, runnerID string, cfg *config.Config) {
 
 // isoContainerNetNS returns the network namespace (its nsfs inode) of the
 // running container of job jobID.
-func isoContainerNetNS(t *testing.T, runnerID, jobID string) uint64 {
+func isoContainerNetNS(t *testing.T, cfg *config.Config, runnerID, jobID string) uint64 {
 	t.Helper()
+	if cfg.ExecutorName() == config.ExecutorContainerd {
+		return isoContainerdNetNS(t, cfg, runnerID, jobID)
+	}
 	b, err := exec.Command("docker", "ps", "-q", "--filter", "label="+executors.LabelRunner+"="+runnerID,
 		"--filter", "label="+executors.LabelJob+"="+jobID).Output()
 	if err != nil {
@@ -406,7 +411,7 @@ func isoContainerNetNS(t *testing.T, runnerID, jobID string) uint64 {
 // mount namespace). Docker unmounts a removed container's namespace at
 // once but deletes the empty mount point only later, so the path itself
 // says nothing.
-func isoNetNSHolders(t *testing.T, ino uint64) []string {
+func isoNetNSHolders(t *testing.T, runnerID string, ino uint64) []string {
 	t.Helper()
 	want := fmt.Sprintf("net:[%d]", ino)
 	var out []string
@@ -423,9 +428,16 @@ func isoNetNSHolders(t *testing.T, ino uint64) []string {
 			continue
 		}
 		for line := range strings.Lines(string(b)) {
-			if strings.Contains(line, want) {
-				out = append(out, mi+": "+strings.TrimSpace(line))
+			if !strings.Contains(line, want) {
+				continue
 			}
+			// Namespace inodes are reused: a name under /run/netns that is
+			// not this runner's is another test process's new namespace.
+			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], "/run/netns/") &&
+				!strings.HasPrefix(f[4], "/run/netns/airlock-"+netpolicy.RunnerTag(runnerID)+"-") {
+				continue
+			}
+			out = append(out, mi+": "+strings.TrimSpace(line))
 		}
 	}
 	return out
@@ -454,4 +466,41 @@ func isoHostAddrs(t *testing.T, pool netip.Prefix) []netip.Addr {
 		}
 	}
 	return out
+}
+
+// isoStartPool starts a pool of one warm sandbox of the test image, waits
+// until it is ready, and checks that before any job claims it the sandbox
+// reaches nothing: not the fake internet, not its gateway's ports (no
+// policy is registered for it yet).
+func isoStartPool(t *testing.T, env *isoEnv) *Pool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, err := env.r.StartPool(ctx, map[string]int{testenv.TestImage: 1})
+	if err != nil {
+		t.Fatalf("StartPool() error = %v", err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(context.Background()); err != nil {
+			t.Errorf("Pool.Close() error = %v", err)
+		}
+	})
+	if err := p.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	w := p.ready[testenv.TestImage][0]
+	p.mu.Unlock()
+	probe := testenv.BuildProbe(t)
+	for _, target := range []string{
+		netip.AddrPortFrom(w.sb.GatewayIP, netpolicy.ProxyPort).String(),
+		netip.AddrPortFrom(w.sb.GatewayIP, netpolicy.DNSPort).String(),
+		netip.AddrPortFrom(testenv.AllowedAddr, testenv.FakeEchoPort).String(),
+		netip.AddrPortFrom(testenv.MetadataAddr, 80).String(),
+	} {
+		if res := testenv.RunProbe(ctx, t, w.ctr.NetNS(), probe, nil, "tcp", target); res.OK {
+			t.Errorf("an unclaimed warm sandbox reached %s: %s", target, res.Line)
+		}
+	}
+	return p
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/airlock-ci/airlock/audit"
 	"github.com/airlock-ci/airlock/internal/testenv"
 	"github.com/airlock-ci/airlock/netpolicy"
+	"github.com/airlock-ci/airlock/runner/config"
 	"github.com/airlock-ci/airlock/secrets"
 )
 
@@ -116,7 +117,22 @@ func isoFailCases() []isoCase {
 // no listener of the host and no forbidden server of the fake internet saw
 // anything.
 func TestIsolationFromJob(t *testing.T) {
+	isoEachExecutor(t, func(t *testing.T) {
+		t.Run("cold", func(t *testing.T) { testIsolationFromJob(t, false) })
+		if isoExecutor(t) == config.ExecutorDocker {
+			// The same suite in a sandbox the job claimed from the warm
+			// pool (containerd makes its task in a ready namespace: no pool).
+			t.Run("warm", func(t *testing.T) { testIsolationFromJob(t, true) })
+		}
+	})
+}
+
+func testIsolationFromJob(t *testing.T, warm bool) {
 	env := isoOpen(t, isoEgress...)
+	var warmPool *Pool
+	if warm {
+		warmPool = isoStartPool(t, env)
+	}
 
 	// Listeners of the host the job must never reach: loopback, and every
 	// host address (the job's own gateway address included) on one port.
@@ -146,6 +162,11 @@ func TestIsolationFromJob(t *testing.T) {
 		probes = append(probes, isoProbe{name: c.name, cmd: c.cmd})
 	}
 	run := env.run(t, env.withCA(isoJob("iso-probe", isoEgress, probes)), nil)
+	if warmPool != nil {
+		if st := warmPool.Stats(); st.Hits != 1 || st.Misses != 0 {
+			t.Errorf("pool stats after the job: %+v, want 1 hit and no miss", st)
+		}
+	}
 	if run.res.State != Success {
 		t.Fatalf("probe job: state %s (%s), err %v; output:\n%s", run.res.State, run.res.Reason, run.res.Err, run.out)
 	}
@@ -243,9 +264,13 @@ func TestIsolationFromJob(t *testing.T) {
 // listener on A's gateway address) and A's own address. None of it may
 // connect; both jobs still reach what they declared.
 func TestIsolationBetweenConcurrentJobs(t *testing.T) {
+	isoEachExecutor(t, testIsolationBetweenConcurrentJobs)
+}
+
+func testIsolationBetweenConcurrentJobs(t *testing.T) {
 	env := isoOpen(t, "api.allowed.test")
 	egress := []string{"api.allowed.test"}
-	goFile := filepath.Join(env.cfg.RuntimeDir, "jobs", env.runnerID+"-iso-a", "go")
+	goFile := filepath.Join(env.cfg.RuntimeDir, "jobs", env.runnerID+"-iso-a", runtimeSubdir, "go")
 
 	jobA := isoJob("iso-a", egress, []isoProbe{
 		{cmd: "nc -ll -p 8000 -e /bin/echo job-a-listener >/dev/null 2>&1 &"},
@@ -291,14 +316,19 @@ func TestIsolationBetweenConcurrentJobs(t *testing.T) {
 	if err := errors.Join(err1, err2); err != nil {
 		t.Fatalf("job A's addresses %q: %v", addr, err)
 	}
-	netnsA := isoContainerNetNS(t, env.runnerID, "iso-a")
+	netnsA := isoContainerNetNS(t, env.cfg, env.runnerID, "iso-a")
 	// The leftover check run at cleanup sees a running job's resources (it
 	// is not vacuous).
 	running := strings.Join(isoLeftovers(t, env.runnerID, env.cfg), "\n")
-	for _, want := range []string{"ip: ", "iptables-save: ", "ip6tables-save: ", "container ", "pool entry ", "runtime directory "} {
+	for _, want := range []string{"ip: ", "container ", "pool entry ", "runtime directory "} {
 		if !strings.Contains(running, want) {
 			t.Errorf("while job A runs, the leftover check finds no %q; it finds:\n%s", want, running)
 		}
+	}
+	// The host rules: with the iptables backend in both families, with
+	// native nftables in one inet table.
+	if !(strings.Contains(running, "iptables-save: ") && strings.Contains(running, "ip6tables-save: ")) && !strings.Contains(running, "nft: ") {
+		t.Errorf("while job A runs, the leftover check finds no firewall rules of the job; it finds:\n%s", running)
 	}
 	// A listener of the host on A's gateway address, on a port that is not
 	// a gateway port: neither job may reach it.
@@ -382,14 +412,16 @@ func TestIsolationBetweenConcurrentJobs(t *testing.T) {
 	if runA.denied(runB.jobIP.String()) {
 		t.Errorf("job B's packets reached job A's gateway: %s", runA.res.Egress)
 	}
-	if held := isoNetNSHolders(t, netnsA); len(held) > 0 {
+	if held := isoNetNSHolders(t, env.runnerID, netnsA); len(held) > 0 {
 		t.Errorf("job A's network namespace net:[%d] still exists after the job:\n%s", netnsA, strings.Join(held, "\n"))
 	}
 }
 
 // TestIsolationCeilingRefusesJob: a job declaring a host outside the
 // ceiling is refused before anything of it runs.
-func TestIsolationCeilingRefusesJob(t *testing.T) {
+func TestIsolationCeilingRefusesJob(t *testing.T) { isoEachExecutor(t, testIsolationCeilingRefusesJob) }
+
+func testIsolationCeilingRefusesJob(t *testing.T) {
 	env := isoOpen(t, "api.allowed.test", "*.wild.test:443")
 	// A repository policy (`airlock policy set`) replaces the default
 	// ceiling for its repositories.

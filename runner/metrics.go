@@ -32,6 +32,8 @@ type Metrics struct {
 	duration     prometheus.Histogram
 	api          *prometheus.CounterVec
 	egressDenied prometheus.Counter
+	dropped      *prometheus.CounterVec
+	leaks        *prometheus.CounterVec
 	minted       *prometheus.CounterVec
 	revoked      *prometheus.CounterVec
 	revokeFailed *prometheus.CounterVec
@@ -60,12 +62,20 @@ func NewMetrics() *Metrics {
 		}),
 		api: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "airlock_api_requests_total",
-			Help: "Requests to coordinator APIs, by endpoint, method and HTTP status (\"error\": no response).",
-		}, []string{"endpoint", "method", "status"}),
+			Help: "Requests to coordinator APIs, by coordinator ([[runners]] name), endpoint, method and HTTP status (\"error\": no response).",
+		}, []string{"coordinator", "endpoint", "method", "status"}),
 		egressDenied: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "airlock_egress_denied_total",
 			Help: "Egress attempts of jobs the policy denied (DNS, proxy, firewall).",
 		}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "airlock_gateway_events_dropped_total",
+			Help: "Gateway decisions recorded in a job's trail only as a count (events_dropped record), by event kind.",
+		}, []string{"kind"}),
+		leaks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "airlock_leaks_found_total",
+			Help: "Credentials the leak scan found in jobs' changes, by kind (rule: a gitleaks rule; stored: a stored secret's value) and mode (block, warn).",
+		}, []string{"kind", "mode"}),
 		minted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "airlock_credentials_minted_total",
 			Help: "Credentials minted for jobs, by backend.",
@@ -83,7 +93,7 @@ func NewMetrics() *Metrics {
 			Help: "The configured global job limit (concurrent).",
 		}),
 	}
-	m.reg.MustRegister(m.jobs, m.running, m.duration, m.api, m.egressDenied, m.minted, m.revoked,
+	m.reg.MustRegister(m.jobs, m.running, m.duration, m.api, m.egressDenied, m.dropped, m.leaks, m.minted, m.revoked,
 		m.revokeFailed, m.concurrent,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -135,9 +145,20 @@ func (m *Metrics) jobEnded(state, reason string) {
 	m.jobs.WithLabelValues(state, reason).Inc()
 }
 
-// APIRequest counts one API request; it has the shape of
-// gitlab.RequestObserver. status 0 means no response arrived.
+// APIRequest counts one API request of no named coordinator; it has the
+// shape of gitlab.RequestObserver. status 0 means no response arrived.
 func (m *Metrics) APIRequest(method, endpoint string, status int) {
+	m.apiRequest("", method, endpoint, status)
+}
+
+// CoordinatorRequests returns the request observer (the shape of
+// gitlab.RequestObserver) of one coordinator: its requests are counted
+// with coordinator=name.
+func (m *Metrics) CoordinatorRequests(name string) func(method, endpoint string, status int) {
+	return func(method, endpoint string, status int) { m.apiRequest(name, method, endpoint, status) }
+}
+
+func (m *Metrics) apiRequest(coordinator, method, endpoint string, status int) {
 	if m == nil {
 		return
 	}
@@ -145,7 +166,7 @@ func (m *Metrics) APIRequest(method, endpoint string, status int) {
 	if status > 0 {
 		s = strconv.Itoa(status)
 	}
-	m.api.WithLabelValues(endpoint, method, s).Inc()
+	m.api.WithLabelValues(coordinator, endpoint, method, s).Inc()
 }
 
 // SetConcurrent records the configured global job limit.
@@ -159,6 +180,25 @@ func (m *Metrics) SetConcurrent(n int) {
 func (m *Metrics) EgressDenied() {
 	if m != nil {
 		m.egressDenied.Inc()
+	}
+}
+
+// EventsDropped counts gateway events of kind that reached the trail only
+// as a count.
+func (m *Metrics) EventsDropped(kind string, n int64) {
+	if m != nil {
+		m.dropped.WithLabelValues(kind).Add(float64(n))
+	}
+}
+
+// LeakFound counts a finding of the leak scan.
+func (m *Metrics) LeakFound(stored bool, mode string) {
+	if m != nil {
+		kind := "rule"
+		if stored {
+			kind = "stored"
+		}
+		m.leaks.WithLabelValues(kind, mode).Inc()
 	}
 }
 
@@ -187,6 +227,12 @@ func (m *Metrics) CredentialRevokeFailed(backend string) {
 // once the listener is closed; a failure to listen is returned at once.
 // ready, if not nil, receives the bound address (useful with port 0).
 func ServeMetrics(ctx context.Context, addr string, m *Metrics, log hclog.Logger, ready func(net.Addr)) error {
+	return ServeMetricsWith(ctx, addr, m, log, ready, nil)
+}
+
+// ServeMetricsWith is ServeMetrics that also serves handlers at their
+// paths (the autoscalers' webhooks).
+func ServeMetricsWith(ctx context.Context, addr string, m *Metrics, log hclog.Logger, ready func(net.Addr), handlers map[string]http.Handler) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listening for metrics on %s: %w", addr, err)
@@ -196,6 +242,9 @@ func ServeMetrics(ctx context.Context, addr string, m *Metrics, log hclog.Logger
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", m.Handler())
+	for path, h := range handlers {
+		mux.Handle(path, h)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	stop := context.AfterFunc(ctx, func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -216,6 +265,12 @@ func ServeMetrics(ctx context.Context, addr string, m *Metrics, log hclog.Logger
 
 // egressEvent counts a gateway decision.
 func (m *Metrics) egressEvent(e netpolicy.Event) {
+	if e.Kind == netpolicy.KindDropped {
+		for kind, n := range e.Dropped {
+			m.EventsDropped(kind, n)
+		}
+		return
+	}
 	if e.Verdict == netpolicy.VerdictDenied {
 		m.EgressDenied()
 	}

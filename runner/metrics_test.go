@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/airlock-ci/airlock/netpolicy"
 	"github.com/airlock-ci/airlock/runner/job"
 )
 
@@ -69,6 +70,9 @@ func TestMetricsExposition(t *testing.T) {
 	m.APIRequest("PATCH", "/jobs/:id/trace", 0)
 	m.EgressDenied()
 	m.EgressDenied()
+	m.egressEvent(netpolicy.Event{Kind: netpolicy.KindDropped, Dropped: map[string]int64{"dns": 7, "http": 1}})
+	m.LeakFound(true, "block")
+	m.LeakFound(false, "warn")
 	m.CredentialMinted("vault")
 	m.CredentialRevoked("vault")
 	m.CredentialRevokeFailed("githubapp")
@@ -85,10 +89,14 @@ func TestMetricsExposition(t *testing.T) {
 		`airlock_jobs_running 1`,
 		`airlock_job_duration_seconds_count 4`,
 		`airlock_job_duration_seconds_bucket{le="5"} 3`,
-		`airlock_api_requests_total{endpoint="/jobs/request",method="POST",status="201"} 1`,
-		`airlock_api_requests_total{endpoint="/jobs/request",method="POST",status="204"} 2`,
-		`airlock_api_requests_total{endpoint="/jobs/:id/trace",method="PATCH",status="error"} 1`,
+		`airlock_api_requests_total{coordinator="",endpoint="/jobs/request",method="POST",status="201"} 1`,
+		`airlock_api_requests_total{coordinator="",endpoint="/jobs/request",method="POST",status="204"} 2`,
+		`airlock_api_requests_total{coordinator="",endpoint="/jobs/:id/trace",method="PATCH",status="error"} 1`,
 		`airlock_egress_denied_total 2`,
+		`airlock_gateway_events_dropped_total{kind="dns"} 7`,
+		`airlock_gateway_events_dropped_total{kind="http"} 1`,
+		`airlock_leaks_found_total{kind="stored",mode="block"} 1`,
+		`airlock_leaks_found_total{kind="rule",mode="warn"} 1`,
 		`airlock_credentials_minted_total{backend="vault"} 1`,
 		`airlock_credentials_revoked_total{backend="vault"} 1`,
 		`airlock_credential_revoke_failures_total{backend="githubapp"} 1`,

@@ -48,7 +48,8 @@ func BenchmarkJobNetworkSetup(b *testing.B) {
 	cfg.RuntimeDir = b.TempDir()
 	cfg.Docker.Pull = string(executors.PullNever)
 	cfg.Docker.Grace = time.Second
-	withNet, err := Open(ctx, cfg, log)
+	cfg.Docker.StepServer = testenv.StepServer(b)
+	withNet, err := openWired(ctx, cfg, log)
 	if err != nil {
 		b.Fatalf("Open() error = %v", err)
 	}
@@ -66,7 +67,7 @@ func BenchmarkJobNetworkSetup(b *testing.B) {
 	cfg2.StateDir = filepath.Join(b.TempDir(), "state")
 	cfg2.RuntimeDir = b.TempDir()
 	cfg2.Docker = cfg.Docker
-	auditOnly, err := Open(ctx, cfg2, log)
+	auditOnly, err := openWired(ctx, cfg2, log)
 	if err != nil {
 		b.Fatalf("Open() error = %v", err)
 	}
@@ -79,7 +80,7 @@ func BenchmarkJobNetworkSetup(b *testing.B) {
 		isoAssertNothingLeft(b, auditID, cfg2)
 	})
 
-	ex, err := docker.New(ctx, docker.Config{Grace: time.Second}, log)
+	ex, err := docker.New(ctx, docker.Config{Grace: time.Second, StepServer: testenv.StepServer(b)}, log)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -43,19 +43,22 @@ type Ceiling struct {
 
 // Emit implements netpolicy.EventSink: it routes gateway events to the
 // job they belong to. Pass the Network as the gateway's event sink.
-func (n *Network) Emit(e netpolicy.Event) { n.events.emit(e) }
+func (n *Network) Emit(e netpolicy.Event) { n.events.emit([]netpolicy.Event{e}) }
+
+// EmitBatch implements netpolicy.BatchSink: a batch is one job's.
+func (n *Network) EmitBatch(evs []netpolicy.Event) { n.events.emit(evs) }
 
 // eventRouter sends gateway events to per-job handlers.
 type eventRouter struct {
 	mu   sync.RWMutex
-	jobs map[string]func(netpolicy.Event)
+	jobs map[string]func([]netpolicy.Event)
 }
 
-func (r *eventRouter) add(jobID string, fn func(netpolicy.Event)) {
+func (r *eventRouter) add(jobID string, fn func([]netpolicy.Event)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.jobs == nil {
-		r.jobs = map[string]func(netpolicy.Event){}
+		r.jobs = map[string]func([]netpolicy.Event){}
 	}
 	r.jobs[jobID] = fn
 }
@@ -66,12 +69,15 @@ func (r *eventRouter) remove(jobID string) {
 	delete(r.jobs, jobID)
 }
 
-func (r *eventRouter) emit(e netpolicy.Event) {
+func (r *eventRouter) emit(evs []netpolicy.Event) {
+	if len(evs) == 0 {
+		return
+	}
 	r.mu.RLock()
-	fn := r.jobs[e.Job]
+	fn := r.jobs[evs[0].Job]
 	r.mu.RUnlock()
 	if fn != nil {
-		fn(e)
+		fn(evs)
 	}
 }
 
@@ -104,6 +110,14 @@ func (n *Network) policy(j *job.Job) (*netpolicy.Policy, error) {
 		}
 		return nil, &DeniedError{Err: err}
 	}
+	// A CIDR entry in the ceiling is the admin's explicit choice for the
+	// repository: its jobs may reach that range on that port, by address
+	// or through an allowed name that resolves into it.
+	for _, e := range c.Entries {
+		if e.IsCIDR() {
+			allow = append(allow, e)
+		}
+	}
 	p.Allow = allow
 	return p, nil
 }
@@ -114,24 +128,51 @@ type jobNetwork struct {
 	job string
 	sb  *sandbox.Network
 	reg *netpolicy.Registration
+	// netns is the named namespace attachNew created ("" when the
+	// executor made the namespace).
+	netns string
 }
 
 // attach plumbs the container's namespace and registers the job's policy
 // with the gateway. On error nothing of it is left.
-func (n *Network) attach(ctx context.Context, jobID, netns string, p *netpolicy.Policy, events func(netpolicy.Event)) (*jobNetwork, error) {
+func (n *Network) attach(ctx context.Context, jobID, netns string, p *netpolicy.Policy, mask func(string) string, events func([]netpolicy.Event)) (*jobNetwork, error) {
 	sb, err := n.Sandbox.Setup(ctx, jobID, netns)
 	if err != nil {
 		return nil, err
 	}
+	return n.register(ctx, jobID, sb, p, mask, events)
+}
+
+// register registers the job's policy with the gateway on a plumbed
+// sandbox (a fresh one, or a warm one the job claimed). On error the
+// sandbox is torn down.
+func (n *Network) register(ctx context.Context, jobID string, sb *sandbox.Network, p *netpolicy.Policy, mask func(string) string, events func([]netpolicy.Event)) (*jobNetwork, error) {
 	jn := &jobNetwork{n: n, job: jobID, sb: sb}
 	if events != nil {
 		n.events.add(jobID, events)
 	}
-	reg, err := n.Gateway.Register(ctx, netpolicy.JobConfig{JobID: jobID, GatewayIP: sb.GatewayIP, JobIP: sb.JobIP, Policy: p})
+	reg, err := n.Gateway.Register(ctx, netpolicy.JobConfig{JobID: jobID, GatewayIP: sb.GatewayIP, JobIP: sb.JobIP, Policy: p, Mask: mask})
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("starting the gateway of job %s: %w", jobID, err), jn.close(context.WithoutCancel(ctx)))
 	}
 	jn.reg = reg
+	return jn, nil
+}
+
+// attachNew creates the job's named network namespace, plumbs and
+// firewalls it and registers the job with the gateway, all before any
+// process of the job exists: for executors that start the job in it
+// (executors.NamespaceJoiner). close deletes the namespace too.
+func (n *Network) attachNew(ctx context.Context, jobID string, p *netpolicy.Policy, mask func(string) string, events func([]netpolicy.Event)) (*jobNetwork, error) {
+	path, err := n.Sandbox.CreateNetNS(jobID)
+	if err != nil {
+		return nil, err
+	}
+	jn, err := n.attach(ctx, jobID, path, p, mask, events)
+	if err != nil {
+		return nil, errors.Join(err, n.Sandbox.DeleteNetNS(jobID))
+	}
+	jn.netns = path
 	return jn, nil
 }
 
@@ -149,7 +190,8 @@ func (jn *jobNetwork) env() []string {
 	}
 }
 
-// summary is what the gateway decided for the job so far.
+// summary is what the gateway decided for the job; after close it is
+// final and agrees with the trail.
 func (jn *jobNetwork) summary() *netpolicy.Summary {
 	if jn.reg == nil {
 		return nil
@@ -168,6 +210,11 @@ func (jn *jobNetwork) close(ctx context.Context) error {
 	}
 	if err := jn.sb.Teardown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("tearing down the network of job %s: %w", jn.job, err))
+	}
+	if jn.netns != "" {
+		if err := jn.n.Sandbox.DeleteNetNS(jn.job); err != nil {
+			errs = append(errs, fmt.Errorf("deleting the network namespace of job %s: %w", jn.job, err))
+		}
 	}
 	jn.n.events.remove(jn.job)
 	return errors.Join(errs...)

@@ -22,6 +22,33 @@ const labelOwner = "io.airlock.owner"
 // ownerFile in a job's runtime directory names the process that runs it.
 const ownerFile = "owner"
 
+// partialPrefix starts the name of a runtime or workspace directory being
+// created: ".new-<owner>-<random>".
+const partialPrefix = ".new-"
+
+// legacyPartialAge is how old a partial directory without any owner
+// (made by an older airlock) must be before a sweep removes it.
+const legacyPartialAge = 10 * time.Minute
+
+// partialDead reports whether a partial directory was left by a process
+// that is gone: the owner in its name (or, from older versions, its owner
+// file) is dead, or it has no owner at all and is older than
+// legacyPartialAge (a crash between creating it and writing the owner).
+func partialDead(dir string) bool {
+	rest := strings.TrimPrefix(filepath.Base(dir), partialPrefix)
+	if i := strings.LastIndexByte(rest, '-'); i > 0 {
+		if o, err := procs.Parse(rest[:i]); err == nil {
+			return !o.Alive()
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, ownerFile)); err == nil {
+		o, err := procs.Parse(strings.TrimSpace(string(b)))
+		return err != nil || !o.Alive()
+	}
+	st, err := os.Stat(dir)
+	return err == nil && time.Since(st.ModTime()) > legacyPartialAge
+}
+
 // Recovered is a job of this runner that did not finish before its
 // process died: its credentials are revoked, its container, network and
 // runtime files removed and its audit trail sealed with runner_crashed.
@@ -52,21 +79,23 @@ func (r *Runner) Recover(ctx context.Context) ([]Recovered, error) {
 			found(j.ID)
 		}
 	}
-	if r.docker != nil {
-		left, err := r.docker.Leftovers(ctx, r.cfg.RunnerID)
+	if reaper, ok := r.exec.(executors.Reaper); ok {
+		left, err := reaper.Leftovers(ctx, r.cfg.RunnerID)
 		errs = append(errs, err)
-		for id, lab := range left {
-			if o, err := procs.Parse(lab[labelOwner]); err == nil && o.Alive() {
+		for _, l := range left {
+			if o, err := procs.Parse(l.Labels[labelOwner]); err == nil && o.Alive() {
 				continue
 			}
-			errs = append(errs, r.docker.Remove(ctx, id))
-			found(lab[executors.LabelJob])
+			errs = append(errs, reaper.RemoveLeftover(ctx, l))
+			if l.JobID != "" { // a cgroup alone names no job
+				found(l.JobID)
+			}
 		}
 	}
 	if r.Network != nil {
 		errs = append(errs, r.Network.Sandbox.Sweep(ctx))
 	}
-	errs = append(errs, r.sweepRuntime(found))
+	errs = append(errs, r.sweepRuntime(found), r.sweepWorkspaces())
 	if r.Audit != nil {
 		// Trails the broker's revocations reopened are sealed here; the
 		// rest of the crashed jobs' trails by audit.Recover.
@@ -117,22 +146,22 @@ func (r *Runner) sweepRuntime(found func(string) *Recovered) error {
 	for _, e := range ents {
 		// ".new-" directories are being created (see makeRuntimeDir); one
 		// whose owner is dead was left by a crash in between.
-		partial := strings.HasPrefix(e.Name(), ".new-")
+		partial := strings.HasPrefix(e.Name(), partialPrefix)
 		if !e.IsDir() || !strings.HasPrefix(e.Name(), prefix) && !partial {
 			continue
 		}
 		dir := filepath.Join(base, e.Name())
+		if partial {
+			if partialDead(dir) {
+				errs = append(errs, os.RemoveAll(dir))
+			}
+			continue
+		}
 		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
 		if err == nil {
 			if o, err := procs.Parse(strings.TrimSpace(string(b))); err == nil && o.Alive() {
 				continue
 			}
-		}
-		if partial {
-			if err == nil { // an owner file says whose it is: a dead process's
-				errs = append(errs, os.RemoveAll(dir))
-			}
-			continue
 		}
 		if err := os.RemoveAll(dir); err != nil {
 			errs = append(errs, fmt.Errorf("removing runtime directory %s: %w", dir, err))

@@ -5,41 +5,29 @@ import (
 	"time"
 
 	"github.com/airlock-ci/airlock/netpolicy"
+	"github.com/airlock-ci/airlock/runner/job"
 )
 
-// State is how a job ended.
-type State string
+// The outcome vocabulary lives in runner/job so that coordinators report
+// without importing runner; these names keep the runner's code short.
+type (
+	State         = job.State
+	FailureReason = job.FailureReason
+	StepResult    = job.StepResult
+)
 
-// Job end states.
+// Job end states and failure reasons (see package job).
 const (
-	Success State = "success"
-	Failed  State = "failed"
-	// Canceled: the job was cancelled (by a user, the coordinator or a
-	// runner shutdown) before it finished.
-	Canceled State = "canceled"
+	Success             = job.Success
+	Failed              = job.Failed
+	Canceled            = job.Canceled
+	ScriptFailure       = job.ScriptFailure
+	RunnerSystemFailure = job.RunnerSystemFailure
+	JobTimeout          = job.JobTimeout
+	ImagePullFailure    = job.ImagePullFailure
+	ConfigurationError  = job.ConfigurationError
+	Unauthorized        = job.Unauthorized
 )
-
-// FailureReason says why a job failed, with GitLab's vocabulary.
-type FailureReason string
-
-// Failure reasons.
-const (
-	ScriptFailure       FailureReason = "script_failure"
-	RunnerSystemFailure FailureReason = "runner_system_failure"
-	JobTimeout          FailureReason = "job_execution_timeout"
-	ImagePullFailure    FailureReason = "image_pull_failure"
-	ConfigurationError  FailureReason = "runner_configuration_error"
-	Unauthorized        FailureReason = "unauthorized" // a declared credential or egress is not granted
-)
-
-// StepResult is what one step did.
-type StepResult struct {
-	Name     string
-	Skipped  bool // its condition (when) did not hold
-	ExitCode int  // -1 when it did not finish (cancelled, timed out, runner error)
-	Duration time.Duration
-	Err      error // runner error, timeout or cancel; nil for a plain exit code
-}
 
 // Result is how a job went.
 type Result struct {
@@ -57,6 +45,10 @@ type Result struct {
 	// Egress is what the job's gateway allowed and denied (nil when the
 	// runner gives jobs no network).
 	Egress *netpolicy.Summary
+	// Mask is the job's masker (case-insensitive for values a job may
+	// have case-folded, as in host names): pass everything of the result
+	// through it before printing it.
+	Mask func(string) string
 }
 
 // Sentinel causes for cancelling a job's context.

@@ -9,10 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,7 +18,6 @@ import (
 
 	"github.com/airlock-ci/airlock/audit"
 	"github.com/airlock-ci/airlock/executors"
-	"github.com/airlock-ci/airlock/executors/docker"
 	"github.com/airlock-ci/airlock/internal/procs"
 	"github.com/airlock-ci/airlock/netpolicy"
 	"github.com/airlock-ci/airlock/runner/job"
@@ -47,6 +44,9 @@ type Config struct {
 	Limits executors.Limits
 	// User runs the steps ("" = the image's user).
 	User string
+	// ServiceWait bounds the health check of a job's services (0:
+	// DefaultServiceWait, negative: no check).
+	ServiceWait time.Duration
 }
 
 // Defaults for Config's zero fields.
@@ -79,11 +79,50 @@ type Runner struct {
 	Network *Network        // per-job netns, firewall and egress gateway
 	Broker  *secrets.Broker // grants, minting and revocation of credentials
 	Audit   *Auditor        // tamper-evident trail of every job
+	// LeakScan scans each job's change for credentials before its code
+	// runs (nil: no scan).
+	LeakScan *LeakScan
 
 	owner   procs.Owner
-	docker  *docker.Executor // for recovery, when Open built the runner
-	closers *closers
+	closeMu sync.Mutex
+	closers []func() error
 	metrics atomic.Pointer[Metrics]
+	pool    atomic.Pointer[Pool] // warm sandboxes, when StartPool was called
+}
+
+// ID is the runner id that labels everything the runner creates.
+func (r *Runner) ID() string { return r.cfg.RunnerID }
+
+// OnClose registers f to run at Close; functions run in reverse order of
+// registration. The wiring (internal/wiring) registers what it built.
+func (r *Runner) OnClose(f func() error) {
+	r.closeMu.Lock()
+	defer r.closeMu.Unlock()
+	r.closers = append(r.closers, f)
+}
+
+// Close drains the warm pool, then runs what OnClose registered, and
+// returns every failure. Jobs must have finished.
+func (r *Runner) Close() error {
+	r.closeMu.Lock()
+	fns := r.closers
+	r.closers = nil
+	r.closeMu.Unlock()
+	errs := []error{r.ClosePool(context.Background())}
+	for i := len(fns) - 1; i >= 0; i-- {
+		errs = append(errs, fns[i]())
+	}
+	return errors.Join(errs...)
+}
+
+// CredentialEvent records a credential broker event in the metrics and
+// the job's audit trail: the broker's Events callback.
+func (r *Runner) CredentialEvent(ctx context.Context, e secrets.Event) error {
+	r.metrics.Load().credentialEvent(e)
+	if r.Audit == nil {
+		return nil
+	}
+	return r.Audit.brokerEvent(ctx, e)
 }
 
 // SetMetrics makes the runner count its jobs, egress decisions and
@@ -146,10 +185,29 @@ type RunOptions struct {
 	// copies dir into the job's working directory. Output written to out
 	// goes to the job's log (masked).
 	Workspace func(ctx context.Context, dir string, out io.Writer) error
+	// Collect, if set, runs after the last step (and after a failure to
+	// prepare the sources, once the container exists) while the job's
+	// container still exists: state is how the job went, fetch copies a
+	// path of the working directory (relative, "." for all of it) out to
+	// a host directory, symlinks as symlinks. It archives caches and
+	// artifacts (GitLab's). An error fails a job that had succeeded, with
+	// the reason of a *job.ReasonError it wraps (default script_failure).
+	Collect func(ctx context.Context, state job.State, fetch func(ctx context.Context, rel, dst string) error, out io.Writer) error
+	// ResolveSecrets, if set, resolves secrets from a store the job's
+	// coordinator names (GitLab's secrets:, see job.SecretResolver) before
+	// anything of the job exists; revoke runs at teardown.
+	ResolveSecrets func(ctx context.Context) (vars []job.Variable, reads []job.SecretRead, revoke func(context.Context) error, err error)
 	// AwaitAudit makes Run wait (bounded by the cleanup timeout) until the
 	// sealed audit trail is in the directory sink, so that
 	// Result.AuditTrail can be read (e.g. uploaded) when Run returns.
 	AwaitAudit bool
+	// Driver, if set, decides and runs the job's steps with its
+	// coordinator's semantics (GitHub's); see job.StepDriver.
+	Driver StepDriver
+	// GitDir is a host-side repository holding the job's BeforeSHA..SHA:
+	// the leak scan runs there before anything of the job exists. Without
+	// it, a Workspace clone is scanned instead.
+	GitDir string
 }
 
 // Run runs j and returns how it went. Cancelling ctx aborts the job: the
@@ -166,7 +224,7 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 		out = io.Discard
 	}
 	masker := mask.New(out, append(j.Masked(), o.Mask...)...)
-	res = &Result{State: Failed, Reason: RunnerSystemFailure}
+	res = &Result{State: Failed, Reason: RunnerSystemFailure, Mask: masker.MaskFold}
 	e := &execution{r: r, j: j, log: log, out: masker, masker: masker, opts: o}
 	for _, h := range r.Hooks {
 		h.JobStarted(j)
@@ -187,6 +245,16 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 		}
 	}()
 
+	if o.Driver == nil {
+		// run:/uses: steps mean what their coordinator's driver says;
+		// without one they must not pass for empty scripts.
+		for _, s := range j.Steps {
+			if s.Kind != job.StepScript {
+				res.Reason, res.Err = ConfigurationError, fmt.Errorf("invalid job: step %q is a %s step, which needs its coordinator's step driver, and none was given", s.Name, s.Kind)
+				return res, nil
+			}
+		}
+	}
 	if err := j.Validate(); err != nil {
 		res.Reason, res.Err = ConfigurationError, fmt.Errorf("invalid job: %w", err)
 		return res, nil
@@ -194,7 +262,7 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 	if r.Audit != nil {
 		// No job runs unaudited: a trail that cannot be written fails it.
 		var err error
-		if e.trail, err = r.Audit.open(r.cfg.RunnerID, j, masker.MaskString, log); err != nil {
+		if e.trail, err = r.Audit.open(r.cfg.RunnerID, j, masker.MaskFold, log); err != nil {
 			res.Err = err
 			return res, nil
 		}
@@ -226,13 +294,28 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 	}
 
 	fmt.Fprintf(masker, "Running job %s on runner %s\n", j.ID, r.cfg.RunnerID)
-	if err := e.decide(jobCtx); err != nil {
+	if o.ResolveSecrets != nil {
+		if err := e.resolveSecrets(jobCtx); err != nil {
+			res.Reason, res.Err = ConfigurationError, err
+			var re *job.ReasonError
+			if errors.As(err, &re) {
+				res.Reason = re.Reason
+			}
+			fmt.Fprintf(masker, "\x1b[31;1mERROR: %v\x1b[0;m\n", err)
+			return res, nil
+		}
+	}
+	if err := e.beforeCode(jobCtx); err != nil {
 		res.Err = err
 		var denied *DeniedError
 		if errors.As(err, &denied) {
 			res.Reason = Unauthorized
 			fmt.Fprintf(masker, "\x1b[31;1mJob refused before running: %v\x1b[0;m\n", err)
 		} else {
+			var re *job.ReasonError // e.g. a dependency's artifacts (sources fetched early)
+			if errors.As(err, &re) {
+				res.Reason = re.Reason
+			}
 			fmt.Fprintf(masker, "\x1b[31;1mPreparing the job's credentials and network failed: %v\x1b[0;m\n", err)
 		}
 		return res, nil
@@ -246,10 +329,20 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 		if jobCtx.Err() != nil {
 			r.endState(res, ctx, jobCtx)
 		}
+		var re *job.ReasonError
+		if errors.As(err, &re) {
+			res.Reason = re.Reason
+		}
 		fmt.Fprintf(masker, "\x1b[31;1mPreparing the job failed: %v\x1b[0;m\n", err)
+		e.collect(ctx, res)
 		return res, nil
 	}
-	e.runSteps(ctx, jobCtx, res)
+	if o.Driver != nil {
+		e.runDriven(ctx, jobCtx, res)
+	} else {
+		e.runSteps(ctx, jobCtx, res)
+	}
+	e.collect(ctx, res)
 	return res, nil
 }
 
@@ -277,7 +370,13 @@ type execution struct {
 	log    hclog.Logger
 	out    io.Writer // masked
 	masker *mask.Writer
-	opts   RunOptions
+	// scanned: the leak scan ran (once per job).
+	scanned bool
+	// wsDir is the host-side clone made before anything of the job
+	// (cloneEarly), removed by wsCleanup.
+	wsDir     string
+	wsCleanup func()
+	opts      RunOptions
 
 	trail  *jobTrail
 	dir    string // runtime directory on the host
@@ -286,6 +385,26 @@ type execution struct {
 	ctr    executors.Container
 	net    *jobNetwork
 	env    []string
+	warm   *warmSandbox // the pooled sandbox the job claimed
+
+	services  *jobServices
+	svcMounts []executors.Mount // what services mount (hosts, resolv.conf)
+
+	secretsRevoke func(context.Context) error
+	secretReads   []job.SecretRead
+}
+
+// beforeCode is everything decided before any of the job exists: the leak
+// scan of its change (where the sources are on the host already), then
+// grants and egress.
+func (e *execution) beforeCode(ctx context.Context) error {
+	if err := e.cloneEarly(ctx); err != nil {
+		return err
+	}
+	if err := e.leakScan(ctx, e.opts.GitDir); err != nil {
+		return err
+	}
+	return e.decide(ctx)
 }
 
 // decide settles what the job may use before anything of it exists: its
@@ -306,11 +425,22 @@ func (e *execution) decide(ctx context.Context) error {
 		}
 		e.policy = p
 	}
-	dir, err := r.makeRuntimeDir(j.ID)
-	if err != nil {
-		return err
+	var w *warmSandbox
+	if len(j.Services) == 0 {
+		// A warm sandbox's container has no /etc/hosts for services' aliases.
+		w = r.pool.Load().claim(j)
 	}
-	e.dir = dir
+	if w != nil {
+		// Owned by the job from here: finish destroys it.
+		e.warm, e.dir, e.ctr = w, w.dir, w.ctr
+		e.log.Debug("claimed a warm sandbox", "sandbox", w.id)
+	} else {
+		dir, err := r.makeRuntimeDir(j.ID)
+		if err != nil {
+			return err
+		}
+		e.dir = dir
+	}
 	if len(j.Secrets) == 0 {
 		return nil
 	}
@@ -331,152 +461,6 @@ func (e *execution) decide(ctx context.Context) error {
 		e.policy.Credentials = jc.bound
 	}
 	return nil
-}
-
-func (e *execution) prepare(ctx context.Context) error {
-	env, err := e.variables()
-	if err != nil {
-		return err
-	}
-	mounts := []executors.Mount{{Source: e.dir, Target: containerRunDir}}
-	resolv := filepath.Join(e.dir, "resolv.conf")
-	if e.r.Network != nil {
-		// Written again once the gateway's address is known (same inode,
-		// so the bind mount shows the new content).
-		if err := os.WriteFile(resolv, []byte("# the job's gateway is not up yet\n"), 0o444); err != nil {
-			return fmt.Errorf("writing resolv.conf: %w", err)
-		}
-		mounts = append(mounts, executors.Mount{Source: resolv, Target: "/etc/resolv.conf"})
-		if err := os.WriteFile(filepath.Join(e.dir, "ca.pem"), e.r.Network.trustBundle(), 0o444); err != nil {
-			return fmt.Errorf("writing the job's CA bundle: %w", err)
-		}
-		env = append(env, caVariables(containerRunDir+"/ca.pem")...)
-	}
-	ctr, err := e.r.exec.Create(ctx, executors.Spec{
-		RunnerID: e.r.cfg.RunnerID,
-		JobID:    e.j.ID,
-		Image:    e.j.Image,
-		Pull:     e.r.cfg.Pull,
-		Limits:   e.r.cfg.Limits,
-		WorkDir:  e.r.cfg.WorkDir,
-		User:     e.r.cfg.User,
-		Mounts:   mounts,
-		Labels:   map[string]string{labelOwner: e.r.owner.String()},
-	})
-	if err != nil {
-		return fmt.Errorf("preparing container: %w", err)
-	}
-	e.ctr = ctr
-	if e.r.Network != nil {
-		m := e.r.metrics.Load()
-		var rec *gatewayRecorder
-		if e.trail != nil {
-			rec = newGatewayRecorder(e.trail, e.creds)
-		}
-		events := func(ev netpolicy.Event) {
-			m.egressEvent(ev)
-			if rec != nil {
-				rec.record(ev)
-			}
-		}
-		jn, err := e.r.Network.attach(ctx, e.j.ID, ctr.NetNS(), e.policy, events)
-		if err != nil {
-			return fmt.Errorf("isolating the job's network: %w", err)
-		}
-		e.net = jn
-		if err := rewriteInPlace(resolv, resolvConf(jn.gateway())); err != nil {
-			return fmt.Errorf("writing resolv.conf: %w", err)
-		}
-		env = append(env, jn.env()...)
-	}
-	if e.creds != nil {
-		env = append(env, e.creds.env...)
-	}
-	e.env = env
-	if e.opts.Workspace != nil {
-		if err := e.workspace(ctx); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// makeRuntimeDir creates the job's runtime directory with its owner file
-// in place: it is made under a temporary name and renamed, so that a
-// recovery running beside it never sees it without an owner and removes it.
-func (r *Runner) makeRuntimeDir(jobID string) (string, error) {
-	base := filepath.Join(r.cfg.RuntimeDir, "jobs")
-	if err := os.MkdirAll(base, 0o700); err != nil {
-		return "", fmt.Errorf("creating runtime directory: %w", err)
-	}
-	tmp, err := os.MkdirTemp(base, ".new-")
-	if err != nil {
-		return "", fmt.Errorf("creating runtime directory for job %s: %w", jobID, err)
-	}
-	dir := filepath.Join(base, r.cfg.RunnerID+"-"+jobID)
-	err = errors.Join(
-		os.Chmod(tmp, 0o755),
-		os.WriteFile(filepath.Join(tmp, ownerFile), []byte(r.owner.String()+"\n"), 0o444),
-	)
-	if err == nil {
-		// Rename replaces an empty directory: refuse an existing one.
-		if _, serr := os.Lstat(dir); serr == nil {
-			err = fmt.Errorf("%s exists already", dir)
-		} else {
-			err = os.Rename(tmp, dir)
-		}
-	}
-	if err != nil {
-		os.RemoveAll(tmp)
-		return "", fmt.Errorf("creating runtime directory for job %s: %w", jobID, err)
-	}
-	return dir, nil
-}
-
-// rewriteInPlace replaces a file's content keeping its inode.
-func rewriteInPlace(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
-	if err != nil {
-		return err
-	}
-	_, werr := f.Write(b)
-	return errors.Join(werr, f.Close())
-}
-
-// variables returns the steps' environment: predefined variables, then
-// the job's (file variables written to the runtime directory).
-func (e *execution) variables() ([]string, error) {
-	j := e.j
-	env := []string{
-		"CI=true",
-		"AIRLOCK=true",
-		"CI_JOB_ID=" + j.ID,
-		"CI_PROJECT_DIR=" + e.r.cfg.WorkDir,
-	}
-	if j.Repo != "" {
-		env = append(env, "CI_PROJECT_PATH="+j.Repo)
-	}
-	if j.Ref != "" {
-		env = append(env, "CI_COMMIT_REF_NAME="+j.Ref)
-	}
-	if j.SHA != "" {
-		env = append(env, "CI_COMMIT_SHA="+j.SHA)
-	}
-	if j.Environment != "" {
-		env = append(env, "CI_ENVIRONMENT_NAME="+j.Environment)
-	}
-	for i, v := range j.Variables {
-		val := v.Value
-		if v.File {
-			name := "var-" + strconv.Itoa(i) + "-" + v.Key
-			if err := os.WriteFile(filepath.Join(e.dir, name), []byte(v.Value), 0o444); err != nil {
-				return nil, fmt.Errorf("writing file variable %s: %w", v.Key, err)
-			}
-			val = containerRunDir + "/" + name
-		}
-		env = append(env, v.Key+"="+val)
-	}
-	return env, nil
 }
 
 func (e *execution) runSteps(ctx, jobCtx context.Context, res *Result) {
@@ -500,6 +484,9 @@ func (e *execution) runSteps(ctx, jobCtx context.Context, res *Result) {
 			failed = true
 			res.Err = sr.Err
 			res.State, res.Reason = Failed, RunnerSystemFailure
+			if errors.Is(sr.Err, ErrTimeout) {
+				res.Reason = JobTimeout // the step's own timeout
+			}
 			if jobCtx.Err() != nil {
 				e.r.endState(res, ctx, jobCtx)
 			}
@@ -573,13 +560,27 @@ func (e *execution) finish(ctx context.Context, res *Result) error {
 	var errs []error
 	destroyed := make(chan error, 1)
 	if e.ctr != nil {
-		go func() { destroyed <- e.ctr.Destroy(ctx) }()
+		go func() {
+			// Services first: they share the job container's namespace.
+			serr := e.stopServices(ctx)
+			destroyed <- errors.Join(serr, e.ctr.Destroy(ctx))
+		}()
 	} else {
 		destroyed <- nil
 	}
+	e.dropEarlyClone()
 	if e.net != nil {
-		res.Egress = e.net.summary()
+		// Closing flushes the job's queued gateway events into its trail;
+		// the summary taken afterwards is final and agrees with it.
 		if err := e.net.close(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		res.Egress = e.net.summary()
+	}
+	if e.warm != nil && e.warm.sb != nil {
+		// A claimed sandbox whose job ended before its network was
+		// registered.
+		if err := e.warm.sb.Teardown(ctx); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -588,11 +589,14 @@ func (e *execution) finish(ctx context.Context, res *Result) error {
 			errs = append(errs, err)
 		}
 	}
+	if err := e.revokeSecrets(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	if err := <-destroyed; err != nil {
 		errs = append(errs, fmt.Errorf("removing container of job %s: %w", e.j.ID, err))
 	}
 	if e.dir != "" {
-		if err := os.RemoveAll(e.dir); err != nil {
+		if err := removeRuntimeDir(e.dir); err != nil {
 			errs = append(errs, fmt.Errorf("removing runtime directory of job %s: %w", e.j.ID, err))
 		}
 	}

@@ -43,7 +43,7 @@ func (l *lockedBuffer) String() string {
 func newTestRunner(t *testing.T) *Runner {
 	t.Helper()
 	testenv.RequireTestImage(t)
-	ex, err := docker.New(context.Background(), docker.Config{Grace: time.Second}, nil)
+	ex, err := docker.New(context.Background(), docker.Config{Grace: time.Second, StepServer: testenv.StepServer(t)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,9 +60,9 @@ func newTestRunner(t *testing.T) *Runner {
 		if err != nil {
 			t.Errorf("listing leftovers: %v", err)
 		}
-		for c := range left {
-			t.Errorf("container %s left behind", c)
-			ex.Remove(context.Background(), c)
+		for _, l := range left {
+			t.Errorf("container %s left behind", l.ID)
+			ex.Remove(context.Background(), l.ID)
 		}
 		if ents, _ := os.ReadDir(filepath.Join(rt, "jobs")); len(ents) > 0 {
 			t.Errorf("runtime directories left behind: %v", ents)

@@ -1,0 +1,331 @@
+package runner
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/runner/job"
+	"github.com/airlock-ci/airlock/sandbox"
+)
+
+// Pool keeps warm sandboxes for the images an admin lists: the container
+// created with its idle entrypoint, its namespace plumbed and its
+// default-deny firewall in place, its runtime directory mounted — with no
+// job policy (the gateway has no listener for it), no credentials and no
+// workspace. A job whose image matches claims one in decide: its policy is
+// registered, its credentials minted into the runtime directory, its
+// sources copied in, and its first step starts without a container or a
+// network being made on its path. A sandbox serves exactly one job and is
+// destroyed with it; the pool refills in the background.
+//
+// Pooled sandboxes carry the runner's labels and owner like jobs (their
+// id is "pool-<hex>"), so recovery after a crash removes them as it removes
+// a crashed job's container, network and runtime directory.
+type Pool struct {
+	r    *Runner
+	want map[string]int // image -> sandboxes kept ready
+	log  hclog.Logger
+
+	mu       sync.Mutex
+	ready    map[string][]*warmSandbox
+	building map[string]int
+	closed   bool
+	kick     chan struct{}
+	stop     context.CancelFunc
+	done     chan struct{}
+
+	hits, misses atomic.Int64
+}
+
+// warmSandbox is one pooled sandbox.
+type warmSandbox struct {
+	id     string
+	image  string
+	dir    string // runtime directory (mounted at /run/airlock)
+	resolv string // its resolv.conf (mounted at /etc/resolv.conf)
+	ctr    executors.Container
+	sb     *sandbox.Network // nil when the runner gives jobs no network
+}
+
+// PoolStats are the pool's counters.
+type PoolStats struct {
+	Hits, Misses int64
+	Ready        map[string]int
+}
+
+// StartPool starts keeping size[image] warm sandboxes of each image until
+// ClosePool (or Close). Jobs claim them from then on. The pool is not used
+// with pull policy "always" (a pooled container could hold an old image)
+// nor with an executor that joins namespaces it is given (containerd makes
+// the task inside the namespace at once, which is what the pool saves).
+func (r *Runner) StartPool(ctx context.Context, size map[string]int) (*Pool, error) {
+	if r.cfg.Pull == executors.PullAlways {
+		return nil, errors.New("pool: not used with pull_policy \"always\": a pooled container would keep the image it was made from")
+	}
+	if nj, ok := r.exec.(executors.NamespaceJoiner); ok && nj.JoinsNetNS() {
+		return nil, errors.New("pool: the executor creates its containers inside a ready namespace; warm sandboxes are for executors that do not")
+	}
+	want := map[string]int{}
+	for img, n := range size {
+		if n < 0 {
+			return nil, fmt.Errorf("pool: size of %s is negative", img)
+		}
+		if n > 0 {
+			want[img] = n
+		}
+	}
+	pctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	p := &Pool{r: r, want: want, log: r.log.Named("pool"), ready: map[string][]*warmSandbox{},
+		building: map[string]int{}, kick: make(chan struct{}, 1), stop: stop, done: make(chan struct{})}
+	if !r.pool.CompareAndSwap(nil, p) {
+		stop()
+		return nil, errors.New("pool: already started")
+	}
+	total := 0
+	for _, n := range want {
+		total += n
+	}
+	workers := min(max(total, 1), maxRefillers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() { p.refill(pctx) })
+	}
+	go func() { wg.Wait(); close(p.done) }()
+	p.nudge()
+	return p, nil
+}
+
+// Stats returns the pool's counters and ready sandboxes by image.
+func (p *Pool) Stats() PoolStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := PoolStats{Hits: p.hits.Load(), Misses: p.misses.Load(), Ready: map[string]int{}}
+	for img, ws := range p.ready {
+		st.Ready[img] = len(ws)
+	}
+	return st
+}
+
+// WaitReady waits until every image has its sandboxes ready, or ctx ends.
+func (p *Pool) WaitReady(ctx context.Context) error {
+	for {
+		full := true
+		p.mu.Lock()
+		for img, n := range p.want {
+			if len(p.ready[img]) < n {
+				full = false
+			}
+		}
+		p.mu.Unlock()
+		if full {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for warm sandboxes: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func (p *Pool) nudge() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// claim takes a ready sandbox for j's image, or returns nil (the job runs
+// cold).
+func (p *Pool) claim(j *job.Job) *warmSandbox {
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, listed := p.want[j.Image]; !listed || p.closed {
+		return nil
+	}
+	ws := p.ready[j.Image]
+	if len(ws) == 0 {
+		p.misses.Add(1)
+		p.nudge()
+		return nil
+	}
+	w := ws[0]
+	p.ready[j.Image] = ws[1:]
+	p.hits.Add(1)
+	p.nudge()
+	return w
+}
+
+// maxRefillers bounds the sandboxes built at once.
+const maxRefillers = 4
+
+// refill builds sandboxes until each image has its count, with a back-off
+// after failures; several refillers run at once (maxRefillers).
+func (p *Pool) refill(ctx context.Context) {
+	fails := 0
+	for {
+		img := p.missing()
+		if img == "" {
+			select {
+			case <-ctx.Done():
+				return
+			case <-p.kick:
+				continue
+			}
+		}
+		p.nudge() // wake another refiller: more may be missing
+		w, err := p.build(ctx, img)
+		p.mu.Lock()
+		p.building[img]--
+		closed := p.closed
+		if err == nil && !closed {
+			p.ready[img] = append(p.ready[img], w)
+		}
+		p.mu.Unlock()
+		if err == nil && closed {
+			p.destroy(context.Background(), w)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			fails++
+			wait := min(time.Duration(fails)*time.Second, time.Minute)
+			p.log.Error("making a warm sandbox failed", "image", img, "error", err, "retry_in", wait)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			continue
+		}
+		fails = 0
+	}
+}
+
+// missing returns an image short of sandboxes (counting those being
+// built), marking one as being built; "" when none is.
+func (p *Pool) missing() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return ""
+	}
+	imgs := make([]string, 0, len(p.want))
+	for img := range p.want {
+		imgs = append(imgs, img)
+	}
+	sort.Strings(imgs)
+	for _, img := range imgs {
+		if len(p.ready[img])+p.building[img] < p.want[img] {
+			p.building[img]++
+			return img
+		}
+	}
+	return ""
+}
+
+// build makes one warm sandbox of image. On error nothing of it is left.
+func (p *Pool) build(ctx context.Context, image string) (w *warmSandbox, err error) {
+	r := p.r
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	w = &warmSandbox{id: "pool-" + hex.EncodeToString(b), image: image}
+	defer func() {
+		if err != nil {
+			p.destroy(context.WithoutCancel(ctx), w)
+			w = nil
+		}
+	}()
+	if w.dir, err = r.makeRuntimeDir(w.id); err != nil {
+		return w, err
+	}
+	mounts, err := r.runtimeMounts(w.dir)
+	if err != nil {
+		return w, err
+	}
+	w.resolv = filepath.Join(w.dir, "resolv.conf")
+	start := time.Now()
+	w.ctr, err = r.exec.Create(ctx, executors.Spec{
+		RunnerID: r.cfg.RunnerID, JobID: w.id, Image: image, Pull: r.cfg.Pull,
+		Limits: r.cfg.Limits, WorkDir: r.cfg.WorkDir, User: r.cfg.User, Mounts: mounts,
+		Labels: map[string]string{labelOwner: r.owner.String()},
+	})
+	if err != nil {
+		return w, fmt.Errorf("creating a warm container of %s: %w", image, err)
+	}
+	if r.Network != nil {
+		if w.sb, err = r.Network.Sandbox.Setup(ctx, w.id, w.ctr.NetNS()); err != nil {
+			return w, fmt.Errorf("plumbing a warm sandbox of %s: %w", image, err)
+		}
+		if err := rewriteInPlace(w.resolv, resolvConf(w.sb.GatewayIP)); err != nil {
+			return w, fmt.Errorf("writing resolv.conf: %w", err)
+		}
+	}
+	p.log.Debug("warm sandbox ready", "image", image, "sandbox", w.id, "took", time.Since(start))
+	return w, nil
+}
+
+// destroy removes a sandbox no job claimed.
+func (p *Pool) destroy(ctx context.Context, w *warmSandbox) error {
+	var errs []error
+	if w.ctr != nil {
+		errs = append(errs, w.ctr.Destroy(ctx))
+	}
+	if w.sb != nil {
+		errs = append(errs, w.sb.Teardown(ctx))
+	}
+	if w.dir != "" {
+		errs = append(errs, removeRuntimeDir(w.dir))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("removing warm sandbox %s: %w", w.id, err)
+	}
+	return nil
+}
+
+// Close stops refilling and removes every sandbox no job claimed.
+func (p *Pool) Close(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	var all []*warmSandbox
+	for _, ws := range p.ready {
+		all = append(all, ws...)
+	}
+	p.ready = map[string][]*warmSandbox{}
+	p.mu.Unlock()
+	p.stop()
+	<-p.done
+	var errs []error
+	for _, w := range all {
+		errs = append(errs, p.destroy(ctx, w))
+	}
+	p.r.pool.CompareAndSwap(p, nil)
+	return errors.Join(errs...)
+}
+
+// ClosePool closes the pool StartPool started, if any.
+func (r *Runner) ClosePool(ctx context.Context) error {
+	if p := r.pool.Load(); p != nil {
+		return p.Close(ctx)
+	}
+	return nil
+}

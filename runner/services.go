@@ -1,0 +1,272 @@
+package runner
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/internal/nsenter"
+)
+
+// DefaultServiceWait is how long a service's ports get to accept a
+// connection before the job is warned (gitlab-runner's
+// wait_for_services_timeout).
+const DefaultServiceWait = 30 * time.Second
+
+// serviceLogCap bounds the service log shown with a health warning.
+const serviceLogCap = 64 << 10
+
+// jobServices are the services running beside one job.
+type jobServices struct {
+	list   []executors.Service
+	names  []string
+	cancel context.CancelFunc // stops the log followers
+	wg     sync.WaitGroup
+}
+
+// writeHosts writes the job's /etc/hosts: every service alias on
+// 127.0.0.1, since the services share the job's network namespace.
+func (e *execution) writeHosts() (string, error) {
+	var b strings.Builder
+	b.WriteString("127.0.0.1\tlocalhost\n")
+	for _, s := range e.j.Services {
+		if len(s.Aliases) > 0 {
+			fmt.Fprintf(&b, "127.0.0.1\t%s\n", strings.Join(s.Aliases, " "))
+		}
+	}
+	p := filepath.Join(e.dir, "hosts")
+	if err := os.WriteFile(p, []byte(b.String()), 0o444); err != nil {
+		return "", fmt.Errorf("writing the job's hosts file: %w", err)
+	}
+	return p, nil
+}
+
+// serviceEnv is a service's environment: the job's public variables
+// (never masked ones, file variables or credentials) and its own.
+func (e *execution) serviceEnv(i int) []string {
+	env := []string{"CI=true", "CI_JOB_ID=" + e.j.ID, "CI_PROJECT_DIR=" + e.r.cfg.WorkDir}
+	for _, v := range e.j.Variables {
+		if v.Public && !v.Masked && !v.File {
+			env = append(env, v.Key+"="+v.Value)
+		}
+	}
+	for _, v := range e.j.Services[i].Variables {
+		env = append(env, v.Key+"="+v.Value)
+	}
+	return env
+}
+
+func (e *execution) jobVar(key string) string {
+	val := ""
+	for _, v := range e.j.Variables {
+		if v.Key == key {
+			val = v.Value
+		}
+	}
+	return val
+}
+
+// startServices starts every service in the job's network namespace,
+// then waits for each one's ports (a warning, never a failure, when one
+// does not answer).
+func (e *execution) startServices(ctx context.Context, mounts []executors.Mount) error {
+	st, ok := e.ctr.(executors.ServiceStarter)
+	if !ok {
+		return errors.New("services: this executor cannot start services")
+	}
+	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	e.services = &jobServices{cancel: cancel}
+	debug := e.jobVar("CI_DEBUG_SERVICES") == "true"
+	for i, s := range e.j.Services {
+		name := fmt.Sprintf("%s-%d", serviceBase(s.Image), i)
+		fmt.Fprintf(e.out, "Starting service %s as %s ...\n", s.Image, strings.Join(s.Aliases, ", "))
+		svc, err := st.StartService(ctx, executors.ServiceSpec{
+			Name: name, Image: s.Image, Pull: e.r.cfg.Pull,
+			Entrypoint: s.Entrypoint, Cmd: s.Command,
+			Env:    e.serviceEnv(i),
+			Labels: map[string]string{labelOwner: e.r.owner.String()},
+			Limits: e.r.cfg.Limits,
+			Mounts: mounts,
+		})
+		if err != nil {
+			return fmt.Errorf("starting service %s: %w", s.Image, err)
+		}
+		e.services.list = append(e.services.list, svc)
+		e.services.names = append(e.services.names, s.Image)
+		if debug {
+			w := &prefixWriter{w: e.out, prefix: "[service:" + name + "] "}
+			e.services.wg.Add(1)
+			go func() {
+				defer e.services.wg.Done()
+				_ = svc.Logs(lctx, w, true)
+			}()
+		}
+	}
+	e.waitServices(ctx)
+	return nil
+}
+
+// waitServices dials each service's ports from inside the job's network
+// namespace, once a second, until one accepts or the wait ends.
+func (e *execution) waitServices(ctx context.Context) {
+	wait := e.r.cfg.ServiceWait
+	if wait == 0 {
+		wait = DefaultServiceWait
+	}
+	if wait < 0 {
+		return
+	}
+	var wg sync.WaitGroup
+	warnings := make([]string, len(e.services.list))
+	for i, svc := range e.services.list {
+		ports := svc.Ports()
+		for _, v := range e.j.Services[i].Variables {
+			if v.Key == "HEALTHCHECK_TCP_PORT" {
+				if p, err := strconv.Atoi(v.Value); err == nil {
+					ports = []int{p}
+				}
+			}
+		}
+		if len(ports) > 20 {
+			ports = ports[:20]
+		}
+		if len(ports) == 0 {
+			warnings[i] = "the image exposes no TCP port, so its health is not checked"
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := e.dialUntil(ctx, ports, wait); err != nil {
+				warnings[i] = err.Error()
+			}
+		}()
+	}
+	wg.Wait()
+	for i, w := range warnings {
+		if w == "" {
+			continue
+		}
+		fmt.Fprintf(e.out, "\x1b[0;33m*** WARNING: Service %s probably didn't start properly.\n\nHealth check: %s\n\nService container logs:\n", e.services.names[i], w)
+		var buf bytes.Buffer
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_ = e.services.list[i].Logs(lctx, &capWriter{w: &buf, n: serviceLogCap}, false)
+		cancel()
+		e.out.Write(buf.Bytes())
+		fmt.Fprintf(e.out, "\n*********\x1b[0;m\n")
+	}
+}
+
+func (e *execution) dialUntil(ctx context.Context, ports []int, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		for _, p := range ports {
+			var ok bool
+			err := nsenter.RunPath(e.ctr.NetNS(), true, func() error {
+				c, err := net.DialTimeout("tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)), time.Second)
+				if err == nil {
+					ok = true
+					c.Close()
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("entering the job's network: %v", err)
+			}
+			if ok {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no connection to port(s) %v within %s", ports, wait)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// stopServices removes the services (before the job container, whose
+// network namespace they share).
+func (e *execution) stopServices(ctx context.Context) error {
+	if e.services == nil {
+		return nil
+	}
+	e.services.cancel()
+	var errs []error
+	for i, s := range e.services.list {
+		if err := s.Destroy(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("removing service %s of job %s: %w", e.services.names[i], e.j.ID, err))
+		}
+	}
+	e.services.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// serviceBase is a short name for a service container from its image.
+func serviceBase(image string) string {
+	a := image
+	if i := strings.LastIndexByte(a, '/'); i >= 0 {
+		a = a[i+1:]
+	}
+	if i := strings.IndexAny(a, ":@"); i >= 0 {
+		a = a[:i]
+	}
+	return a
+}
+
+// prefixWriter prefixes every line (service logs in the job log).
+type prefixWriter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	prefix string
+	mid    bool
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out bytes.Buffer
+	for _, c := range b {
+		if !p.mid {
+			out.WriteString(p.prefix)
+			p.mid = true
+		}
+		out.WriteByte(c)
+		if c == '\n' {
+			p.mid = false
+		}
+	}
+	if _, err := p.w.Write(out.Bytes()); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// capWriter keeps the first n bytes.
+type capWriter struct {
+	w io.Writer
+	n int
+}
+
+func (c *capWriter) Write(b []byte) (int, error) {
+	if c.n <= 0 {
+		return len(b), nil
+	}
+	k := min(len(b), c.n)
+	c.n -= k
+	_, err := c.w.Write(b[:k])
+	return len(b), err
+}

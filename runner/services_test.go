@@ -1,0 +1,115 @@
+package runner
+
+import (
+	"context"
+	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/internal/testenv/fakegitlab"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/client"
+
+	"github.com/airlock-ci/airlock/internal/testenv"
+	"github.com/airlock-ci/airlock/runner/job"
+)
+
+// serviceImage is a local image like the test image, exposing 5432/tcp
+// (made with a commit, never pulled).
+const serviceImage = "airlock-test:svc"
+
+func makeServiceImage(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	c, err := cli.ContainerCreate(ctx, &container.Config{Image: testenv.TestImage, Cmd: []string{"true"}}, nil, nil, nil, "")
+	if err != nil {
+		t.Fatalf("creating a container to commit: %v", err)
+	}
+	defer cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
+	if _, err := cli.ContainerCommit(ctx, c.ID, container.CommitOptions{Reference: serviceImage,
+		Changes: []string{"EXPOSE 5432/tcp", `CMD ["/bin/sh"]`}}); err != nil {
+		t.Fatalf("committing %s: %v", serviceImage, err)
+	}
+}
+
+// A service runs in the job's own network namespace: the job reaches it
+// by its alias and by the name derived from its image, and the service
+// reaches nothing the job may not (a forbidden host of the fake internet).
+func TestServicesShareTheJobsNetwork(t *testing.T) {
+	env := isoOpen(t)
+	makeServiceImage(t)
+	forbidden := testenv.ForbiddenAddr.String() + ":7" // not 80/443: those go to the transparent proxy
+	j := isoJob("svc-job", nil, []isoProbe{
+		// The service's nc restarts between connections: retry a gap.
+		{name: "alias", cmd: "for i in 1 2 3 4 5 6 7 8 9 10; do probe tcp db:5432 && break; sleep 0.3; done"},
+		{name: "derived", cmd: "for i in 1 2 3 4 5 6 7 8 9 10; do probe tcp airlock-test:5432 && break; sleep 0.3; done"},
+	})
+	j.Variables = append(j.Variables, job.Variable{Key: "CI_DEBUG_SERVICES", Value: "true", Public: true},
+		job.Variable{Key: "SECRET_TOKEN", Value: "s3cr3t-never-in-a-service", Masked: true})
+	j.Services = []job.Service{{
+		Image:     serviceImage,
+		Aliases:   []string{"db", "airlock-test"},
+		Command:   []string{"sh", "-c", `echo "egress $(probe tcp ` + forbidden + `)"; env | grep -c s3cr3t-never; while true; do echo pong | nc -l -p 5432; done`},
+		Variables: []job.Variable{{Key: "POSTGRES_DB", Value: "test", Public: true}},
+	}}
+	run := env.run(t, j, nil)
+	if run.res.State != Success {
+		t.Fatalf("job: state %s (%s), err %v; output:\n%s", run.res.State, run.res.Reason, run.res.Err, run.out)
+	}
+	for _, p := range []string{"alias", "derived"} {
+		if got := run.probe(t, p); got != "ok connected pong" {
+			t.Errorf("probe %s = %q, want ok connected pong; output:\n%s", p, got, run.out)
+		}
+	}
+	var egress string
+	for _, l := range strings.Split(run.out, "\n") {
+		if i := strings.Index(l, "egress "); i >= 0 && strings.HasPrefix(l, "[service:") {
+			egress = l[i:]
+		}
+	}
+	if !strings.HasPrefix(egress, "egress fail") {
+		t.Errorf("the service's probe of %s = %q, want a failure; output:\n%s", forbidden, egress, run.out)
+	}
+	if !strings.Contains(run.out, "] 0\n") {
+		t.Errorf("the service's environment held the masked variable; output:\n%s", run.out)
+	}
+	if strings.Contains(run.out, "probably didn't start properly") {
+		t.Errorf("health check warned for a service that listens; output:\n%s", run.out)
+	}
+}
+
+// Through GitLab: a service that never listens only warns (with its
+// logs), and its logs stay out of the job log otherwise.
+func TestAgentServiceHealthWarning(t *testing.T) {
+	e := newAgentEnv(t)
+	makeServiceImage(t)
+	r, err := New(Config{RunnerID: e.runnerID, RuntimeDir: e.runtime, Grace: time.Second, Pull: executors.PullNever,
+		ServiceWait: 2 * time.Second}, e.ex, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, stop := startAgent(t, e.config(1), r)
+	defer stop()
+	spec := gitlabSpec([]string{"echo SCRIPT-RAN"}, nil)
+	spec.Services = []fakegitlab.ServiceSpec{{Name: serviceImage, Alias: "quiet", Command: []string{"sh", "-c", "echo service-log-line; sleep 600"}}}
+	id := e.gl.Enqueue(spec)
+	st := waitJob(t, e.gl, id, 2*time.Minute)
+	trace := string(e.gl.Trace(id))
+	if st.Status != "success" {
+		t.Fatalf("job ended %s/%s, want success\n%s", st.Status, st.FailureReason, trace)
+	}
+	for _, w := range []string{"probably didn't start properly", "service-log-line", "SCRIPT-RAN"} {
+		if !strings.Contains(trace, w) {
+			t.Errorf("trace lacks %q:\n%s", w, trace)
+		}
+	}
+	if strings.Contains(trace, "[service:") {
+		t.Errorf("service logs streamed into the job log without CI_DEBUG_SERVICES:\n%s", trace)
+	}
+}
