@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs Airlock on a Debian or Ubuntu build host and runs the demo job:
-#   - the Debian packages it needs (iptables, iproute2, busybox-static; Docker
+#   - the Debian packages it needs (iptables, iproute2, nftables, busybox-static; Docker
 #     only when no engine answers),
 #   - the airlock binary in /usr/local/bin (built from this checkout),
 #   - /etc/airlock and /var/lib/airlock,
 #   - the local test image (no registry needed),
 #   - the systemd unit airlock.service (enabled where systemd runs),
-# then runs testdata/jobs/demo.yml with `airlock exec`.
+# then runs testdata/jobs/demo.yml with `airlock exec`. With AIRLOCK_TEST_DEPS=1
+# it also installs etcd-server, which the fleet tests run (make test).
 # Re-running it is safe: nothing that exists is overwritten.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -19,9 +20,16 @@ die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 command -v apt-get >/dev/null || die "this installer supports Debian and Ubuntu (apt-get not found)"
 
 need=()
-for p in iptables iproute2 busybox-static ca-certificates git make systemd; do
+for p in iptables iproute2 nftables busybox-static ca-certificates git make systemd; do
 	dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
+# A host that will run the test suite (make test) also needs an etcd server
+# binary for the fleet tests; they start their own members on loopback.
+if [[ ${AIRLOCK_TEST_DEPS:-} == 1 ]]; then
+	for p in etcd-server nodejs; do
+		dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+	done
+fi
 if ! docker info >/dev/null 2>&1; then
 	say "no Docker engine answers: installing Debian's docker.io"
 	need+=(docker.io)
@@ -40,6 +48,7 @@ command -v go >/dev/null || die "Go 1.26 or newer is needed to build Airlock (no
 say "building airlock ($(go version | awk '{print $3}'))"
 make -s build
 install -D -m 0755 bin/airlock /usr/local/bin/airlock
+install -D -m 0755 bin/airlock-stepd /usr/local/bin/airlock-stepd
 
 say "creating /etc/airlock and /var/lib/airlock"
 install -d -m 0755 /etc/airlock

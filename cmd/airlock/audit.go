@@ -68,24 +68,45 @@ and signed by the key (default: the runner key in the state directory).`,
 	return cmd
 }
 
-func auditPublicKey(g *globals, flag string) (ed25519.PublicKey, error) {
+// auditPublicKey returns the keys a trail may be signed by: --pubkey,
+// else the state directory's audit key and, in fleet mode, every host's
+// registered key.
+func auditPublicKey(g *globals, flag string) ([]ed25519.PublicKey, error) {
 	if flag != "" {
-		return audit.ParsePublicKey(flag)
+		k, err := audit.ParsePublicKey(flag)
+		return []ed25519.PublicKey{k}, err
 	}
+	var keys []ed25519.PublicKey
 	k, err := audit.LoadKey(audit.KeyPath(auditStateDir(g)))
-	if err != nil {
-		return nil, fmt.Errorf("loading the runner's audit key (or pass --pubkey): %w", err)
+	if err == nil {
+		keys = append(keys, k.Public())
 	}
-	return k.Public(), nil
+	fleetKeys, ferr := fleetAuditKeys(g)
+	keys = append(keys, fleetKeys...)
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("loading the runner's audit key (or pass --pubkey): %w", errors.Join(err, ferr))
+	}
+	return keys, nil
 }
 
-func verifyTrailFile(path string, pub ed25519.PublicKey) (audit.Report, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return audit.Report{}, err
+// verifyTrailFile verifies path against each key until one signed it.
+func verifyTrailFile(path string, pubs []ed25519.PublicKey) (audit.Report, error) {
+	var first error
+	for _, pub := range pubs {
+		f, err := os.Open(path)
+		if err != nil {
+			return audit.Report{}, err
+		}
+		rep, err := audit.Verify(f, pub)
+		f.Close()
+		if err == nil {
+			return rep, nil
+		}
+		if first == nil {
+			first = err
+		}
 	}
-	defer f.Close()
-	return audit.Verify(f, pub)
+	return audit.Report{}, first
 }
 
 func readTrailFile(path string) ([]audit.Record, error) {
@@ -150,7 +171,7 @@ Review the output before running it: it allows everything the job tried.`,
 }
 
 func newAuditPubkeyCmd(g *globals) *cobra.Command {
-	var raw bool
+	var raw, register bool
 	cmd := &cobra.Command{
 		Use:   "pubkey",
 		Short: "Print the runner's audit public key (creating the key on first use)",
@@ -163,6 +184,11 @@ verifier-key format (name+hash+base64), which 'airlock audit verify
 			if err != nil {
 				return err
 			}
+			if register {
+				if err := registerAuditKey(g, k.VerifierKey()); err != nil {
+					return err
+				}
+			}
 			if raw {
 				_, err = fmt.Fprintln(cmd.OutOrStdout(), base64.StdEncoding.EncodeToString(k.Public()))
 			} else {
@@ -172,5 +198,6 @@ verifier-key format (name+hash+base64), which 'airlock audit verify
 		},
 	}
 	cmd.Flags().BoolVar(&raw, "base64", false, "print the raw Ed25519 public key in base64")
+	cmd.Flags().BoolVar(&register, "register", false, "also register the key with the fleet store ([store] backend = \"etcd\"), so that every host verifies this host's trails")
 	return cmd
 }

@@ -65,3 +65,68 @@ func TestDoctorFailsOnBadConfig(t *testing.T) {
 		t.Errorf("doctor output lacks the summary:\n%s", out.String())
 	}
 }
+
+// doctor checks the mode of every key file, the CA key and the agent's
+// journal key included.
+func TestDoctorChecksEveryKeyFile(t *testing.T) {
+	state := t.TempDir()
+	if err := os.Chmod(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"ca-key.pem", "agent-jobs.key"} {
+		if err := os.WriteFile(filepath.Join(state, name), []byte("k"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs([]string{"doctor", "--config", filepath.Join(t.TempDir(), "none.toml"), "--state-dir", state})
+	_ = root.ExecuteContext(context.Background())
+	for _, name := range []string{"ca-key.pem", "agent-jobs.key"} {
+		found := false
+		for _, line := range strings.Split(out.String(), "\n") {
+			if strings.Contains(line, name) && strings.HasPrefix(line, "FAIL") && strings.Contains(line, "0644") {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("doctor does not fail %s with mode 0644:\n%s", name, out.String())
+		}
+	}
+}
+
+// doctor says how Docker steps run: a dynamically linked step_server is a
+// failure naming the setting; "off" is information; none beside the
+// binary is a warning with the fix.
+func TestDoctorStepServer(t *testing.T) {
+	for _, tc := range []struct{ config, prefix, want string }{
+		{"[docker]\nstep_server = \"/bin/sh\"\n", "FAIL  docker step server", "docker.step_server"},
+		{"[docker]\nstep_server = \"off\"\n", "INFO  docker step server", "engine exec"},
+		{"[docker]\nstep_server = \"\"\n", "WARN  docker step server", "install airlock-stepd next to airlock"},
+		// The executor the configuration selects is the one checked.
+		{"executor = \"containerd\"\n[docker]\nstep_server = \"/bin/sh\"\n[containerd]\nstep_server = \"off\"\n", "INFO  containerd step server", "engine exec"},
+		{"executor = \"containerd\"\n[containerd]\nstep_server = \"/bin/sh\"\n", "FAIL  containerd step server", "containerd.step_server"},
+	} {
+		cfg := filepath.Join(t.TempDir(), "config.toml")
+		if err := os.WriteFile(cfg, []byte(tc.config), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		root := newRootCmd()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetErr(&out)
+		root.SetArgs([]string{"doctor", "--config", cfg, "--state-dir", t.TempDir()})
+		_ = root.ExecuteContext(context.Background())
+		found := false
+		for _, line := range strings.Split(out.String(), "\n") {
+			if strings.HasPrefix(line, tc.prefix) && strings.Contains(line, tc.want) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("config %q: no line %q … %q in:\n%s", tc.config, tc.prefix, tc.want, out.String())
+		}
+	}
+}

@@ -22,7 +22,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -71,14 +70,21 @@ func e2eBinary(t *testing.T) string {
 			return
 		}
 		e2eBuild.dir = dir
-		goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		if _, err := os.Stat(goBin); err != nil {
-			goBin = "go"
-		}
+		goBin := "go" // go test puts its own GOROOT/bin first in PATH
 		bin := filepath.Join(dir, "airlock")
 		cmd := exec.Command(goBin, "build", "-o", bin, ".")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			e2eBuild.err = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		// The step server beside it, as `make install` puts it: the
+		// executors find it there.
+		stepd, err := os.ReadFile(testenv.StepServer(t))
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, "airlock-stepd"), stepd, 0o755)
+		}
+		if err != nil {
+			e2eBuild.err = fmt.Errorf("placing airlock-stepd: %w", err)
 			return
 		}
 		e2eBuild.bin = bin
@@ -148,10 +154,7 @@ func e2eImage(t *testing.T) string {
 			e2eBuild.imageErr = err
 			return
 		}
-		goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		if _, err := os.Stat(goBin); err != nil {
-			goBin = "go"
-		}
+		goBin := "go" // go test puts its own GOROOT/bin first in PATH
 		build := exec.Command(goBin, "build", "-trimpath", "-o", "e2ehttp", ".")
 		build.Dir = dir
 		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=", "GOTOOLCHAIN=local")
@@ -188,6 +191,7 @@ type e2eOptions struct {
 	Ceiling          []string          // [egress] ceiling
 	AuditURL         string            // [audit] http_url
 	AuditTokenSecret string            // [audit] http_token_secret
+	Executor         string            // executor ("" = docker); containerd gets a namespace of the test's own
 }
 
 // e2eEnv is one test's airlock installation: state directory, runtime
@@ -200,6 +204,7 @@ type e2eEnv struct {
 	state   string
 	runtime string
 	config  string
+	ctrdNS  string // containerd namespace when the executor is containerd
 
 	mu      sync.Mutex
 	outputs []string // stdout and stderr of every command run
@@ -217,7 +222,13 @@ func newE2E(t *testing.T, o e2eOptions) *e2eEnv {
 		t.Fatal(err)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "runtime_dir = %q\n\n[docker]\npull_policy = \"never\"\nstop_grace = \"2s\"\n\n", e.runtime)
+	fmt.Fprintf(&b, "runtime_dir = %q\n", e.runtime)
+	if o.Executor == "containerd" {
+		e.ctrdNS = testenv.ContainerdNamespace(t)
+		fmt.Fprintf(&b, "executor = \"containerd\"\n\n[containerd]\naddress = %q\nnamespace = %q\npull_policy = \"never\"\nstop_grace = \"2s\"\n",
+			testenv.ContainerdSocket(), e.ctrdNS)
+	}
+	b.WriteString("\n[docker]\npull_policy = \"never\"\nstop_grace = \"2s\"\n\n")
 	// A pool of our own: other tests on the host may hold addresses of
 	// the default pool under pool files of their own.
 	fmt.Fprintf(&b, "[network]\npool = %q\npool_file = %q\n\n", e2ePool(), filepath.Join(dir, "netpool.json"))
@@ -277,6 +288,14 @@ func (e *e2eEnv) containers() []string {
 	if id == "" {
 		return nil
 	}
+	if e.ctrdNS != "" {
+		out, err := exec.Command("ctr", "-a", testenv.ContainerdSocket(), "-n", e.ctrdNS, "containers", "ls", "-q",
+			`labels."io.airlock.runner"==`+id).Output()
+		if err != nil {
+			e.t.Errorf("ctr containers ls: %v", err)
+		}
+		return strings.Fields(string(out))
+	}
 	out, err := exec.Command("docker", "ps", "-aq", "--filter", "label=io.airlock.runner="+id).Output()
 	if err != nil {
 		e.t.Errorf("docker ps: %v", err)
@@ -285,29 +304,21 @@ func (e *e2eEnv) containers() []string {
 	return strings.Fields(string(out))
 }
 
-// checkNothingLeft asserts that no container of the runner and no job
-// runtime directory is left.
+// checkNothingLeft asserts that no container, job runtime directory or
+// address pool entry of the runner is left.
 func (e *e2eEnv) checkNothingLeft() {
-	if ids := e.containers(); len(ids) > 0 {
-		e.t.Errorf("containers of runner %s left after the test: %v", e.runnerID(), ids)
-		for _, id := range ids {
-			_ = exec.Command("docker", "rm", "-f", id).Run()
+	id := e.runnerID()
+	l := testenv.Leftovers{RuntimeDir: e.runtime}
+	if id != "" {
+		l.RunnerID, l.PoolFile = id, filepath.Join(e.dir, "netpool.json")
+	}
+	if e.ctrdNS != "" {
+		// testenv.ContainerdNamespace removes containerd's at cleanup.
+		if ids := e.containers(); len(ids) > 0 {
+			e.t.Errorf("containers of runner %s left after the test: %v", id, ids)
 		}
 	}
-	ents, _ := os.ReadDir(filepath.Join(e.runtime, "jobs"))
-	for _, en := range ents {
-		e.t.Errorf("job runtime directory %s left after the test", en.Name())
-	}
-	if b, err := os.ReadFile(filepath.Join(e.dir, "netpool.json")); err == nil {
-		var pool struct {
-			Allocations []json.RawMessage `json:"allocations"`
-		}
-		if err := json.Unmarshal(b, &pool); err != nil {
-			e.t.Errorf("reading the job network pool: %v", err)
-		} else if len(pool.Allocations) > 0 {
-			e.t.Errorf("job networks still allocated after the test: %s", b)
-		}
-	}
+	l.Assert(e.t)
 }
 
 // e2eResult is a finished command.
@@ -499,7 +510,6 @@ func e2eHash(v string) string {
 }
 
 var e2eJobIDRE = regexp.MustCompile(`Running job (\S+) on runner`)
-var e2eTrailRE = regexp.MustCompile(`Audit trail: (\S+)`)
 
 // e2eJobID is the job id `airlock exec` announced.
 func e2eJobID(t *testing.T, out string) string {
@@ -653,7 +663,12 @@ func (c *e2eCollector) refusedPosts() int {
 func (e *e2eEnv) dockerInspect() string {
 	var b strings.Builder
 	for _, id := range e.containers() {
-		out, err := exec.Command("docker", "inspect", id).CombinedOutput()
+		cmd := exec.Command("docker", "inspect", id)
+		if e.ctrdNS != "" {
+			// What an operator sees of a containerd job: its record and spec.
+			cmd = exec.Command("ctr", "-a", testenv.ContainerdSocket(), "-n", e.ctrdNS, "containers", "info", id)
+		}
+		out, err := cmd.CombinedOutput()
 		if err != nil {
 			e.t.Errorf("docker inspect %s: %v", id, err)
 		}

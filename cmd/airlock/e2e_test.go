@@ -316,10 +316,17 @@ func TestE2EVaultRevocation(t *testing.T) {
 // output, debug logs, docker inspect of the running container, state.db
 // and every file under the state and runtime directories.
 func TestE2ENoSecretAnywhere(t *testing.T) {
+	for _, executor := range []string{"docker", "containerd"} {
+		t.Run(executor, func(t *testing.T) { testE2ENoSecretAnywhere(t, executor) })
+	}
+}
+
+func testE2ENoSecretAnywhere(t *testing.T, executor string) {
 	testenv.RequireRoot(t)
 	testenv.RequireTestImage(t)
 	fi := testenv.NewFakeInternet(t)
-	e := newE2E(t, e2eOptions{Hosts: e2eFakeHosts(), UpstreamCA: fi.CA.WriteFile(t), Ceiling: []string{"api.allowed.test:443", "*.wild.test:80"}})
+	e := newE2E(t, e2eOptions{Hosts: e2eFakeHosts(), UpstreamCA: fi.CA.WriteFile(t), Ceiling: []string{"api.allowed.test:443", "*.wild.test:80"},
+		Executor: executor})
 	envValue, fileValue, proxyValue := e2eSecret("leakenv"), e2eSecret("leakfile"), e2eSecret("leakproxy")
 	t.Setenv("E2E_LEAK_VALUE", envValue)
 	e.mustRun("", "secret", "set", "deploy-token", "--from-env", "E2E_LEAK_VALUE")
@@ -356,7 +363,7 @@ func TestE2ENoSecretAnywhere(t *testing.T) {
 	if !strings.Contains(upstream.String(), proxyValue) {
 		t.Errorf("the bound upstream never received the proxy credential; requests: %s", e2eJSON(fi.Requests()))
 	}
-	e.assertNoLeak([]string{envValue, fileValue, proxyValue}, map[string]string{"docker inspect of the job container": inspect})
+	e.assertNoLeak([]string{envValue, fileValue, proxyValue}, map[string]string{executor + " inspect of the job container": inspect})
 }
 
 func TestE2EAuditTrail(t *testing.T) {

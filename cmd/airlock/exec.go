@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/internal/wiring"
 	"github.com/airlock-ci/airlock/runner"
 	"github.com/airlock-ci/airlock/runner/config"
 	"github.com/airlock-ci/airlock/runner/job"
@@ -30,10 +32,13 @@ type execOptions struct {
 	timeout   time.Duration
 	vars      []string
 	pull      string
+	executor  string
 	repo      string
 	ref       string
 	env       string
 	protected bool
+	gitDir    string
+	change    string
 }
 
 func newExecCmd(g *globals) *cobra.Command {
@@ -59,10 +64,13 @@ second one aborts the job at once. Either way the container is removed.`,
 	f.DurationVar(&o.timeout, "timeout", 0, "job timeout (overrides the job file's), e.g. 10m")
 	f.StringArrayVarP(&o.vars, "var", "e", nil, "set a job variable KEY=VALUE (repeatable)")
 	f.StringVar(&o.pull, "pull-policy", "", "image pull policy: if-not-present, never or always (default from config)")
+	f.StringVar(&o.executor, "executor", "", "executor to run the job with: docker or containerd (default from config, else docker)")
 	f.StringVar(&o.repo, "repo", "", "repository the job runs for, which decides its grants and egress ceiling (default: the git checkout's remote path)")
 	f.StringVar(&o.ref, "ref", "", "branch or tag the job runs for (default: the git checkout's current branch)")
 	f.StringVar(&o.env, "env", "", "deployment environment the job runs in (grants may be limited to environments)")
 	f.BoolVar(&o.protected, "protected", false, "the ref is protected (grants may be limited to protected refs)")
+	f.StringVar(&o.gitDir, "git-dir", "", "repository holding the change, scanned for credentials before anything of the job exists (with --change)")
+	f.StringVar(&o.change, "change", "", "the change to scan, BASE..HEAD (revisions of --git-dir; default BASE..HEAD with HEAD the checkout's)")
 	return cmd
 }
 
@@ -74,6 +82,7 @@ func loadConfig(cmd *cobra.Command, g *globals) (*config.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	g.configure(cfg)
 	if g.StateDir != "" {
 		cfg.StateDir = g.StateDir
 	}
@@ -94,21 +103,40 @@ func runExec(cmd *cobra.Command, g *globals, o execOptions, path string) error {
 	if err := applyExecFlags(j, o); err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
+	// What the checkout says about the job (git execs) is read while the
+	// runner opens; the flags and --change win over it.
+	gitID := make(chan func(), 1)
+	go func() {
+		repo, ref, sha := gitIdentity(o.repo == "", o.ref == "")
+		gitID <- func() {
+			j.Repo = cmp.Or(j.Repo, repo)
+			j.Ref = cmp.Or(j.Ref, ref)
+			j.SHA = cmp.Or(j.SHA, sha)
+		}
+	}()
 	cfg, err := loadConfig(cmd, g)
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
+	}
+	if o.executor != "" {
+		switch o.executor {
+		case config.ExecutorDocker, config.ExecutorContainerd:
+			cfg.Executor = o.executor
+		default:
+			return &exitError{code: 2, msg: fmt.Sprintf("--executor %q: must be docker or containerd", o.executor)}
+		}
 	}
 	if o.pull != "" {
 		if _, err := executors.ParsePullPolicy(o.pull); err != nil {
 			return &exitError{code: 2, msg: "--pull-policy: " + err.Error()}
 		}
-		cfg.Docker.Pull = o.pull
+		cfg.SetPullPolicy(o.pull)
 	}
 	log := g.Logger()
 	ctx, cancel, stop := jobSignals(cmd.Context(), cmd.ErrOrStderr())
 	defer stop()
 	t0 := time.Now()
-	r, err := runner.Open(ctx, cfg, log)
+	r, err := wiring.Open(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -132,8 +160,9 @@ func runExec(cmd *cobra.Command, g *globals, o execOptions, path string) error {
 		log.Debug("recovery done", "took", time.Since(t0))
 	}()
 	defer func() { <-recovered }()
+	(<-gitID)()
 	out := cmd.OutOrStdout()
-	res, err := r.Run(ctx, j, runner.RunOptions{Out: out, Cancel: cancel, AwaitAudit: true})
+	res, err := r.Run(ctx, j, runner.RunOptions{Out: out, Cancel: cancel, AwaitAudit: true, GitDir: o.gitDir})
 	printSummary(out, res)
 	if err != nil {
 		return fmt.Errorf("cleaning up after job %s: %w", j.ID, err)
@@ -164,14 +193,11 @@ func applyExecFlags(j *job.Job, o execOptions) error {
 	if o.timeout > 0 {
 		j.Timeout = o.timeout
 	}
-	j.Repo, j.Ref, j.SHA = gitIdentity(o.repo == "", o.ref == "")
-	if o.repo != "" {
-		j.Repo = o.repo
-	}
-	if o.ref != "" {
-		j.Ref = o.ref
-	}
+	j.Repo, j.Ref = o.repo, o.ref
 	j.Environment, j.Protected = o.env, o.protected
+	if err := applyChange(j, o); err != nil {
+		return err
+	}
 	for _, kv := range o.vars {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || !job.ValidVarName(k) {
@@ -227,6 +253,13 @@ func printSummary(w io.Writer, res *runner.Result) {
 	if res == nil {
 		return
 	}
+	// Step names, errors and the egress summary hold what the job chose
+	// (host names among them): all of it goes through the job's masker.
+	mask := res.Mask
+	if mask == nil {
+		mask = func(s string) string { return s }
+	}
+	w = &maskedWriter{w: w, mask: mask}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Summary:")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -309,24 +342,50 @@ func gitIdentity(needRepo, needRef bool) (repo, ref, sha string) {
 	if ref == "HEAD" { // detached
 		ref = ""
 	}
-	return repoPath(remote), ref, sha
+	return job.RepoPath(remote), ref, sha
 }
 
-// repoPath turns a git remote URL into a repository path: group/project.
-func repoPath(remote string) string {
-	s := strings.TrimSuffix(strings.TrimSpace(remote), ".git")
-	if s == "" {
-		return ""
+// applyChange resolves --change BASE..HEAD in --git-dir into the job's
+// BeforeSHA and SHA, which the runner's leak scan covers.
+func applyChange(j *job.Job, o execOptions) error {
+	if o.change == "" && o.gitDir == "" {
+		return nil
 	}
-	if i := strings.Index(s, "://"); i >= 0 {
-		s = s[i+3:]
-		if j := strings.IndexByte(s, '/'); j >= 0 {
-			return strings.Trim(s[j+1:], "/")
+	if o.change == "" || o.gitDir == "" {
+		return errors.New("--change and --git-dir go together")
+	}
+	base, head, ok := strings.Cut(o.change, "..")
+	if !ok || base == "" || strings.HasPrefix(head, ".") {
+		return fmt.Errorf("--change %q: want BASE..HEAD", o.change)
+	}
+	if head == "" {
+		head = "HEAD"
+	}
+	resolve := func(rev string) (string, error) {
+		out, err := exec.Command("git", "-C", o.gitDir, "rev-parse", "--verify", "--end-of-options", rev+"^{commit}").Output()
+		if err != nil {
+			return "", fmt.Errorf("--change: %q is not a commit in %s", rev, o.gitDir)
 		}
-		return ""
+		return strings.TrimSpace(string(out)), nil
 	}
-	if _, after, ok := strings.Cut(s, ":"); ok { // scp-like git@host:group/project
-		return strings.Trim(after, "/")
+	var err error
+	if j.BeforeSHA, err = resolve(base); err != nil {
+		return err
 	}
-	return strings.Trim(s, "/")
+	j.SHA, err = resolve(head)
+	return err
+}
+
+// maskedWriter masks each Write as a whole (printSummary writes whole
+// lines and fields).
+type maskedWriter struct {
+	w    io.Writer
+	mask func(string) string
+}
+
+func (m *maskedWriter) Write(p []byte) (int, error) {
+	if _, err := io.WriteString(m.w, m.mask(string(p))); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }

@@ -79,7 +79,7 @@ func newGrantAddCmd(g *globals) *cobra.Command {
 		scope  []string
 	)
 	cmd := &cobra.Command{
-		Use:   "add SECRET --repo PATTERN --deliver env|file|proxy [flags]",
+		Use:   "add SECRET --repo PATTERN --deliver env|file|proxy|mtls [flags]",
 		Short: "Allow jobs of matching repos/refs/environments to receive a secret",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -112,10 +112,13 @@ func newGrantAddCmd(g *globals) *cobra.Command {
 	fl.BoolVar(&gr.ProtectedOnly, "protected-only", false, "only protected refs")
 	fl.StringArrayVar(&gr.Envs, "env", nil, "environment pattern (repeatable; none = any)")
 	fl.StringVar(&source, "source", "", "job source: gitlab, github or local (default any)")
-	fl.StringVar(&deliv, "deliver", "", "delivery: env, file or proxy")
+	fl.StringArrayVar(&gr.Events, "event", nil, "GitHub event pattern, e.g. push (repeatable; none = any)")
+	fl.BoolVar(&gr.AllowForks, "allow-forks", false, "also grant to jobs running code from a fork (refused by default)")
+	fl.StringVar(&gr.Instance, "instance", "", "coordinator instance URL, e.g. https://gitlab.example.com (default any)")
+	fl.StringVar(&deliv, "deliver", "", "delivery: env, file, proxy or mtls (a client certificate the gateway presents; the job gets nothing)")
 	fl.StringVar(&gr.Var, "var", "", "default variable name (the job's declaration wins)")
 	fl.DurationVar(&gr.TTL, "ttl", 0, "credential lifetime (default and cap: job timeout + slack)")
-	fl.StringArrayVar(&gr.Hosts, "host", nil, "proxy: host[:port] the credential is bound to (repeatable)")
+	fl.StringArrayVar(&gr.Hosts, "host", nil, "proxy, mtls: host[:port] the credential is bound to (repeatable)")
 	fl.StringVar(&gr.Header, "header", "", "proxy: header template, default '"+secrets.DefaultHeader+"'")
 	fl.StringArrayVar(&scope, "scope", nil, "backend scope key=value (vault: policies=a,b; githubapp: contents=read)")
 	_ = cmd.MarkFlagRequired("repo")
@@ -137,6 +140,9 @@ func describeGrant(gr secrets.Grant) string {
 	}
 	if gr.Source != "" {
 		fmt.Fprintf(&b, " from %s", gr.Source)
+	}
+	if gr.Instance != "" {
+		fmt.Fprintf(&b, " of %s", gr.Instance)
 	}
 	fmt.Fprintf(&b, ", delivered by %s", gr.Delivery)
 	if len(gr.Hosts) > 0 {

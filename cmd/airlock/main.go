@@ -7,10 +7,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
+
+	"github.com/airlock-ci/airlock/runner/config"
 )
 
 // Set by the linker (see Makefile).
@@ -23,19 +26,60 @@ var (
 type globals struct {
 	ConfigPath string
 	StateDir   string
-	LogLevel   string
-	LogFormat  string
-	log        hclog.Logger
+	// LogLevel and LogFormat come from --log-level/--log-format (or
+	// AIRLOCK_LOG_LEVEL/AIRLOCK_LOG_FORMAT); "" takes the configuration's
+	// log_level/log_format (see configure), else info and text.
+	LogLevel  string
+	LogFormat string
+	log       hclog.Logger
+	logOut    io.Writer // nil: stderr
+}
+
+// configure applies the configuration's log_level and log_format where no
+// flag or environment variable set them. Commands call it right after
+// loading the configuration, before the first Logger.
+func (g *globals) configure(cfg *config.Config) {
+	if g.LogLevel == "" {
+		g.LogLevel = cfg.LogLevel
+	}
+	if g.LogFormat == "" {
+		g.LogFormat = cfg.LogFormat
+	}
+	g.log = nil
+}
+
+// checkLogFlags rejects a bad --log-level or --log-format before any
+// command runs.
+func (g *globals) checkLogFlags() error {
+	switch g.LogLevel {
+	case "", "trace", "debug", "info", "warn", "error":
+	default:
+		return &exitError{code: 2, msg: fmt.Sprintf("--log-level %q: must be trace, debug, info, warn or error", g.LogLevel)}
+	}
+	switch g.LogFormat {
+	case "", "text", "json":
+	default:
+		return &exitError{code: 2, msg: fmt.Sprintf("--log-format %q: must be text or json", g.LogFormat)}
+	}
+	return nil
 }
 
 // Logger returns the runner logger (stderr; job output goes elsewhere).
 func (g *globals) Logger() hclog.Logger {
 	if g.log == nil {
+		level := g.LogLevel
+		if level == "" {
+			level = "info"
+		}
+		out := g.logOut
+		if out == nil {
+			out = os.Stderr
+		}
 		g.log = hclog.New(&hclog.LoggerOptions{
 			Name:       "airlock",
-			Level:      hclog.LevelFromString(g.LogLevel),
+			Level:      hclog.LevelFromString(level),
 			JSONFormat: g.LogFormat == "json",
-			Output:     os.Stderr,
+			Output:     out,
 		})
 	}
 	return g.log
@@ -75,12 +119,15 @@ granted to its repository, ref and environment (revoked when it ends), has
 every secret masked in its output, and leaves a tamper-evident audit trail.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		PersistentPreRunE: func(*cobra.Command, []string) error {
+			return g.checkLogFlags()
+		},
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.ConfigPath, "config", envOr("AIRLOCK_CONFIG", "/etc/airlock/config.toml"), "configuration file (env AIRLOCK_CONFIG)")
 	pf.StringVar(&g.StateDir, "state-dir", envOr("AIRLOCK_STATE_DIR", ""), "state directory (env AIRLOCK_STATE_DIR; default from config, else /var/lib/airlock)")
-	pf.StringVar(&g.LogLevel, "log-level", envOr("AIRLOCK_LOG_LEVEL", "info"), "runner log level: trace, debug, info, warn, error")
-	pf.StringVar(&g.LogFormat, "log-format", envOr("AIRLOCK_LOG_FORMAT", "text"), "runner log format: text or json")
+	pf.StringVar(&g.LogLevel, "log-level", envOr("AIRLOCK_LOG_LEVEL", ""), "runner log level: trace, debug, info, warn, error (env AIRLOCK_LOG_LEVEL; default from config, else info)")
+	pf.StringVar(&g.LogFormat, "log-format", envOr("AIRLOCK_LOG_FORMAT", ""), "runner log format: text or json (env AIRLOCK_LOG_FORMAT; default from config, else text)")
 	for _, f := range commands {
 		root.AddCommand(f(g))
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/airlock-ci/airlock/netpolicy"
 	"github.com/airlock-ci/airlock/secrets"
 )
 
@@ -33,11 +34,18 @@ func newPolicySetCmd(g *globals) *cobra.Command {
 		Short: "Create or replace the egress ceiling of a repo pattern",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := netpolicy.ParseEntries(p.Egress); err != nil {
+				return fmt.Errorf("--egress: %w", err)
+			}
 			return withSecretStore(g, func(st *secrets.Store) error {
 				if err := st.SetPolicy(p); err != nil {
 					return err
 				}
-				_, err := fmt.Fprintf(cmd.OutOrStdout(), "egress ceiling for %s: %s\n", p.RepoPattern, strings.Join(p.Egress, ","))
+				mode := p.LeakScan
+				if mode == "" {
+					mode = "warn"
+				}
+				_, err := fmt.Fprintf(cmd.OutOrStdout(), "egress ceiling for %s: %s (leak scan: %s)\n", p.RepoPattern, strings.Join(p.Egress, ","), mode)
 				return err
 			})
 		},
@@ -46,6 +54,7 @@ func newPolicySetCmd(g *globals) *cobra.Command {
 	fl.StringVar(&p.RepoPattern, "repo", "", "repository pattern")
 	fl.StringSliceVar(&p.Egress, "egress", nil, "allowed host[:port] entries, comma-separated (empty: nothing)")
 	fl.BoolVar(&p.Audit, "audit", false, "audit mode: let every name through the gateway and record it (onboard a repo, then `airlock audit suggest-policy`)")
+	fl.StringVar(&p.LeakScan, "leak-scan", "", "scan what each job's change adds for credentials before its code runs: block (fail the job), warn (default; note it in the job log) or off")
 	_ = cmd.MarkFlagRequired("repo")
 	return cmd
 }
@@ -71,9 +80,13 @@ func newPolicyLsCmd(g *globals) *cobra.Command {
 					ps = []secrets.EgressPolicy{p}
 				}
 				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "REPO\tEGRESS\tAUDIT")
+				fmt.Fprintln(tw, "REPO\tEGRESS\tAUDIT\tLEAK SCAN")
 				for _, p := range ps {
-					fmt.Fprintf(tw, "%s\t%s\t%t\n", p.RepoPattern, dashIfEmpty(strings.Join(p.Egress, ",")), p.Audit)
+					mode := p.LeakScan
+					if mode == "" {
+						mode = "warn"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%t\t%s\n", p.RepoPattern, dashIfEmpty(strings.Join(p.Egress, ",")), p.Audit, mode)
 				}
 				return tw.Flush()
 			})

@@ -36,6 +36,7 @@ type registerOptions struct {
 	protectedOnly     bool
 	maximumTimeout    time.Duration
 	paused            bool
+	executor          string
 }
 
 func newRegisterCmd(g *globals) *cobra.Command {
@@ -79,6 +80,10 @@ maximum-timeout apply only there: with a glrt- token they are set in GitLab).`,
 	f.BoolVar(&o.protectedOnly, "access-level-ref-protected", false, "legacy flow: run jobs of protected refs only")
 	f.DurationVar(&o.maximumTimeout, "maximum-timeout", 0, "legacy flow: ceiling for job timeouts, e.g. 2h")
 	f.BoolVar(&o.paused, "paused", false, "legacy flow: register the runner paused")
+	f.StringVar(&o.executor, "executor", "", "executor that runs this runner's jobs: docker or containerd (default: the configuration's executor, else docker)")
+	for _, sub := range registerSubcommands {
+		cmd.AddCommand(sub(g))
+	}
 	return cmd
 }
 
@@ -89,14 +94,15 @@ func loadRegistration(g *globals) (*config.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	g.configure(cfg)
 	if g.StateDir != "" {
 		cfg.StateDir = g.StateDir
 	}
 	return cfg, nil
 }
 
-func gitlabClient(g *globals, url string) (*gitlab.Client, error) {
-	return gitlab.New(url, gitlab.WithLogger(g.Logger().Named("gitlab")), gitlab.WithVersion(version, commit))
+func gitlabClient(g *globals, url string, opts ...gitlab.Option) (*gitlab.Client, error) {
+	return gitlab.New(url, append([]gitlab.Option{gitlab.WithLogger(g.Logger().Named("gitlab")), gitlab.WithVersion(version, commit)}, opts...)...)
 }
 
 func runRegister(cmd *cobra.Command, g *globals, o registerOptions) error {
@@ -109,10 +115,15 @@ func runRegister(cmd *cobra.Command, g *globals, o registerOptions) error {
 		return &exitError{code: 2, msg: "give either --token or --registration-token, not both"}
 	case o.limit < 0:
 		return &exitError{code: 2, msg: "--limit must not be negative"}
+	case o.executor != "" && o.executor != "docker" && o.executor != "containerd":
+		return &exitError{code: 2, msg: fmt.Sprintf("--executor %q: must be docker or containerd", o.executor)}
 	}
 	cfg, err := loadRegistration(g)
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
+	}
+	if o.executor == "" {
+		o.executor = cfg.ExecutorName()
 	}
 	if o.name == "" {
 		if o.name, err = os.Hostname(); err != nil || o.name == "" {
@@ -124,7 +135,8 @@ func runRegister(cmd *cobra.Command, g *globals, o registerOptions) error {
 			return &exitError{code: 2, msg: fmt.Sprintf("a runner named %q is already in %s: pick another --name or `airlock unregister --name %s` first", o.name, g.ConfigPath, o.name)}
 		}
 	}
-	c, err := gitlabClient(g, o.url)
+	// GitLab is told the executor this entry will run its jobs with.
+	c, err := gitlabClient(g, o.url, gitlab.WithExecutor(o.executor, "sh"))
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
@@ -158,7 +170,7 @@ func runRegister(cmd *cobra.Command, g *globals, o registerOptions) error {
 		Token:           creds.Token,
 		TokenObtainedAt: time.Now().UTC().Truncate(time.Second),
 		TokenExpiresAt:  creds.TokenExpiresAt,
-		Executor:        "docker",
+		Executor:        o.executor,
 		Limit:           o.limit,
 	})
 	if errs := cfg.Validate(); len(errs) > 0 {
@@ -191,6 +203,9 @@ deleted. A runner GitLab no longer knows is removed from the file anyway.`,
 	}
 	cmd.Flags().StringVar(&name, "name", "", "the [[runners]] entry to remove")
 	cmd.Flags().BoolVar(&all, "all", false, "remove every runner")
+	for _, sub := range unregisterSubcommands {
+		cmd.AddCommand(sub(g))
+	}
 	return cmd
 }
 
@@ -199,6 +214,7 @@ func runUnregister(cmd *cobra.Command, g *globals, name string, all bool) error 
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
+	g.configure(cfg)
 	if g.StateDir != "" {
 		cfg.StateDir = g.StateDir
 	}
@@ -272,11 +288,12 @@ func runVerify(cmd *cobra.Command, g *globals, del bool) error {
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
+	g.configure(cfg)
 	if g.StateDir != "" {
 		cfg.StateDir = g.StateDir
 	}
-	if len(cfg.Runners) == 0 {
-		return &exitError{code: 2, msg: fmt.Sprintf("no [[runners]] in %s: run `airlock register` first", g.ConfigPath)}
+	if len(cfg.Runners) == 0 && len(cfg.GitHub) == 0 {
+		return &exitError{code: 2, msg: fmt.Sprintf("no [[runners]] or [[github]] in %s: run `airlock register` first", g.ConfigPath)}
 	}
 	sysID, err := gitlab.SystemID(cfg.StateDir)
 	if err != nil {
@@ -296,6 +313,7 @@ func runVerify(cmd *cobra.Command, g *globals, del bool) error {
 			bad++
 		}
 	}
+	bad += verifyGitHub(ctx, cfg, out)
 	if removed := len(cfg.Runners) - len(keep); del && removed > 0 {
 		cfg.Runners = keep
 		if err := cfg.Save(g.ConfigPath); err != nil {
@@ -310,7 +328,11 @@ func runVerify(cmd *cobra.Command, g *globals, del bool) error {
 }
 
 func verifyOne(ctx context.Context, g *globals, out io.Writer, r gitlab.RunnerConfig, sysID string) bool {
-	c, err := gitlabClient(g, r.URL)
+	executor := r.Executor
+	if executor == "" {
+		executor = "docker"
+	}
+	c, err := gitlabClient(g, r.URL, gitlab.WithExecutor(executor, "sh"))
 	if err == nil {
 		_, err = c.Verify(ctx, r.Token, sysID)
 	}

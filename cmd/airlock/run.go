@@ -5,23 +5,30 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
+	"github.com/airlock-ci/airlock/internal/wiring"
 	"github.com/airlock-ci/airlock/runner"
+	"github.com/airlock-ci/airlock/runner/cache"
 	"github.com/airlock-ci/airlock/runner/config"
+	"github.com/airlock-ci/airlock/runner/github"
+	"github.com/airlock-ci/airlock/runner/github/autoscale"
 	"github.com/airlock-ci/airlock/runner/gitlab"
 )
 
 func init() { addCommand(newRunCmd) }
 
 func newRunCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var jitFile string
+	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the agent: take jobs from GitLab and run them isolated",
 		Long: `Run the agent (the service systemd starts): poll every configured GitLab
@@ -32,28 +39,41 @@ reported failed. Metrics are served on listen_address at /metrics.
 
 SIGTERM or SIGINT drains: no new jobs; running jobs get shutdown_timeout to
 finish, then they are aborted (torn down, credentials revoked) and
-reported. A second signal aborts them at once.`,
+reported. A second signal aborts them at once.
+
+--github-jitconfig-file F runs one GitHub just-in-time runner from its
+encoded config (F, or - for stdin; never on the command line): exactly one
+job, then the command exits. Other configured runners are not served.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := config.Load(g.ConfigPath, false)
 			if err != nil {
 				return &exitError{code: 2, msg: err.Error()}
 			}
+			g.configure(cfg)
 			if g.StateDir != "" {
 				cfg.StateDir = g.StateDir
 			}
-			if len(cfg.Runners) == 0 {
-				return &exitError{code: 2, msg: fmt.Sprintf("no [[runners]] in %s: run `airlock register` first", g.ConfigPath)}
+			var jit *github.Registration
+			if jitFile != "" {
+				if jit, err = readJITConfig(jitFile, cmd.InOrStdin()); err != nil {
+					return &exitError{code: 2, msg: err.Error()}
+				}
 			}
-			return runAgent(cmd.Context(), cfg, g.Logger())
+			if len(cfg.Runners) == 0 && len(cfg.GitHub) == 0 && len(cfg.Autoscale) == 0 && jit == nil {
+				return &exitError{code: 2, msg: fmt.Sprintf("no [[runners]], [[github]] or [[autoscale]] in %s: run `airlock register` first", g.ConfigPath)}
+			}
+			return runAgent(cmd.Context(), cfg, g.Logger(), jit)
 		},
 	}
+	cmd.Flags().StringVar(&jitFile, "github-jitconfig-file", "", "run one job as a GitHub JIT runner from this encoded config (- for stdin)")
+	return cmd
 }
 
 // runAgent builds the runner and the agent and runs the agent until a
 // signal drains it.
-func runAgent(parent context.Context, cfg *config.Config, log hclog.Logger) (err error) {
-	r, err := runner.Open(parent, cfg, log)
+func runAgent(parent context.Context, cfg *config.Config, log hclog.Logger, jit *github.Registration) (err error) {
+	r, err := wiring.Open(parent, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -67,11 +87,18 @@ func runAgent(parent context.Context, cfg *config.Config, log hclog.Logger) (err
 
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
+	var scalers []*autoscale.Autoscaler
+	var hooks map[string]http.Handler
+	if jit == nil {
+		if scalers, hooks, err = autoscalers(cfg, m, log); err != nil {
+			return err
+		}
+	}
 	metricsDone := make(chan error, 1)
 	if cfg.ListenAddress != "" {
 		ready := make(chan net.Addr, 1)
 		go func() {
-			metricsDone <- runner.ServeMetrics(ctx, cfg.ListenAddress, m, log, func(a net.Addr) { ready <- a })
+			metricsDone <- runner.ServeMetricsWith(ctx, cfg.ListenAddress, m, log, func(a net.Addr) { ready <- a }, hooks)
 		}()
 		select {
 		case <-ready:
@@ -82,27 +109,55 @@ func runAgent(parent context.Context, cfg *config.Config, log hclog.Logger) (err
 		metricsDone <- nil
 	}
 
+	// First signal: drain (cancel the run context). Second: abort.
+	runCtx, drain := context.WithCancel(ctx)
+	defer drain()
+	var coords []runner.Coordinator
+	if jit == nil {
+		if coords, err = gitlabCoordinators(cfg, m, log); err != nil {
+			return err
+		}
+	}
+	ghCoords, err := githubCoordinators(cfg, jit, m, log)
+	if err != nil {
+		return err
+	}
+	defer closeGitHub(ghCoords, log)
+	for _, c := range ghCoords {
+		if jit != nil {
+			coords = append(coords, oneShot{Coordinator: c, stop: drain})
+		} else {
+			coords = append(coords, c)
+		}
+	}
+	for _, s := range scalers {
+		coords = append(coords, s)
+		go s.Run(ctx) // reconcile and poll until the agent stops
+	}
 	a, err := runner.NewAgent(runner.AgentConfig{
-		Runners:         cfg.Runners,
+		Coordinators:    coords,
 		Concurrent:      cfg.Concurrent,
 		CheckInterval:   cfg.CheckInterval,
 		ShutdownTimeout: cfg.ShutdownTimeout,
+		ReportTimeout:   cfg.ReportTimeout,
 		StateDir:        cfg.StateDir,
-		DefaultImage:    cfg.Docker.Image,
-		Version:         version,
-		Revision:        commit,
+		DefaultImage:    cfg.DefaultImage(),
 		Metrics:         m,
 		RecoverLocal:    r.Recover,
-		TokenRotated:    saveRotatedToken(cfg.Path()),
 		Logger:          log,
 	}, r)
 	if err != nil {
 		return err
 	}
+	if len(cfg.Pool.Images) > 0 {
+		// A pool that cannot start leaves jobs to run cold; say why.
+		if _, err := r.StartPool(ctx, cfg.Pool.Sizes()); err != nil {
+			log.Error("warm sandboxes are off", "error", err)
+		} else {
+			log.Info("keeping warm sandboxes", "images", cfg.Pool.Images, "size", cfg.Pool.Sizes()[cfg.Pool.Images[0]])
+		}
+	}
 
-	// First signal: drain (cancel the run context). Second: abort.
-	runCtx, drain := context.WithCancel(ctx)
-	defer drain()
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
@@ -127,6 +182,68 @@ func runAgent(parent context.Context, cfg *config.Config, log hclog.Logger) (err
 	runErr := a.Run(runCtx)
 	cancel() // stops the metrics server
 	return errors.Join(runErr, <-metricsDone)
+}
+
+// gitlabCoordinators makes one coordinator per [[runners]] entry.
+func gitlabCoordinators(cfg *config.Config, m *runner.Metrics, log hclog.Logger) ([]runner.Coordinator, error) {
+	systemID, err := gitlab.SystemID(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	// Staging copies and archives of jobs a previous run left: none runs now.
+	tmpDir := filepath.Join(cfg.CacheDir(), "tmp")
+	if err := errors.Join(os.RemoveAll(tmpDir), os.MkdirAll(tmpDir, 0o700)); err != nil {
+		return nil, fmt.Errorf("preparing %s: %w", tmpDir, err)
+	}
+	var store gitlab.CacheStore
+	if !cfg.Cache.Disabled {
+		max, err := cfg.CacheMaxBytes()
+		if err != nil {
+			return nil, err
+		}
+		cs, err := cache.New(cfg.CacheDir(), max)
+		if err != nil {
+			return nil, err
+		}
+		store = cs
+	}
+	var out []runner.Coordinator
+	for i, rc := range cfg.Runners {
+		executor, err := servedExecutor(cfg, rc)
+		if err != nil {
+			return nil, &exitError{code: 2, msg: fmt.Sprintf("runners[%d].executor: %v", i, err)}
+		}
+		c, err := gitlab.NewCoordinator(gitlab.CoordinatorConfig{
+			Runner:       rc,
+			SystemID:     systemID,
+			Executor:     executor,
+			Version:      version,
+			Revision:     commit,
+			Observer:     m.CoordinatorRequests(rc.Name),
+			TokenRotated: saveRotatedToken(cfg.Path()),
+			Cache:        store,
+			GitCacheDir:  filepath.Join(cfg.CacheDir(), "git"),
+			VaultServers: cfg.GitLabSecrets.VaultServers,
+			TempDir:      tmpDir,
+			Logger:       log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// servedExecutor is the executor that runs the jobs of rc, which GitLab is
+// told: the agent's one executor (config validation refused an entry that
+// names another).
+func servedExecutor(cfg *config.Config, rc gitlab.RunnerConfig) (string, error) {
+	name := cfg.ExecutorName()
+	if rc.Executor != "" && rc.Executor != name {
+		return "", fmt.Errorf("%q, but the agent runs every job with %s", rc.Executor, name)
+	}
+	return name, nil
 }
 
 // saveRotatedToken returns the agent's TokenRotated: it writes a runner's

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +14,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/airlock-ci/airlock/internal/wiring"
+	"github.com/airlock-ci/airlock/runner/config"
 	"github.com/airlock-ci/airlock/secrets"
+	"github.com/airlock-ci/airlock/secrets/fleet"
 	"github.com/airlock-ci/airlock/secrets/githubapp"
 	"github.com/airlock-ci/airlock/secrets/vault"
 )
@@ -23,15 +27,35 @@ func init() { addCommand(newSecretCmd) }
 // secretsDefaultStateDir is used when neither --state-dir nor AIRLOCK_STATE_DIR is set.
 const secretsDefaultStateDir = "/var/lib/airlock"
 
-// openSecretStore opens the state store of g's state directory.
+// openSecretStore opens the state store of g's state directory, on the
+// fleet's etcd when the configuration says [store] backend = "etcd".
 // With mustExist it refuses to create one (commands that only read or
-// remove).
-func openSecretStore(g *globals, mustExist bool) (*secrets.Store, error) {
+// remove). close closes both.
+func openSecretStore(g *globals, mustExist bool) (st *secrets.Store, close func() error, err error) {
 	dir := g.StateDir
 	if dir == "" {
 		dir = secretsDefaultStateDir
 	}
-	return secrets.Open(dir, secrets.OpenOptions{MustExist: mustExist})
+	cfg, err := config.Load(g.ConfigPath, g.ConfigPath == config.DefaultPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err = secrets.Open(dir, secrets.OpenOptions{MustExist: mustExist})
+	if err != nil {
+		return nil, nil, err
+	}
+	if !cfg.Store.Fleet() {
+		return st, st.Close, nil
+	}
+	ctx := context.Background()
+	fs, err := fleet.Open(ctx, wiring.FleetConfig(cfg.Store), "admin", g.Logger())
+	if err != nil {
+		return nil, nil, errors.Join(err, st.Close())
+	}
+	if err := st.UseRemote(ctx, fs, nil); err != nil {
+		return nil, nil, errors.Join(err, fs.Close(), st.Close())
+	}
+	return st, func() error { return errors.Join(fs.Close(), st.Close()) }, nil
 }
 
 // withSecretStore runs f with the open store and closes it, joining errors.
@@ -46,11 +70,11 @@ func readSecretStore(g *globals, f func(*secrets.Store) error) error {
 }
 
 func withSecretStoreOpts(g *globals, mustExist bool, f func(*secrets.Store) error) error {
-	st, err := openSecretStore(g, mustExist)
+	st, closeStore, err := openSecretStore(g, mustExist)
 	if err != nil {
 		return err
 	}
-	return errors.Join(f(st), st.Close())
+	return errors.Join(f(st), closeStore())
 }
 
 // secretValidators are the backends' own checks of a secret's config.
@@ -76,6 +100,35 @@ type secretSetFlags struct {
 	vaultAddr, vaultMode, vaultPath, vaultMount, vaultField string
 	vaultRoleID, vaultAppRoleMount, vaultNamespace          string
 	ghAppID, ghInstallation, ghAPIURL, ghOwner              string
+	certFile, keyFile, chainFile                            string
+}
+
+// readClientCert reads --cert, --chain and --key into one PEM bundle (leaf,
+// chain, key) and checks it; errors never show key material.
+func (f *secretSetFlags) readClientCert() ([]byte, error) {
+	if f.keyFile == "" {
+		return nil, errors.New("--cert needs --key (the certificate's private key, PEM)")
+	}
+	if f.fromFile != "" || f.fromEnv != "" {
+		return nil, errors.New("--cert/--key replace --from-file and --from-env")
+	}
+	var bundle []byte
+	for _, name := range []string{f.certFile, f.chainFile, f.keyFile} {
+		if name == "" {
+			continue
+		}
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", name, err)
+		}
+		bundle = append(append(bundle, b...), '\n')
+		clear(b)
+	}
+	if _, err := secrets.ParseClientCert(bundle, time.Now()); err != nil {
+		clear(bundle)
+		return nil, err
+	}
+	return bundle, nil
 }
 
 func newSecretSetCmd(g *globals) *cobra.Command {
@@ -101,7 +154,16 @@ The value is what the backend needs in secret:
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			value, err := readSecretValue(cmd.InOrStdin(), f.fromFile, f.fromEnv)
+			var value []byte
+			var err error
+			if f.certFile != "" || f.keyFile != "" {
+				if f.certFile == "" {
+					return errors.New("--key needs --cert")
+				}
+				value, err = f.readClientCert()
+			} else {
+				value, err = readSecretValue(cmd.InOrStdin(), f.fromFile, f.fromEnv)
+			}
 			if err != nil {
 				return err
 			}
@@ -109,6 +171,12 @@ The value is what the backend needs in secret:
 			sec := secrets.Secret{Name: args[0], Backend: f.backend, Value: value, Created: time.Now().UTC()}
 			if sec.Params, err = f.paramsFor(); err != nil {
 				return err
+			}
+			if f.certFile != "" {
+				if sec.Params == nil {
+					sec.Params = map[string]string{}
+				}
+				sec.Params["kind"] = secrets.KindClientCert
 			}
 			if err := sec.Validate(); err != nil {
 				return fmt.Errorf("secret %s: %w", sec.Name, err)
@@ -130,6 +198,9 @@ The value is what the backend needs in secret:
 	fl := cmd.Flags()
 	fl.StringVar(&f.fromFile, "from-file", "", "read the value from this file")
 	fl.StringVar(&f.fromEnv, "from-env", "", "read the value from this environment variable")
+	fl.StringVar(&f.certFile, "cert", "", "client certificate (PEM) for mtls delivery, with --key; checked: key matches, not expired, chain")
+	fl.StringVar(&f.keyFile, "key", "", "the client certificate's private key (PEM)")
+	fl.StringVar(&f.chainFile, "chain", "", "intermediate certificates (PEM) presented with the client certificate")
 	fl.StringVar(&f.backend, "backend", secrets.BackendBuiltin, "backend: builtin, vault or githubapp")
 	fl.StringArrayVar(&f.params, "param", nil, "backend parameter key=value (repeatable)")
 	fl.StringVar(&f.vaultAddr, "vault-addr", "", "vault: server address")

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/airlock-ci/airlock/executors/docker"
+	"github.com/airlock-ci/airlock/internal/atomicfile"
 	"github.com/airlock-ci/airlock/runner/config"
 )
 
@@ -58,7 +59,7 @@ func newUnitData(cfg *config.Config, execPath, configPath string) (unitData, err
 			return unitData{}, err
 		}
 	}
-	grace := cfg.Docker.Grace
+	grace := cfg.Grace()
 	if grace <= 0 {
 		grace = docker.DefaultGrace
 	}
@@ -332,22 +333,5 @@ func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		return errors.Join(err, tmp.Close())
-	}
-	if _, err := tmp.Write(b); err != nil {
-		return errors.Join(err, tmp.Close())
-	}
-	if err := tmp.Sync(); err != nil {
-		return errors.Join(err, tmp.Close())
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return atomicfile.WriteFile(path, b, mode)
 }
