@@ -6,13 +6,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/airlock-ci/airlock/internal/atomicfile"
+	"github.com/airlock-ci/airlock/internal/nsenter"
 	"github.com/airlock-ci/airlock/internal/procs"
 	"github.com/airlock-ci/airlock/netpolicy"
 )
@@ -56,7 +55,7 @@ func (m *Manager) CreateNetNS(jobID string) (string, error) {
 	if err := atomicfile.CreateOnce(rec, []byte(owner.String()+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("creating network namespace %s: recording its owner: %w", name, err)
 	}
-	if err := createNamed(name); err != nil {
+	if err := nsenter.CreateNamed(name); err != nil {
 		return "", errors.Join(fmt.Errorf("creating network namespace %s: %w", name, err), m.deleteNetNS(name))
 	}
 	m.log.Debug("network namespace created", "job", jobID, "netns", name)
@@ -87,34 +86,6 @@ func (m *Manager) deleteNetNS(name string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// createNamed creates the named namespace on a locked OS thread (creating
-// it moves the thread into it) and moves the thread back; a thread that
-// cannot go back is never unlocked, so the runtime discards it.
-func createNamed(name string) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("opening own network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		h, err := netns.NewNamed(name)
-		if err == nil {
-			h.Close()
-		}
-		if serr := netns.Set(orig); serr != nil {
-			errc <- errors.Join(err, fmt.Errorf("returning to the host's network namespace: %w", serr))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
 }
 
 // sweepNetNS removes this runner's named namespaces whose owner is dead,

@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/airlock-ci/airlock/internal/nsenter"
 	"github.com/airlock-ci/airlock/internal/procs"
 	"github.com/airlock-ci/airlock/netpolicy"
 )
@@ -192,7 +193,7 @@ func (m *Manager) plumb(ctx context.Context, n *Network) error {
 		return fmt.Errorf("opening network namespace %s: %w", n.NetNS, err)
 	}
 	defer target.Close()
-	self, err := netns.Get()
+	self, err := nsenter.Own()
 	if err != nil {
 		return fmt.Errorf("opening own network namespace: %w", err)
 	}

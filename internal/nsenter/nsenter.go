@@ -66,3 +66,48 @@ func RunPath(path string, notOwn bool, fn func() error) error {
 	}
 	return nil
 }
+
+// Own returns the caller's own network namespace, read on a locked thread.
+// netns.Get on an unlocked goroutine is not safe when other goroutines
+// enter namespaces: it reads /proc/PID/task/TID/ns/net of the thread it
+// ran on a moment before, and between the two the goroutine may move and
+// that thread be locked by a goroutine that has entered a job's namespace.
+// The caller would then seem to be in the job's namespace.
+func Own() (netns.NsHandle, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	h, err := netns.Get()
+	if err != nil {
+		return netns.None(), fmt.Errorf("getting own network namespace: %w", err)
+	}
+	return h, nil
+}
+
+// CreateNamed creates the named namespace /run/netns/NAME on a locked OS
+// thread (creating it moves the thread into it) and moves the thread back;
+// a thread that cannot go back is never unlocked, so the runtime discards
+// it.
+func CreateNamed(name string) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("getting current network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		h, err := netns.NewNamed(name)
+		if err == nil {
+			h.Close()
+		}
+		if serr := netns.Set(orig); serr != nil {
+			errc <- errors.Join(err, fmt.Errorf("returning to the original network namespace: %w", serr))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- err
+	}()
+	return <-errc
+}

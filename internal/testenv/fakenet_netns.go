@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync/atomic"
 	"testing"
 
@@ -41,30 +40,7 @@ func NewNetNS(t testing.TB, prefix string) string {
 // locked thread and moves the thread back to its original namespace.
 // NewNetNS is the same with cleanup; benchmarks that delete namespaces
 // per iteration call this.
-func CreateNamedNS(name string) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		h, err := netns.NewNamed(name)
-		if err == nil {
-			h.Close()
-		}
-		if serr := netns.Set(orig); serr != nil {
-			errc <- fmt.Errorf("returning to original namespace: %w", serr)
-			return // thread stays locked and is discarded
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
-}
+func CreateNamedNS(name string) error { return nsenter.CreateNamed(name) }
 
 // InNetNS runs fn on a locked OS thread inside the namespace at path.
 // Sockets opened by fn stay in that namespace.
