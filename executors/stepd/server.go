@@ -35,6 +35,7 @@ type Server struct {
 	reaping  bool
 	procMu   sync.Mutex
 	children map[int]chan syscall.WaitStatus
+	served   chan struct{} // closed when Serve has returned: the reaper stops
 }
 
 // stdinPipe feeds a step's stdin from the frames; a full pipe (a step
@@ -65,12 +66,14 @@ func (p *stdinPipe) close() {
 // NewServer returns a server that writes its frames to out and gives each
 // step environ (the container's environment) under the step's own.
 func NewServer(out io.Writer, environ []string) *Server {
-	return &Server{out: out, environ: environ, stdin: map[uint32]*stdinPipe{}}
+	return &Server{out: out, environ: environ, stdin: map[uint32]*stdinPipe{}, served: make(chan struct{})}
 }
 
 // Reap makes the server the reaper of every process in its pid namespace
 // (call it before Serve when it runs as PID 1). sigchld must be notified
-// of SIGCHLD (signal.Notify).
+// of SIGCHLD (signal.Notify). The reaper stops when Serve has returned
+// (every step's status collected): one left running would take the
+// children of whatever in the process forks next.
 func (s *Server) Reap(sigchld <-chan os.Signal) {
 	s.reaping = true
 	s.children = map[int]chan syscall.WaitStatus{}
@@ -79,6 +82,8 @@ func (s *Server) Reap(sigchld <-chan os.Signal) {
 		defer tick.Stop()
 		for {
 			select {
+			case <-s.served:
+				return
 			case <-sigchld:
 			case <-tick.C:
 			}
@@ -117,6 +122,7 @@ func (s *Server) send(f Frame) error {
 // Serve says hello and runs the frames read from in until it ends, then
 // waits for the steps it started. A corrupt frame ends it with an error.
 func (s *Server) Serve(in io.Reader) error {
+	defer close(s.served) // after the steps, below
 	if err := s.send(Frame{Kind: KindHello, Payload: []byte(Version)}); err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strings"
 	"sync"
@@ -190,5 +191,27 @@ func TestServerFastExitsKeepTheirCode(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// A reaping server stops reaping once Serve has returned: its reaper left
+// running took children it never started, here the next session's (CI
+// saw "no exit for exec 4"), or this test's own.
+func TestReaperStopsWithServe(t *testing.T) {
+	s := newSession(t, []string{"PATH=/usr/bin:/bin"}, true)
+	s.start(1, Start{Cmd: []string{"/bin/sh", "-c", "exit 0"}})
+	s.wait(1)
+	s.in.Close()
+	if err := <-s.done; err != nil {
+		t.Fatalf("Serve = %v", err)
+	}
+	cmd := exec.Command("/bin/sh", "-c", "exit 5")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond) // past the reaper's one-second tick
+	var ee *exec.ExitError
+	if err := cmd.Wait(); !errors.As(err, &ee) || ee.ExitCode() != 5 {
+		t.Fatalf("Wait() of a child the server never started = %v, want exit status 5", err)
 	}
 }
