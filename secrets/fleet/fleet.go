@@ -98,7 +98,7 @@ type Store struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	data    map[string]map[string][]byte
-	rev     int64     // the snapshot is current up to this revision
+	rev     int64     // every event up to this revision is in data
 	contact time.Time // when etcd last confirmed it
 	closed  bool
 
@@ -174,7 +174,8 @@ func (s *Store) Prefix() string { return s.cfg.Prefix }
 // Host is this host's name.
 func (s *Store) Host() string { return s.host }
 
-// load reads every snapshotted record at one revision.
+// load reads every snapshotted record at one revision and takes them
+// unless the snapshot is already as new.
 func (s *Store) load(ctx context.Context) error {
 	data := map[string]map[string][]byte{}
 	var rev int64
@@ -193,7 +194,11 @@ func (s *Store) load(ctx context.Context) error {
 		data[kind] = m
 	}
 	s.mu.Lock()
-	s.data, s.rev, s.contact = data, rev, time.Now()
+	if s.data == nil || rev > s.rev {
+		// Older than what the watch has applied meanwhile: keep that.
+		s.data, s.rev = data, rev
+	}
+	s.contact = time.Now()
 	s.cond.Broadcast()
 	s.mu.Unlock()
 	return nil
@@ -260,10 +265,24 @@ func (s *Store) run(ctx context.Context) {
 	}
 }
 
+// apply takes a watch response. Only events move the snapshot's revision:
+// etcd before 3.4.24 and 3.5.8 (Debian 12 ships 3.4.23) answers a
+// requested progress notification with its current revision ahead of
+// events it has yet to send on the stream (etcd#15220). Taken as applied,
+// that revision let WaitRevision and Sync return before the events came,
+// and a watch that broke then resumed after them and lost them for good.
+// A notification still proves contact. Events at or below the revision
+// are already in the snapshot (a reload read past them) and are skipped;
+// etcd never splits one revision's events across responses.
 func (s *Store) apply(resp clientv3.WatchResponse) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	applied := s.rev
 	for _, ev := range resp.Events {
+		if ev.Kv.ModRevision <= applied {
+			continue
+		}
+		s.rev = max(s.rev, ev.Kv.ModRevision)
 		kind, key, ok := s.split(string(ev.Kv.Key))
 		if !ok {
 			continue
@@ -273,9 +292,6 @@ func (s *Store) apply(resp clientv3.WatchResponse) {
 		} else {
 			s.data[kind][key] = ev.Kv.Value
 		}
-	}
-	if resp.Header.Revision > s.rev {
-		s.rev = resp.Header.Revision
 	}
 	s.contact = time.Now()
 	s.cond.Broadcast()
@@ -347,14 +363,34 @@ func (s *Store) WaitRevision(ctx context.Context, rev int64) error {
 	return nil
 }
 
-// Sync waits until the snapshot holds everything committed before the
-// call: a linearizable read gives the cluster's current revision.
+// Sync makes the snapshot hold everything committed before the call: it
+// reads the snapshotted records afresh (linearizable) and takes them if
+// the snapshot is older. Waiting for the watch instead would trust its
+// progress notifications (see apply), and would not end when the cluster's
+// revision moved by keys outside the prefix.
 func (s *Store) Sync(ctx context.Context) error {
-	resp, err := s.cli.Get(ctx, s.cfg.Prefix+secrets.KindMeta+"/", clientv3.WithCountOnly())
-	if err != nil {
-		return fmt.Errorf("reading the fleet store's revision: %w", err)
+	if err := s.load(ctx); err != nil {
+		return fmt.Errorf("reading the fleet store: %w", err)
 	}
-	return s.WaitRevision(ctx, resp.Header.Revision)
+	return nil
+}
+
+// catchUpWait is how long Commit waits for the watch to bring its own
+// write before it reads the snapshot afresh.
+const catchUpWait = 2 * time.Second
+
+// catchUp returns once the snapshot has applied rev: from the watch, or,
+// if the watch has not brought it within catchUpWait (a transaction that
+// wrote nothing returns a revision no event of the prefix carries), from
+// a fresh read.
+func (s *Store) catchUp(ctx context.Context, rev int64) error {
+	wctx, cancel := context.WithTimeout(ctx, catchUpWait)
+	err := s.WaitRevision(wctx, rev)
+	cancel()
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	return s.Sync(ctx)
 }
 
 // Commit applies ops in one etcd transaction: all or none.
@@ -392,7 +428,7 @@ func (s *Store) Commit(ctx context.Context, ops ...secrets.RemoteOp) error {
 	if !resp.Succeeded {
 		return s.missing(ctx, ops)
 	}
-	return s.WaitRevision(ctx, resp.Header.Revision)
+	return s.catchUp(ctx, resp.Header.Revision)
 }
 
 // missing names the first record a failed transaction needed.
