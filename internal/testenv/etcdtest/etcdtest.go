@@ -8,6 +8,7 @@ package etcdtest
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -67,17 +68,36 @@ func Start(t testing.TB, n int) *Cluster {
 	return c
 }
 
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[string]bool{}
+)
+
+// freePort finds a loopback port that is free now, below the kernel's
+// ephemeral range (32768 and up by default): a port from ":0" is one an
+// outgoing connection of any test may take before etcd binds it, or
+// while a stopped member waits to start again on it.
 func freePort(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free loopback port: %v", err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 100 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		if portsGiven[addr] {
+			continue // a stopped member of this process may want it back
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		portsGiven[addr] = true
+		return addr
 	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
+	t.Fatal("finding a free loopback port in 20000-31999: 100 tries, none free")
+	return ""
 }
 
 // Endpoints are the members' client URLs.
