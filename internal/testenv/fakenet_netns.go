@@ -4,10 +4,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/airlock-ci/airlock/internal/nsenter"
 )
@@ -46,5 +49,24 @@ func CreateNamedNS(name string) error { return nsenter.CreateNamed(name) }
 // Sockets opened by fn stay in that namespace.
 func InNetNS(path string, fn func() error) error { return nsenter.RunPath(path, false, fn) }
 
-// HostNetNS returns the path of the test process's own network namespace.
-func HostNetNS() string { return fmt.Sprintf("/proc/%d/ns/net", os.Getpid()) }
+var hostNS struct {
+	once sync.Once
+	path string
+}
+
+// HostNetNS returns a path naming the test process's own network
+// namespace: that of a thread kept for it, locked and never moved.
+// /proc/PID/ns/net would name the main thread's, and a goroutine that
+// locks the main thread to enter a job's namespace moves it.
+func HostNetNS() string {
+	hostNS.once.Do(func() {
+		tid := make(chan int)
+		go func() {
+			runtime.LockOSThread()
+			tid <- unix.Gettid()
+			select {}
+		}()
+		hostNS.path = fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), <-tid)
+	})
+	return hostNS.path
+}
