@@ -182,6 +182,7 @@ type gatewayOpts struct {
 	resolver Resolver
 	rootCAs  *x509.CertPool
 	guard    GuardConfig
+	peek     time.Duration // PeekTimeout; 0 is 5 s
 }
 
 func newTestGateway(t testing.TB, tn testNet, policy *Policy, o gatewayOpts) *testGateway {
@@ -194,9 +195,12 @@ func newTestGateway(t testing.TB, tn testNet, policy *Policy, o gatewayOpts) *te
 	if o.resolver == nil {
 		o.resolver = StaticResolver{}
 	}
+	if o.peek == 0 {
+		o.peek = 5 * time.Second
+	}
 	gw, err := NewGateway(GatewayConfig{
 		Resolver: o.resolver, Guard: o.guard, Events: ev, CA: ca, RootCAs: o.rootCAs,
-		Ports: &Ports{}, PeekTimeout: 5 * time.Second, DialTimeout: 5 * time.Second,
+		Ports: &Ports{}, PeekTimeout: o.peek, DialTimeout: 5 * time.Second,
 	})
 	if err != nil {
 		t.Fatalf("NewGateway: %v", err)

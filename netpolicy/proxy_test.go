@@ -29,6 +29,12 @@ type proxyEnv struct {
 
 func newProxyEnv(t *testing.T, audit bool) *proxyEnv {
 	t.Helper()
+	return newProxyEnvPeek(t, audit, 0)
+}
+
+// newProxyEnvPeek is newProxyEnv with the gateway's PeekTimeout (0: 5 s).
+func newProxyEnvPeek(t *testing.T, audit bool, peek time.Duration) *proxyEnv {
+	t.Helper()
 	tn := newTestNet()
 	fake := newFakeCA(t)
 	tlsUp := startUpstream(t, tn.up1, 0, fake, "api.allowed.test", "x.wild.test", "evil.test")
@@ -48,7 +54,7 @@ func newProxyEnv(t *testing.T, audit bool) *proxyEnv {
 		"api.allowed.test:"+tp, "*.wild.test:"+tp, "plain.allowed.test:"+pp, "tls.allowed.test",
 		"rebind.test:"+tp, "meta.test:80",
 		cidrFor(tn.up1, tlsUp.port), cidrFor(tn.up1, plainUp.port), cidrFor(tn.up2, 443))}
-	g := newTestGateway(t, tn, p, gatewayOpts{resolver: res, rootCAs: fake.pool})
+	g := newTestGateway(t, tn, p, gatewayOpts{resolver: res, rootCAs: fake.pool, peek: peek})
 	return &proxyEnv{testGateway: g, fake: fake, tlsUp: tlsUp, plainUp: plainUp, up443: up443}
 }
 

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -126,14 +125,25 @@ func (j *jobState) tunnel(client, upstream *net.TCPConn, prefix []byte, host str
 		}
 	} else {
 		var refusal string
-		up, refusal = j.relayPlain(client, upstream, data, host, port, &refusing)
+		var unchecked error
+		up, refusal, unchecked = j.relayPlain(client, upstream, data, host, port, &refusing)
+		if unchecked != nil {
+			// Denied before the client sees the refusal, as above.
+			ev.Verdict, ev.Reason = VerdictDenied, unchecked.Error()
+			ev.Duration = time.Since(start)
+			j.emit(ev)
+			refusal = "airlock: refused: " + unchecked.Error()
+		}
 		if refusal != "" {
+			refusing.Store(true)
 			_ = upstream.Close()
 			n := <-down
 			writeRefusal(client, refusal)
 			_ = client.Close()
-			ev.Bytes, ev.Duration = up+n, time.Since(start)
-			j.emit(ev)
+			if unchecked == nil {
+				ev.Bytes, ev.Duration = up+n, time.Since(start)
+				j.emit(ev)
+			}
 			return
 		}
 	}
@@ -161,24 +171,29 @@ const maxRequestLine = 8 << 10
 // cannot switch to a virtual host the policy never allowed — and each
 // request is recorded as an http event. After an Upgrade request the rest
 // is relayed as it is. Other protocols are relayed unchanged. It returns
-// the bytes sent upstream and, for a refusal, the 403 body.
-func (j *jobState) relayPlain(client, upstream *net.TCPConn, data []byte, host string, port int, refusing *atomic.Bool) (int64, string) {
+// the bytes sent upstream and, for a refusal, the 403 body; unchecked
+// says why a first line that could not be told from HTTP was refused
+// without a byte sent upstream.
+func (j *jobState) relayPlain(client, upstream *net.TCPConn, data []byte, host string, port int, refusing *atomic.Bool) (sent int64, refusal string, unchecked error) {
 	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(data), client), 16<<10)
-	httpish := j.startsHTTPRequest(client, br)
+	httpish, err := j.startsHTTPRequest(client, br)
+	if err != nil {
+		return 0, "", err
+	}
 	if !httpish {
 		n := int64(br.Buffered())
 		b, _ := br.Peek(br.Buffered())
 		if _, err := upstream.Write(b); err != nil {
-			return 0, ""
+			return 0, "", nil
 		}
 		m, _ := io.Copy(upstream, client)
-		return n + m, ""
+		return n + m, "", nil
 	}
 	cw := &countingWriter{w: upstream}
 	for {
 		req, err := http.ReadRequest(br)
 		if err != nil {
-			return cw.n, "" // end of the client's stream (or not HTTP any more)
+			return cw.n, "", nil // end of the client's stream (or not HTTP any more)
 		}
 		ev := Event{Kind: KindHTTP, Host: host, Port: port, Method: req.Method, Path: req.URL.Path, Verdict: VerdictAllowed,
 			Reason: "inside a CONNECT tunnel"}
@@ -189,18 +204,18 @@ func (j *jobState) relayPlain(client, upstream *net.TCPConn, data []byte, host s
 				ev.Host = h
 			}
 			j.emit(ev)
-			return cw.n, "airlock: refused: " + reason + ": a tunnel carries requests for its own host only; send plain http:// requests to the proxy"
+			return cw.n, "airlock: refused: " + reason + ": a tunnel carries requests for its own host only; send plain http:// requests to the proxy", nil
 		}
 		j.emit(ev)
 		if _, ok := req.Header["User-Agent"]; !ok {
 			req.Header.Set("User-Agent", "") // Write would add Go's
 		}
 		if err := req.Write(cw); err != nil {
-			return cw.n, ""
+			return cw.n, "", nil
 		}
 		if req.Header.Get("Upgrade") != "" {
 			_, _ = io.Copy(cw, br)
-			return cw.n, ""
+			return cw.n, "", nil
 		}
 	}
 }
@@ -224,30 +239,42 @@ func tunnelHostMismatch(req *http.Request, host string, port int) string {
 }
 
 // startsHTTPRequest peeks (without consuming) at the client's first line
-// and reports whether it is an HTTP/1.x request line: a method token of
-// upper-case letters, a space, a target, " HTTP/1.".
-func (j *jobState) startsHTTPRequest(client net.Conn, br *bufio.Reader) bool {
+// and reports whether it starts HTTP/1.x: a method token of upper-case
+// letters, a space, and " HTTP/" before the line ends (a server may take
+// what follows the version; http.ReadRequest then decides). A first byte
+// or token that cannot start a method is another protocol at once, and so
+// is a stream that ends before its first line does (it cannot carry a
+// Host). A line that could still be a request line when the peek timeout
+// passes, or that runs past maxRequestLine, is an error: relaying it
+// unread would let a client that pauses, or pads its target, past the
+// check send a request with any Host.
+func (j *jobState) startsHTTPRequest(client net.Conn, br *bufio.Reader) (bool, error) {
 	_ = client.SetReadDeadline(time.Now().Add(j.g.cfg.PeekTimeout))
 	defer func() { _ = client.SetReadDeadline(time.Time{}) }()
-	for n := 1; n <= maxRequestLine; n++ {
+	for n := 1; ; n++ {
+		if n > maxRequestLine {
+			return false, fmt.Errorf("the first line in a plaintext tunnel is longer than %d bytes and could be an HTTP request line", maxRequestLine)
+		}
 		b, err := br.Peek(n)
+		if errors.Is(err, io.EOF) {
+			return false, nil
+		}
 		if err != nil {
-			return false
+			return false, fmt.Errorf("the first line in a plaintext tunnel could still be an HTTP request line after %s: %w", j.g.cfg.PeekTimeout, err)
 		}
 		c := b[n-1]
 		sp := bytes.IndexByte(b, ' ')
 		switch {
+		case sp == 0:
+			return false, nil
 		case sp < 0 && (c < 'A' || c > 'Z'):
-			return false // not a method token
+			return false, nil // not a method token
 		case sp < 0 && n > 20:
-			return false
+			return false, nil
 		case c == '\n':
-			line := strings.TrimRight(string(b), "\r\n")
-			i := strings.LastIndexByte(line, ' ')
-			return sp > 0 && i > sp && strings.HasPrefix(line[i+1:], "HTTP/1.")
+			return bytes.Contains(b[sp:], []byte(" HTTP/")), nil
 		}
 	}
-	return false
 }
 
 // countingWriter counts the bytes written through it.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -69,5 +70,79 @@ func TestConnectPlainHTTPHostSwitch(t *testing.T) {
 	got, _ := io.ReadAll(c2)
 	if !strings.HasPrefix(string(got), "HTTP/1.1 400") {
 		t.Errorf("non-HTTP bytes through the tunnel: upstream answered %q, want its 400", got)
+	}
+}
+
+// A plaintext tunnel's Host check cannot be dodged by timing or padding:
+// a first line that could still be an HTTP request line when the peek
+// timeout passes, or that runs past maxRequestLine, is refused with
+// nothing sent upstream (it used to be relayed unread), and a request
+// line with something after its version is read as HTTP, not relayed.
+func TestConnectPlainHTTPCheckCannotBeDodged(t *testing.T) {
+	e := newProxyEnvPeek(t, false, 300*time.Millisecond)
+	target := "plain.allowed.test:" + strconv.Itoa(e.plainUp.port)
+	fronting := "Host: forbidden.test\r\n\r\n"
+	for _, tc := range []struct {
+		name   string
+		send   func(c net.Conn)
+		reason string // in the CONNECT event's denial; "" for a 403 of the Host check
+	}{
+		{"pause inside the method", func(c net.Conn) {
+			fmt.Fprint(c, "G")
+			time.Sleep(600 * time.Millisecond)
+			fmt.Fprint(c, "ET /pause HTTP/1.1\r\n"+fronting)
+		}, "could still be an HTTP request line after 300ms"},
+		{"pause inside the target", func(c net.Conn) {
+			fmt.Fprint(c, "GET /pau")
+			time.Sleep(600 * time.Millisecond)
+			fmt.Fprint(c, "se HTTP/1.1\r\n"+fronting)
+		}, "could still be an HTTP request line"},
+		{"padded target", func(c net.Conn) {
+			fmt.Fprint(c, "GET /"+strings.Repeat("a", maxRequestLine)+" HTTP/1.1\r\n"+fronting)
+		}, "longer than 8192 bytes"},
+		{"space after the version", func(c net.Conn) {
+			fmt.Fprint(c, "GET /space HTTP/1.1 \r\n"+fronting)
+		}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(e.plainUp.requests())
+			c, status := e.connect(t, target)
+			if status != 200 {
+				t.Fatalf("CONNECT %s = %d, want 200", target, status)
+			}
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			tc.send(c)
+			got, _ := io.ReadAll(c)
+			if tc.reason != "" && (!strings.HasPrefix(string(got), "HTTP/1.1 403") || !strings.Contains(string(got), tc.reason)) {
+				t.Errorf("the client read %.200q, want a 403 naming %q", got, tc.reason)
+			}
+			if strings.Contains(string(got), "hello from") {
+				t.Errorf("the upstream answered: %.200q", got)
+			}
+			if n := len(e.plainUp.requests()); n != before {
+				t.Errorf("the upstream saw %d requests, want none", n-before)
+			}
+			if tc.reason != "" {
+				e.events.wait(t, "denied tunnel", func(ev Event) bool {
+					return ev.Kind == KindConnect && ev.Verdict == VerdictDenied && strings.Contains(ev.Reason, tc.reason)
+				})
+			}
+		})
+	}
+
+	// Protocols that are not HTTP still pass as they are, whole lines or
+	// not (the upstream answers 400: the bytes reached it as sent).
+	for _, first := range []string{"EHLO client.test\r\n", "SSH-2.0-x\r\n", "\x00\x00\x00\x08\x04\xd2\x16\x2f"} {
+		c, status := e.connect(t, target)
+		if status != 200 {
+			t.Fatalf("CONNECT = %d", status)
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprint(c, first)
+		_ = c.(*net.TCPConn).CloseWrite()
+		got, _ := io.ReadAll(c)
+		if !strings.HasPrefix(string(got), "HTTP/1.1 400") {
+			t.Errorf("%q through the tunnel: upstream answered %.100q, want its 400", first, got)
+		}
 	}
 }
