@@ -164,10 +164,10 @@ func (h *stepHost) Exec(ctx context.Context, x StepExec) (int, error) {
 	})
 }
 
-func (h *stepHost) Mask(values ...string) { h.e.masker.Add(values...) }
-func (h *stepHost) Log() io.Writer        { return h.e.out }
-func (h *stepHost) Env() []string         { return append([]string(nil), h.e.env...) }
-func (h *stepHost) WorkDir() string       { return h.e.r.cfg.WorkDir }
+func (h *stepHost) Mask(values ...string) int { return h.e.masker.Add(values...) }
+func (h *stepHost) Log() io.Writer            { return h.e.out }
+func (h *stepHost) Env() []string             { return append([]string(nil), h.e.env...) }
+func (h *stepHost) WorkDir() string           { return h.e.r.cfg.WorkDir }
 func (h *stepHost) RuntimeDir() (string, string) {
 	return h.e.dir, containerRunDir
 }

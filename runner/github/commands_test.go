@@ -4,6 +4,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/airlock-ci/airlock/secrets/mask"
 )
 
 func TestParseKeyValueFile(t *testing.T) {
@@ -45,7 +47,16 @@ type recordSink struct {
 	dbg     bool
 }
 
-func (r *recordSink) mask(v ...string)      { r.masks = append(r.masks, v...) }
+func (r *recordSink) mask(v ...string) int {
+	r.masks = append(r.masks, v...)
+	n := 0
+	for _, s := range v {
+		if len(s) < mask.MinLength {
+			n++
+		}
+	}
+	return n
+}
 func (r *recordSink) annotate(a Annotation) { r.ann = append(r.ann, a) }
 func (r *recordSink) setOutput(n, v string) { r.outputs[n] = v }
 func (r *recordSink) saveState(n, v string) { r.state[n] = v }
@@ -81,6 +92,7 @@ func TestCommandWriter(t *testing.T) {
 	got := out.String()
 	want := strings.Join([]string{
 		"plain line",
+		"##[warning]::add-mask:: a value shorter than 8 characters is not masked (Airlock masks values of 8 characters or more)",
 		"##[error]boom%",
 		"##[warning]legacy",
 		"::add-mask::not-a-command-now",
@@ -146,5 +158,22 @@ func TestSplitCollected(t *testing.T) {
 	}
 	if _, err := splitCollected("5\nab", 1); err == nil {
 		t.Error("truncated content accepted")
+	}
+}
+
+// A value too short to mask is said so in the log, never dropped quietly;
+// the warning does not show the value.
+func TestAddMaskTooShortIsSaid(t *testing.T) {
+	sink := &recordSink{outputs: map[string]string{}, state: map[string]string{}}
+	var out strings.Builder
+	w := newCommandWriter(&out, sink)
+	w.Write([]byte("::add-mask::4711\n::add-mask::long-enough-1\nafter\n"))
+	w.Flush()
+	want := "##[warning]::add-mask:: a value shorter than 8 characters is not masked (Airlock masks values of 8 characters or more)\nafter\n"
+	if got := out.String(); got != want {
+		t.Errorf("output = %q, want %q", got, want)
+	}
+	if !reflect.DeepEqual(sink.masks, []string{"4711", "long-enough-1"}) {
+		t.Errorf("masks = %q", sink.masks)
 	}
 }

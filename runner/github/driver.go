@@ -17,6 +17,7 @@ import (
 
 	"github.com/airlock-ci/airlock/runner/github/expr"
 	"github.com/airlock-ci/airlock/runner/job"
+	"github.com/airlock-ci/airlock/secrets/mask"
 )
 
 // Driver runs a GitHub workflow job's steps with GitHub's semantics
@@ -128,7 +129,9 @@ func NewDriver(m *AgentJobRequestMessage, j *job.Job, o DriverOptions) *Driver {
 // prepares the runner's directories, writes the event payload and fetches
 // the remote actions on the host.
 func (d *Driver) Begin(ctx context.Context, h job.StepHost) error {
-	h.Mask(d.m.MaskValues()...)
+	if n := h.Mask(d.m.MaskValues()...); n > 0 {
+		fmt.Fprintf(h.Log(), "##[warning]%d of this job's secret values are shorter than %d characters: Airlock does not mask values that short, so keep them out of the log\n", n, mask.MinLength)
+	}
 	d.hostDir, d.ctrDir = h.RuntimeDir()
 	d.env = d.m.baseEnv(nil)
 	d.ctx = ctx
@@ -405,8 +408,8 @@ type stepSink struct {
 	state   map[string]string
 }
 
-func (s *stepSink) mask(values ...string) { s.h.Mask(values...) }
-func (s *stepSink) debug() bool           { return s.d.m.Debug() }
+func (s *stepSink) mask(values ...string) int { return s.h.Mask(values...) }
+func (s *stepSink) debug() bool               { return s.d.m.Debug() }
 func (s *stepSink) annotate(a Annotation) {
 	a.StepRef, a.StepName = s.e.step.Ref, s.e.name
 	s.d.mu.Lock()

@@ -96,6 +96,7 @@ func testMessage(image string, steps ...Step) *AgentJobRequestMessage {
 		Variables: Variables{
 			"system.github.token": {Value: "ghs_testtoken0123456789abcdef", IsSecret: true},
 			"DEPLOY_KEY":          {Value: "deploy-secret-value-42", IsSecret: true},
+			"PIN":                 {Value: "4711", IsSecret: true}, // too short to mask: said in the log
 		},
 		ContextData: ContextMap{
 			"github": Dict("event_name", "push", "repository", "acme/app", "ref", "refs/heads/main", "ref_name", "main",
@@ -183,6 +184,7 @@ func TestDriverRunSteps(t *testing.T) {
 		"foo=bar multi=line1,line2, out=42 long=a\nb", "tool-ran", "ws=/builds ci=true ev=push repo=acme/app", "event-file-ok",
 		"##[warning]careful\nnow", "##[group]My group\ninside\n##[endgroup]", "::error::not a command now",
 		"/builds/sub\n", "failing", "failure-ran failure success", "always-ran",
+		"##[warning]1 of this job's secret values are shorter than 8 characters",
 	} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %q:\n%s", want, log)

@@ -2,10 +2,13 @@ package github
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/airlock-ci/airlock/secrets/mask"
 )
 
 // Annotation is an ::error/::warning/::notice the job emitted; GitHub
@@ -25,7 +28,7 @@ type Annotation struct {
 
 // commandSink is what workflow commands change.
 type commandSink interface {
-	mask(values ...string)
+	mask(values ...string) (refused int)
 	annotate(a Annotation)
 	setOutput(name, value string)
 	saveState(name, value string)
@@ -121,7 +124,9 @@ func (w *commandWriter) line(raw []byte) error {
 					vals = append(vals, l)
 				}
 			}
-			w.sink.mask(vals...)
+			if w.sink.mask(vals...) > 0 {
+				return emit(fmt.Sprintf("##[warning]::add-mask:: a value shorter than %d characters is not masked (Airlock masks values of %d characters or more)", mask.MinLength, mask.MinLength))
+			}
 		}
 		return nil
 	case "stop-commands":

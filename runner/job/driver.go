@@ -48,8 +48,10 @@ type StepHost interface {
 	// environment followed by x.Env. Its exit code is a result; err is a
 	// runner failure, a cancel or a timeout (ctx's cause).
 	Exec(ctx context.Context, x StepExec) (exitCode int, err error)
-	// Mask makes the job log mask values from now on.
-	Mask(values ...string)
+	// Mask makes the job log mask values from now on. Values shorter than
+	// mask.MinLength are refused (they would match ordinary output); it
+	// returns how many, for the driver to say so in the log.
+	Mask(values ...string) (refused int)
 	// Log is the job log (masked).
 	Log() io.Writer
 	// Env is the job's base environment (KEY=VALUE).
