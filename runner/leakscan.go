@@ -28,8 +28,8 @@ func StoreLeakScan(store *secrets.Store) *LeakScan {
 			}
 			return vals, nil
 		},
-		Mode: func(repo string) (leakscan.Mode, error) {
-			p, ok, err := store.EgressCeiling(repo)
+		Mode: func(repo, instance string) (leakscan.Mode, error) {
+			p, ok, err := store.EgressCeiling(repo, instance)
 			if err != nil || !ok {
 				return leakscan.DefaultMode, err
 			}
@@ -53,7 +53,7 @@ type LeakScan struct {
 	Values func() (map[string]string, error)
 	// Mode returns a repository's mode (leakscan.DefaultMode when it sets
 	// none).
-	Mode func(repo string) (leakscan.Mode, error)
+	Mode func(repo, instance string) (leakscan.Mode, error)
 }
 
 // leakScan runs the scan of the job's change in gitDir. Under block a
@@ -68,7 +68,7 @@ func (e *execution) leakScan(ctx context.Context, gitDir string) error {
 	e.scanned = true
 	mode := leakscan.DefaultMode
 	if ls.Mode != nil {
-		m, err := ls.Mode(e.j.Repo)
+		m, err := ls.Mode(e.j.Repo, e.j.Instance)
 		if err != nil {
 			return fmt.Errorf("looking up the leak-scan mode of %s: %w", e.j.Repo, err)
 		}

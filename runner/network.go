@@ -23,7 +23,7 @@ type Network struct {
 	// the host's roots) is the job's trust bundle.
 	CA *netpolicy.CA
 	// Ceiling returns the admin's egress ceiling for a repository.
-	Ceiling func(repo string) (Ceiling, error)
+	Ceiling func(repo, instance string) (Ceiling, error)
 	// SystemRoots is a PEM bundle of the host's trusted roots, added to
 	// the job's trust bundle (default /etc/ssl/certs/ca-certificates.crt).
 	SystemRoots string
@@ -91,7 +91,7 @@ func (n *Network) policy(j *job.Job) (*netpolicy.Policy, error) {
 	}
 	var c Ceiling
 	if n.Ceiling != nil {
-		if c, err = n.Ceiling(j.Repo); err != nil {
+		if c, err = n.Ceiling(j.Repo, j.Instance); err != nil {
 			return nil, fmt.Errorf("looking up the egress ceiling of %s: %w", j.Repo, err)
 		}
 	}

@@ -17,7 +17,7 @@ func TestCeilingCIDRWorksInEnforcingMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &Network{Ceiling: func(string) (Ceiling, error) { return Ceiling{Entries: ceiling, Scope: "test"}, nil }}
+	n := &Network{Ceiling: func(string, string) (Ceiling, error) { return Ceiling{Entries: ceiling, Scope: "test"}, nil }}
 	p, err := n.policy(&job.Job{Repo: "group/app", Egress: []string{"db.internal:5432"}})
 	if err != nil {
 		t.Fatal(err)
@@ -33,5 +33,21 @@ func TestCeilingCIDRWorksInEnforcingMode(t *testing.T) {
 	}
 	if _, err := n.policy(&job.Job{Repo: "group/app", Egress: []string{"10.1.2.0/24:5432"}}); err == nil {
 		t.Errorf("a job declaring a CIDR entry was accepted")
+	}
+}
+
+// The ceiling is looked up for the job's repository on its coordinator
+// instance: the same path on another instance is another project.
+func TestCeilingIsLookedUpWithTheInstance(t *testing.T) {
+	var gotRepo, gotInstance string
+	n := &Network{Ceiling: func(repo, instance string) (Ceiling, error) {
+		gotRepo, gotInstance = repo, instance
+		return Ceiling{Scope: "test"}, nil
+	}}
+	if _, err := n.policy(&job.Job{Repo: "group/app", Instance: "https://gitlab.a.test"}); err != nil {
+		t.Fatal(err)
+	}
+	if gotRepo != "group/app" || gotInstance != "https://gitlab.a.test" {
+		t.Errorf("Ceiling(%q, %q), want group/app on https://gitlab.a.test", gotRepo, gotInstance)
 	}
 }

@@ -111,7 +111,7 @@ func exercise(t *testing.T, dir string, shared bool) (errs []error) {
 	} else {
 		errs = append(errs, b.Release(ctx, "job-new"))
 	}
-	_, _, err = st.EgressCeiling("acme/ps07")
+	_, _, err = st.EgressCeiling("acme/ps07", "")
 	errs = append(errs, err)
 	errs = append(errs, st.PutSecret(secrets.Secret{Name: "late", Backend: secrets.BackendBuiltin, Value: []byte("late-value-long-enough")}))
 	return errs

@@ -156,7 +156,8 @@ func (s *Store) Decide(id JobIdentity, req job.SecretRequest) (Decision, error) 
 	return Decide(gs, id, req), nil
 }
 
-// SetPolicy creates or replaces the egress ceiling for p.RepoPattern.
+// SetPolicy creates or replaces the egress ceiling for p.RepoPattern (on
+// p.Instance, if set).
 func (s *Store) SetPolicy(p EgressPolicy) error {
 	if err := p.Validate(); err != nil {
 		return fmt.Errorf("validating policy: %w", err)
@@ -166,10 +167,10 @@ func (s *Store) SetPolicy(p EgressPolicy) error {
 	}
 	v, err := json.Marshal(p)
 	if err != nil {
-		return fmt.Errorf("storing policy %s: %w", p.RepoPattern, err)
+		return fmt.Errorf("storing policy %s: %w", p.Scope(), err)
 	}
-	if err := s.commit(record{Kind: KindPolicies, Key: p.RepoPattern, Value: v}); err != nil {
-		return fmt.Errorf("storing policy %s: %w", p.RepoPattern, err)
+	if err := s.commit(record{Kind: KindPolicies, Key: policyKey(p.RepoPattern, p.Instance), Value: v}); err != nil {
+		return fmt.Errorf("storing policy %s: %w", p.Scope(), err)
 	}
 	return nil
 }
@@ -191,20 +192,22 @@ func (s *Store) Policies() ([]EgressPolicy, error) {
 	return out, nil
 }
 
-// DeletePolicy removes the ceiling for a repo pattern.
-func (s *Store) DeletePolicy(pattern string) error {
-	if err := s.commit(record{Kind: KindPolicies, Key: pattern, What: fmt.Sprintf("policy for %q", pattern), MustExist: true}); err != nil {
-		return fmt.Errorf("deleting policy %s: %w", pattern, err)
+// DeletePolicy removes the ceiling for a repo pattern on instance ("":
+// the one for any instance).
+func (s *Store) DeletePolicy(pattern, instance string) error {
+	scope := EgressPolicy{RepoPattern: pattern, Instance: instance}.Scope()
+	if err := s.commit(record{Kind: KindPolicies, Key: policyKey(pattern, instance), What: fmt.Sprintf("policy for %q", scope), MustExist: true}); err != nil {
+		return fmt.Errorf("deleting policy %s: %w", scope, err)
 	}
 	return nil
 }
 
-// EgressCeiling returns the ceiling for repo (see Ceiling).
-func (s *Store) EgressCeiling(repo string) (EgressPolicy, bool, error) {
+// EgressCeiling returns the ceiling for repo on instance (see Ceiling).
+func (s *Store) EgressCeiling(repo, instance string) (EgressPolicy, bool, error) {
 	ps, err := s.Policies()
 	if err != nil {
 		return EgressPolicy{}, false, err
 	}
-	p, ok := Ceiling(ps, repo)
+	p, ok := Ceiling(ps, repo, instance)
 	return p, ok, nil
 }

@@ -354,17 +354,22 @@ func grantRank(g *Grant) int {
 	return r
 }
 
-// Ceiling returns the egress ceiling for repo: the matching policy with the
-// most specific pattern (ties: the lexically smallest pattern). ok is false
-// when no policy matches; the caller then allows no egress beyond what the
-// runner itself needs.
-func Ceiling(policies []EgressPolicy, repo string) (p EgressPolicy, ok bool) {
+// Ceiling returns the egress ceiling for repo of the coordinator instance
+// ("" for local jobs): among the policies whose pattern matches and whose
+// instance, if set, is that one, the one with the most specific pattern;
+// of equally specific ones the instance's own; then the lexically smallest
+// pattern. ok is false when no policy matches; the caller then allows no
+// egress beyond what the runner itself needs.
+func Ceiling(policies []EgressPolicy, repo, instance string) (p EgressPolicy, ok bool) {
 	best := -1
 	for _, c := range policies {
-		if !globMatch(c.RepoPattern, repo) {
+		if !globMatch(c.RepoPattern, repo) || c.Instance != "" && !sameInstance(c.Instance, instance) {
 			continue
 		}
-		s := Specificity(c.RepoPattern)
+		s := 2 * Specificity(c.RepoPattern)
+		if c.Instance != "" {
+			s++
+		}
 		if s > best || s == best && c.RepoPattern < p.RepoPattern {
 			best, p, ok = s, c, true
 		}

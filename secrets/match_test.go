@@ -166,13 +166,50 @@ func TestCeilingMostSpecificWins(t *testing.T) {
 		{"elsewhere/x", "**"},
 	}
 	for _, tc := range tests {
-		p, ok := secrets.Ceiling(ps, tc.repo)
+		p, ok := secrets.Ceiling(ps, tc.repo, "")
 		if !ok || p.RepoPattern != tc.want {
 			t.Errorf("Ceiling(%q) = %q, %t; want %q", tc.repo, p.RepoPattern, ok, tc.want)
 		}
 	}
-	if _, ok := secrets.Ceiling(ps[1:], "elsewhere/x"); ok {
+	if _, ok := secrets.Ceiling(ps[1:], "elsewhere/x", ""); ok {
 		t.Errorf("Ceiling(elsewhere/x) without '**' found a policy, want none")
+	}
+}
+
+// A ceiling bound to an instance applies to that instance's jobs only
+// (the same path elsewhere is another project), and of equally specific
+// patterns the instance's own wins over the one for any instance.
+func TestCeilingByInstance(t *testing.T) {
+	a, b := "https://gitlab.a.test", "https://gitlab.b.test"
+	ps := []secrets.EgressPolicy{
+		{RepoPattern: "group/*", Egress: []string{"any.test:443"}},
+		{RepoPattern: "group/*", Instance: a, Egress: []string{"a.test:443"}},
+		{RepoPattern: "group/app", Instance: b + "/", Egress: []string{"b-app.test:443"}},
+		{RepoPattern: "only/*", Instance: a, Egress: []string{"only-a.test:443"}},
+	}
+	tests := []struct {
+		repo, instance string
+		want           string // the first egress entry; "" for none
+	}{
+		{"group/x", a, "a.test:443"},
+		{"group/x", "HTTPS://GITLAB.A.TEST/", "a.test:443"},
+		{"group/x", b, "any.test:443"},
+		{"group/x", "", "any.test:443"},
+		{"group/app", b, "b-app.test:443"}, // more specific beats the instance-free group/*
+		{"group/app", a, "a.test:443"},
+		{"only/x", a, "only-a.test:443"},
+		{"only/x", b, ""},
+		{"only/x", "", ""},
+	}
+	for _, tc := range tests {
+		p, ok := secrets.Ceiling(ps, tc.repo, tc.instance)
+		got := ""
+		if ok {
+			got = p.Egress[0]
+		}
+		if got != tc.want {
+			t.Errorf("Ceiling(%q, %q) = %q, want %q", tc.repo, tc.instance, got, tc.want)
+		}
 	}
 }
 

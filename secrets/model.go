@@ -195,8 +195,13 @@ func (g *Grant) HeaderTemplate() string {
 // `group/**` ceiling for one project with an exact entry.
 type EgressPolicy struct {
 	RepoPattern string
-	Egress      []string
-	Audit       bool // audit mode: every name is let through (still only via the gateway) and recorded
+	// Instance, if set, restricts the ceiling to jobs of one coordinator
+	// instance (a GitLab or GitHub URL), as a grant's does: the same repo
+	// path on another instance is another project. One pattern may have a
+	// ceiling per instance and one for any instance.
+	Instance string `json:",omitempty"`
+	Egress   []string
+	Audit    bool // audit mode: every name is let through (still only via the gateway) and recorded
 	// LeakScan is the repository's leak-scan mode: "block", "warn" or
 	// "off" ("" is warn).
 	LeakScan string `json:",omitempty"`
@@ -211,6 +216,9 @@ func (p *EgressPolicy) Validate() error {
 	var errs []error
 	if err := validPattern(p.RepoPattern); err != nil {
 		errs = append(errs, fmt.Errorf("repo %q: %w", p.RepoPattern, err))
+	}
+	if p.Instance != "" && !validInstance(p.Instance) {
+		errs = append(errs, fmt.Errorf("instance %q: must be the coordinator's http(s) URL", p.Instance))
 	}
 	switch p.LeakScan {
 	case "", "block", "warn", "off":
@@ -278,6 +286,23 @@ func NewSurrogate() string { return SurrogatePrefix + randomString(base62, 32) }
 func validInstance(s string) bool {
 	return (strings.HasPrefix(s, "https://") || strings.HasPrefix(s, "http://")) &&
 		!strings.ContainsAny(s, " \t\r\n?#@")
+}
+
+// policyKey is where a ceiling is stored: its pattern, after its
+// instance if it has one (neither holds a space).
+func policyKey(pattern, instance string) string {
+	if instance == "" {
+		return pattern
+	}
+	return strings.ToLower(strings.TrimRight(instance, "/")) + " " + pattern
+}
+
+// Scope names the repositories a ceiling applies to, for messages.
+func (p EgressPolicy) Scope() string {
+	if p.Instance == "" {
+		return p.RepoPattern
+	}
+	return p.RepoPattern + " on " + p.Instance
 }
 
 // sameInstance compares coordinator URLs, ignoring a trailing slash and

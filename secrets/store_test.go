@@ -311,3 +311,39 @@ func TestSharedStoreLetsOthersIn(t *testing.T) {
 		t.Errorf("shared Secret(x) = %q, %v", sec.Value, err)
 	}
 }
+
+// One pattern may have a ceiling for any instance and one per instance;
+// each is replaced and removed on its own, and a bad instance is refused.
+func TestPoliciesPerInstance(t *testing.T) {
+	st := openStore(t, stateDir(t))
+	a := "https://gitlab.a.test"
+	for _, p := range []secrets.EgressPolicy{
+		{RepoPattern: "acme/*", Egress: []string{"any.test:443"}},
+		{RepoPattern: "acme/*", Instance: a, Egress: []string{"a.test:443"}},
+		{RepoPattern: "acme/*", Instance: a + "/", Egress: []string{"a2.test:443"}}, // the same instance: replaces
+	} {
+		if err := st.SetPolicy(p); err != nil {
+			t.Fatalf("SetPolicy(%s): %v", p.Scope(), err)
+		}
+	}
+	ps, err := st.Policies()
+	if err != nil || len(ps) != 2 {
+		t.Fatalf("Policies() = %+v, %v; want two", ps, err)
+	}
+	if p, ok, err := st.EgressCeiling("acme/app", "https://GITLAB.A.TEST"); err != nil || !ok || p.Egress[0] != "a2.test:443" {
+		t.Errorf("EgressCeiling(acme/app on a) = %+v, %t, %v; want a2.test", p, ok, err)
+	}
+	if err := st.DeletePolicy("acme/*", a); err != nil {
+		t.Fatal(err)
+	}
+	if p, ok, _ := st.EgressCeiling("acme/app", a); !ok || p.Instance != "" {
+		t.Errorf("after removing a's ceiling: %+v, %t; want the one for any instance", p, ok)
+	}
+	if err := st.DeletePolicy("acme/*", a); !errors.Is(err, secrets.ErrNotFound) {
+		t.Errorf("DeletePolicy of a removed ceiling = %v, want ErrNotFound", err)
+	}
+	err = st.SetPolicy(secrets.EgressPolicy{RepoPattern: "acme/*", Instance: "gitlab.a.test"})
+	if err == nil || !strings.Contains(err.Error(), `instance "gitlab.a.test"`) {
+		t.Errorf("SetPolicy with an instance that is not a URL = %v, want it named", err)
+	}
+}

@@ -252,8 +252,8 @@ func openNetwork(cfg *config.Config, runnerID string, fw sandbox.Firewall, store
 		return nil, fmt.Errorf("egress.ceiling: %w", err)
 	}
 	n := &runner.Network{Sandbox: sb, CA: ca}
-	n.Ceiling = func(repo string) (runner.Ceiling, error) {
-		p, ok, err := store.EgressCeiling(repo)
+	n.Ceiling = func(repo, instance string) (runner.Ceiling, error) {
+		p, ok, err := store.EgressCeiling(repo, instance)
 		if err != nil {
 			return runner.Ceiling{}, err
 		}
@@ -262,9 +262,9 @@ func openNetwork(cfg *config.Config, runnerID string, fw sandbox.Firewall, store
 		}
 		entries, err := netpolicy.ParseEntries(p.Egress)
 		if err != nil {
-			return runner.Ceiling{}, fmt.Errorf("egress policy %s: %w", p.RepoPattern, err)
+			return runner.Ceiling{}, fmt.Errorf("egress policy %s: %w", p.Scope(), err)
 		}
-		return runner.Ceiling{Entries: entries, Audit: p.Audit, Scope: fmt.Sprintf("repo %q (policy %s)", repo, p.RepoPattern)}, nil
+		return runner.Ceiling{Entries: entries, Audit: p.Audit, Scope: fmt.Sprintf("repo %q (policy %s)", repo, p.Scope())}, nil
 	}
 	resolver := netpolicy.HostsResolver{Hosts: hosts, Next: netpolicy.SystemResolver{}}
 	if cfg.Gateway.HostsOnly {

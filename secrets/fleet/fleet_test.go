@@ -151,7 +151,7 @@ func TestFleetGrantChangeReachesEveryHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "policy on c", func() bool {
-		p, ok, err := c.st.EgressCeiling("acme/app")
+		p, ok, err := c.st.EgressCeiling("acme/app", "")
 		return err == nil && ok && p.RepoPattern == "acme/**"
 	})
 }
@@ -277,7 +277,7 @@ func TestFleetWatchResumesWithoutMissingAChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.st.DeletePolicy("none"); !errors.Is(err, secrets.ErrNotFound) {
+	if err := a.st.DeletePolicy("none", ""); !errors.Is(err, secrets.ErrNotFound) {
 		t.Errorf("DeletePolicy(none) = %v, want ErrNotFound", err)
 	}
 	before := b.fs.Revision()
