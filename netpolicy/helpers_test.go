@@ -114,6 +114,17 @@ func startUpstream(t testing.TB, addr netip.Addr, port int, ca *fakeCA, names ..
 		u.mu.Lock()
 		u.reqs = append(u.reqs, recorded{Host: r.Host, Path: r.URL.Path, Header: r.Header.Clone()})
 		u.mu.Unlock()
+		if r.URL.Path == "/switch" && r.Header.Get("Upgrade") == "echo" {
+			// A protocol switch the server accepts: 101, then an echo.
+			c, brw, err := w.(http.Hijacker).Hijack()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			fmt.Fprint(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+			_, _ = io.Copy(c, brw)
+			return
+		}
 		fmt.Fprintf(w, "hello from %s", names[0])
 	}))
 	ln, err := net.Listen("tcp4", netip.AddrPortFrom(addr, uint16(port)).String())

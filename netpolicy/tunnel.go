@@ -214,8 +214,20 @@ func (j *jobState) relayPlain(client, upstream *net.TCPConn, data []byte, host s
 			return cw.n, "", nil
 		}
 		if req.Header.Get("Upgrade") != "" {
-			_, _ = io.Copy(cw, br)
-			return cw.n, "", nil
+			// Whether the server switched protocols is in its answer,
+			// which this side does not read: what the client sends next
+			// decides. Another request line is read and checked as HTTP
+			// (a server that declined the upgrade would serve it, for any
+			// Host); anything else — a WebSocket frame — is the new
+			// protocol, relayed as it is. No deadline: an upgraded client
+			// may stay silent while the server talks.
+			more, err := j.classifyLine(client, br, 0)
+			if err != nil || !more {
+				if err == nil {
+					_, _ = io.Copy(cw, br)
+				}
+				return cw.n, "", nil // err: the client's connection broke
+			}
 		}
 	}
 }
@@ -249,8 +261,16 @@ func tunnelHostMismatch(req *http.Request, host string, port int) string {
 // unread would let a client that pauses, or pads its target, past the
 // check send a request with any Host.
 func (j *jobState) startsHTTPRequest(client net.Conn, br *bufio.Reader) (bool, error) {
-	_ = client.SetReadDeadline(time.Now().Add(j.g.cfg.PeekTimeout))
-	defer func() { _ = client.SetReadDeadline(time.Time{}) }()
+	return j.classifyLine(client, br, j.g.cfg.PeekTimeout)
+}
+
+// classifyLine is startsHTTPRequest with the given peek timeout (0: none,
+// the line waits for its bytes however long they take).
+func (j *jobState) classifyLine(client net.Conn, br *bufio.Reader, timeout time.Duration) (bool, error) {
+	if timeout > 0 {
+		_ = client.SetReadDeadline(time.Now().Add(timeout))
+		defer func() { _ = client.SetReadDeadline(time.Time{}) }()
+	}
 	for n := 1; ; n++ {
 		if n > maxRequestLine {
 			return false, fmt.Errorf("the first line in a plaintext tunnel is longer than %d bytes and could be an HTTP request line", maxRequestLine)
@@ -259,8 +279,11 @@ func (j *jobState) startsHTTPRequest(client net.Conn, br *bufio.Reader) (bool, e
 		if errors.Is(err, io.EOF) {
 			return false, nil
 		}
+		if err != nil && timeout == 0 {
+			return false, fmt.Errorf("reading a line in a plaintext tunnel: %w", err)
+		}
 		if err != nil {
-			return false, fmt.Errorf("the first line in a plaintext tunnel could still be an HTTP request line after %s: %w", j.g.cfg.PeekTimeout, err)
+			return false, fmt.Errorf("the first line in a plaintext tunnel could still be an HTTP request line after %s: %w", timeout, err)
 		}
 		c := b[n-1]
 		sp := bytes.IndexByte(b, ' ')

@@ -146,3 +146,57 @@ func TestConnectPlainHTTPCheckCannotBeDodged(t *testing.T) {
 		}
 	}
 }
+
+// After an Upgrade request the next bytes decide: a server that declined
+// the switch would serve another request line for any Host, so that is
+// read and checked as HTTP (it used to be relayed unread); a switched
+// protocol's bytes pass as they are, however long the client waits first.
+func TestConnectPlainHTTPUpgrade(t *testing.T) {
+	e := newProxyEnvPeek(t, false, 300*time.Millisecond)
+	target := "plain.allowed.test:" + strconv.Itoa(e.plainUp.port)
+	open := func() (net.Conn, *bufio.Reader) {
+		c, status := e.connect(t, target)
+		if status != 200 {
+			t.Fatalf("CONNECT %s = %d, want 200", target, status)
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+
+	c, br := open()
+	fmt.Fprintf(c, "GET /decline HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", target)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("upgrade request: %v", err)
+	}
+	if body := readBody(t, resp); resp.StatusCode != 200 {
+		t.Fatalf("declined upgrade: %d %q, want the server's 200", resp.StatusCode, body)
+	}
+	fmt.Fprint(c, "GET /fronted HTTP/1.1\r\nHost: forbidden.test\r\n\r\n")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("request after a declined upgrade: %v (want a 403)", err)
+	}
+	if body := readBody(t, resp); resp.StatusCode != http.StatusForbidden || !strings.Contains(body, `"forbidden.test"`) {
+		t.Errorf("request for another host after a declined upgrade: %d %q, want a 403 naming it", resp.StatusCode, body)
+	}
+	for _, r := range e.plainUp.requests() {
+		if r.Path == "/fronted" {
+			t.Errorf("the upstream saw %s %s after the declined upgrade", r.Host, r.Path)
+		}
+	}
+
+	c, br = open()
+	fmt.Fprintf(c, "GET /switch HTTP/1.1\r\nHost: %s\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n", target)
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("accepted upgrade: %v %v, want 101", resp, err)
+	}
+	time.Sleep(600 * time.Millisecond) // past the peek timeout: an upgraded client may wait
+	frame := "\x81\x05hello"
+	fmt.Fprint(c, frame)
+	got := make([]byte, len(frame))
+	if _, err := io.ReadFull(br, got); err != nil || string(got) != frame {
+		t.Errorf("echo through the switched protocol: %q %v, want %q", got, err, frame)
+	}
+}
