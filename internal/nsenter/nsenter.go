@@ -19,6 +19,24 @@ import (
 func Run(target netns.NsHandle, fn func() error) error { return run(target, false, fn) }
 
 func run(target netns.NsHandle, notOwn bool, fn func() error) error {
+	return locked(func(orig netns.NsHandle) error {
+		// Compared on the locked thread: an unlocked goroutine may read the
+		// namespace of a thread that another goroutine has just moved.
+		if notOwn && orig.Equal(target) {
+			return errors.New("refusing to enter the caller's own network namespace")
+		}
+		if err := netns.Set(target); err != nil {
+			return fmt.Errorf("entering network namespace: %w", err)
+		}
+		return fn()
+	})
+}
+
+// locked runs do on a locked OS thread, then returns the thread to the
+// namespace it started in (do may have moved it: entered or created one)
+// and unlocks it. A thread that cannot go back stays locked, so the Go
+// runtime discards it with its goroutine.
+func locked(do func(orig netns.NsHandle) error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -29,25 +47,13 @@ func run(target netns.NsHandle, notOwn bool, fn func() error) error {
 			return
 		}
 		defer orig.Close()
-		// Compared on the locked thread: an unlocked goroutine may read the
-		// namespace of a thread that another goroutine has just moved.
-		if notOwn && orig.Equal(target) {
-			runtime.UnlockOSThread()
-			errc <- errors.New("refusing to enter the caller's own network namespace")
-			return
-		}
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering network namespace: %w", err)
-			return
-		}
-		ferr := fn()
+		derr := do(orig)
 		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leaving network namespace: %w", err))
+			errc <- errors.Join(derr, fmt.Errorf("returning to the original network namespace: %w", err))
 			return
 		}
 		runtime.UnlockOSThread()
-		errc <- ferr
+		errc <- derr
 	}()
 	return <-errc
 }
@@ -84,30 +90,13 @@ func Own() (netns.NsHandle, error) {
 }
 
 // CreateNamed creates the named namespace /run/netns/NAME on a locked OS
-// thread (creating it moves the thread into it) and moves the thread back;
-// a thread that cannot go back is never unlocked, so the runtime discards
-// it.
+// thread (creating it moves the thread into it) and moves the thread back.
 func CreateNamed(name string) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("getting current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
+	return locked(func(netns.NsHandle) error {
 		h, err := netns.NewNamed(name)
 		if err == nil {
 			h.Close()
 		}
-		if serr := netns.Set(orig); serr != nil {
-			errc <- errors.Join(err, fmt.Errorf("returning to the original network namespace: %w", serr))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
+		return err
+	})
 }
