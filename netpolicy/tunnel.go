@@ -169,8 +169,10 @@ const maxRequestLine = 8 << 10
 // parsed, its Host (and absolute URI) must name the CONNECT host and port
 // — else the tunnel ends with a 403 and a denied http event, so keep-alive
 // cannot switch to a virtual host the policy never allowed — and each
-// request is recorded as an http event. After an Upgrade request the rest
-// is relayed as it is. Other protocols are relayed unchanged. It returns
+// request is recorded as an http event. After an Upgrade request the next
+// bytes decide again: another request line is checked, anything else is
+// the new protocol, relayed as it is. Other protocols are relayed
+// unchanged. It returns
 // the bytes sent upstream and, for a refusal, the 403 body; unchecked
 // says why a first line that could not be told from HTTP was refused
 // without a byte sent upstream.
