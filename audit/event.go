@@ -43,6 +43,7 @@ var EventTypes = []EventType{
 // `airlock audit suggest-policy`).
 const (
 	FieldSource      = "source"      // job_accepted: gitlab | github | local
+	FieldInstance    = "instance"    // job_accepted: the coordinator's URL (absent for local jobs)
 	FieldRepo        = "repo"        // job_accepted, grant_decision
 	FieldRef         = "ref"         // job_accepted, grant_decision
 	FieldSHA         = "sha"         // job_accepted
@@ -127,12 +128,18 @@ type Event struct {
 
 func ms(d time.Duration) int64 { return d.Milliseconds() }
 
-// NewJobAccepted reports a job taken from a source.
-func NewJobAccepted(source, repo, ref, sha string, protected bool, environment, image string) Event {
-	return Event{JobAccepted, Fields{
+// NewJobAccepted reports a job taken from a source; instance is the
+// coordinator it came from ("" for local jobs: the field is left out), for
+// the same repo path on two instances is two projects.
+func NewJobAccepted(source, instance, repo, ref, sha string, protected bool, environment, image string) Event {
+	f := Fields{
 		FieldSource: source, FieldRepo: repo, FieldRef: ref, FieldSHA: sha,
 		FieldProtected: protected, FieldEnvironment: environment, FieldImage: image,
-	}}
+	}
+	if instance != "" {
+		f[FieldInstance] = instance
+	}
+	return Event{JobAccepted, f}
 }
 
 // NewGrantDecision reports whether a declared secret was granted, by which

@@ -135,7 +135,7 @@ func TestSIGKILLChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	tr.Log(ctx, NewJobAccepted("local", "acme/app", "main", "", false, "", "img"))
+	tr.Log(ctx, NewJobAccepted("local", "", "acme/app", "main", "", false, "", "img"))
 	for _, s := range []string{"build", "test", "deploy", "report"} {
 		if _, err := tr.Log(ctx, NewStepStarted(s)); err != nil {
 			t.Fatal(err)

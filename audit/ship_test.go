@@ -168,7 +168,7 @@ func TestLiveCollectorSeesRecordsWhileTrailIsOpen(t *testing.T) {
 	t.Cleanup(func() { tr.Close() })
 	ctx := context.Background()
 	start := time.Now()
-	tr.Log(ctx, NewJobAccepted("local", "acme/app", "main", "", false, "", "img"))
+	tr.Log(ctx, NewJobAccepted("local", "", "acme/app", "main", "", false, "", "img"))
 	tr.Log(ctx, NewStepStarted("build"))
 	waitSeq(t, c, 2, 10*time.Second) // the goal is < 1 s; see BenchmarkLiveDelivery
 	t.Logf("first records reached the collector after %s", time.Since(start))

@@ -70,7 +70,8 @@ func hostPort(host string, port int64) string {
 }
 
 // SuggestPolicy reads trails and returns the commands that would allow
-// what they observed: per repository (from job_accepted) one
+// what they observed: per repository (from job_accepted; with --instance
+// when the job came from a coordinator) one
 // `airlock policy set --repo R --egress host:port,...` line covering every
 // allowed and denied egress attempt, and one `airlock grant add SECRET
 // --repo R --ref F [--protected-only] [--env E] --source S --deliver D` line
@@ -78,19 +79,22 @@ func hostPort(host string, port int64) string {
 // Names only seen in DNS questions are listed in a comment.
 func SuggestPolicy(trails [][]Record) []string {
 	type repoInfo struct {
-		egress  map[string]bool
-		dnsOnly map[string]bool
-		grants  map[string]string // command -> ""; comment lines too
+		repo     string
+		instance string
+		egress   map[string]bool
+		dnsOnly  map[string]bool
+		grants   map[string]string // command -> ""; comment lines too
 	}
 	repos := map[string]*repoInfo{}
 	for _, recs := range trails {
-		var repo, ref, env, source string
+		var repo, ref, env, source, instance string
 		protected := false
 		secretHosts := map[string][]string{} // secret -> hosts it was used on (proxy)
 		for _, r := range recs {
 			switch r.Type {
 			case JobAccepted:
 				repo, ref, env, source = r.String(FieldRepo), r.String(FieldRef), r.String(FieldEnvironment), r.String(FieldSource)
+				instance = r.String(FieldInstance)
 				protected = r.Fields[FieldProtected] == true
 			case CredentialUsed, ProxiedRequest:
 				if sec, h := r.String(FieldSecret), r.String(FieldHost); sec != "" && h != "" && !slices.Contains(secretHosts[sec], h) {
@@ -101,10 +105,18 @@ func SuggestPolicy(trails [][]Record) []string {
 		if repo == "" {
 			repo = "UNKNOWN-REPO"
 		}
-		ri := repos[repo]
+		key := repo
+		if instance != "" {
+			key += " " + instance
+		}
+		ri := repos[key]
 		if ri == nil {
-			ri = &repoInfo{egress: map[string]bool{}, dnsOnly: map[string]bool{}, grants: map[string]string{}}
-			repos[repo] = ri
+			ri = &repoInfo{repo: repo, instance: instance, egress: map[string]bool{}, dnsOnly: map[string]bool{}, grants: map[string]string{}}
+			repos[key] = ri
+		}
+		onInstance := ""
+		if instance != "" {
+			onInstance = " --instance " + shellQuote(instance)
 		}
 		for _, r := range recs {
 			switch r.Type {
@@ -122,7 +134,7 @@ func SuggestPolicy(trails [][]Record) []string {
 					ri.grants[fmt.Sprintf("# secret %s already granted (grant %s)", secret, r.String(FieldGrant))] = ""
 					continue
 				}
-				line := fmt.Sprintf("airlock grant add %s --repo %s", shellQuote(secret), shellQuote(repo))
+				line := fmt.Sprintf("airlock grant add %s --repo %s%s", shellQuote(secret), shellQuote(repo), onInstance)
 				if ref != "" {
 					line += " --ref " + shellQuote(ref)
 				}
@@ -155,8 +167,12 @@ func SuggestPolicy(trails [][]Record) []string {
 	}
 	slices.Sort(names)
 	var out []string
-	for _, repo := range names {
-		ri := repos[repo]
+	for _, key := range names {
+		ri := repos[key]
+		repo, onInstance, on := ri.repo, "", ""
+		if ri.instance != "" {
+			onInstance, on = " --instance "+shellQuote(ri.instance), " on "+ri.instance
+		}
 		var egress []string
 		for hp := range ri.egress {
 			egress = append(egress, hp)
@@ -168,7 +184,7 @@ func SuggestPolicy(trails [][]Record) []string {
 		}
 		slices.Sort(egress)
 		if len(egress) > 0 {
-			out = append(out, fmt.Sprintf("airlock policy set --repo %s --egress %s", shellQuote(repo), shellQuote(strings.Join(egress, ","))))
+			out = append(out, fmt.Sprintf("airlock policy set --repo %s%s --egress %s", shellQuote(repo), onInstance, shellQuote(strings.Join(egress, ","))))
 		}
 		var dns []string
 		for h := range ri.dnsOnly {
@@ -176,7 +192,7 @@ func SuggestPolicy(trails [][]Record) []string {
 		}
 		slices.Sort(dns)
 		if len(dns) > 0 {
-			out = append(out, fmt.Sprintf("# %s: names only looked up (no connection seen): %s", repo, strings.Join(dns, ",")))
+			out = append(out, fmt.Sprintf("# %s%s: names only looked up (no connection seen): %s", repo, on, strings.Join(dns, ",")))
 		}
 		var grants []string
 		for g := range ri.grants {

@@ -22,7 +22,7 @@ func TestSuggestPolicy(t *testing.T) {
 		want   []string
 	}{
 		{"egress and a denied grant", [][]Record{recordsOf(
-			NewJobAccepted("gitlab", "acme/app", "main", "", true, "prod", "img"),
+			NewJobAccepted("gitlab", "", "acme/app", "main", "", true, "prod", "img"),
 			NewEgress(KindTLS, "b.allowed.test", 443, VerdictAllowed, "", 1, time.Second),
 			NewEgress(KindConnect, "a.denied.test", 8443, VerdictDenied, "not in policy", 0, 0),
 			NewEgress(KindTLS, "b.allowed.test", 443, VerdictAllowed, "", 1, time.Second),
@@ -31,10 +31,21 @@ func TestSuggestPolicy(t *testing.T) {
 			"airlock policy set --repo acme/app --egress a.denied.test:8443,b.allowed.test:443",
 			"airlock grant add npm_token --repo acme/app --ref main --protected-only --env prod --source gitlab --deliver env",
 		}},
+		{"a coordinator's job: --instance on both lines, apart from the same path elsewhere", [][]Record{
+			recordsOf(NewJobAccepted("gitlab", "https://gitlab.a.test", "acme/app", "main", "", false, "", "img"),
+				NewEgress(KindTLS, "a.test", 443, VerdictAllowed, "", 1, 0),
+				NewGrantDecision("tok", "", DecisionDeny, "env", "no grant")),
+			recordsOf(NewJobAccepted("local", "", "acme/app", "main", "", false, "", "img"),
+				NewEgress(KindTLS, "local.test", 443, VerdictAllowed, "", 1, 0)),
+		}, []string{
+			"airlock policy set --repo acme/app --egress local.test:443",
+			"airlock policy set --repo acme/app --instance https://gitlab.a.test --egress a.test:443",
+			"airlock grant add tok --repo acme/app --instance https://gitlab.a.test --ref main --source gitlab --deliver env",
+		}},
 		{"two trails of one repo merge, dns-only names commented", [][]Record{
-			recordsOf(NewJobAccepted("local", "acme/lib", "dev", "", false, "", "img"),
+			recordsOf(NewJobAccepted("local", "", "acme/lib", "dev", "", false, "", "img"),
 				NewEgress(KindHTTP, "x.test", 80, VerdictAllowed, "", 1, 0)),
-			recordsOf(NewJobAccepted("local", "acme/lib", "dev", "", false, "", "img"),
+			recordsOf(NewJobAccepted("local", "", "acme/lib", "dev", "", false, "", "img"),
 				NewDNS("y.test.", "A", VerdictDenied, "not allowed"),
 				NewDNS("x.test", "A", VerdictAllowed, ""),
 				NewGrantDecision("tok", "g1", DecisionGrant, "proxy", "")),

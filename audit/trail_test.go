@@ -32,7 +32,7 @@ func writeTrail(t testing.TB, key *Key, n int) []byte {
 		t.Fatalf("Open: %v", err)
 	}
 	ctx := context.Background()
-	if _, err := tr.Log(ctx, NewJobAccepted("local", "acme/app", "main", "abc", true, "", "img")); err != nil {
+	if _, err := tr.Log(ctx, NewJobAccepted("local", "", "acme/app", "main", "abc", true, "", "img")); err != nil {
 		t.Fatalf("Log: %v", err)
 	}
 	for i := 2; i <= n; i++ {

@@ -335,4 +335,13 @@ func TestAgentAuditTrailInArchiveVerifies(t *testing.T) {
 	if !strings.HasSuffix(rep.Job, fmt.Sprint(id)) {
 		t.Errorf("verified trail is of job %s, want %d", rep.Job, id)
 	}
+	// The trail names the instance the job came from: the same repo path
+	// on another GitLab is another project.
+	recs, err := audit.ReadRecords(strings.NewReader(trail))
+	if err != nil || len(recs) == 0 || recs[0].Type != audit.JobAccepted {
+		t.Fatalf("trail's first record: %v %v, want job_accepted", recs, err)
+	}
+	if got := recs[0].String(audit.FieldInstance); strings.TrimRight(got, "/") != strings.TrimRight(e.gl.URL, "/") {
+		t.Errorf("job_accepted instance = %q, want the fake GitLab's %q", got, e.gl.URL)
+	}
 }

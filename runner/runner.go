@@ -266,7 +266,7 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 			res.Err = err
 			return res, nil
 		}
-		if err := e.trail.record(ctx, audit.NewJobAccepted(string(j.Source), j.Repo, j.Ref, j.SHA, j.Protected, j.Environment, j.Image)); err != nil {
+		if err := e.trail.record(ctx, audit.NewJobAccepted(string(j.Source), j.Instance, j.Repo, j.Ref, j.SHA, j.Protected, j.Environment, j.Image)); err != nil {
 			res.Err = err
 			return res, nil
 		}
