@@ -152,7 +152,7 @@ func Run(ctx context.Context, e *Env, o Options) []Result {
 	if o.StateDir != "" {
 		cfg.StateDir = o.StateDir
 	}
-	rs := []Result{cfgRes, checkRoot(e), checkNetNS(e)}
+	rs := []Result{cfgRes, checkConcurrency(cfg), checkRoot(e), checkNetNS(e)}
 	rs = append(rs, checkKernel(ctx, e)...)
 	rs = append(rs, checkIPTablesTools(e), checkIPTablesBackend(ctx, e), checkFirewall(ctx, e, cfg.Network.Firewall))
 	rs = append(rs, checkDocker(ctx, cfg.Docker.Host, o.TestImage)...)

@@ -41,7 +41,7 @@ func TestRunFakeHost(t *testing.T) {
 	for _, r := range rs {
 		names = append(names, r.Name)
 	}
-	want := []string{"config", "root", "network namespaces", "veth", "ipv6 sysctls", "ping_group_range",
+	want := []string{"config", "concurrency", "root", "network namespaces", "veth", "ipv6 sysctls", "ping_group_range",
 		"iptables tools", "iptables backend", "firewall", "docker", "test image", "containerd", "state dir", "state.key", "audit.key",
 		"runtime dir", "clock"}
 	if !reflect.DeepEqual(names, want) {
