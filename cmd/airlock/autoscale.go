@@ -21,13 +21,26 @@ import (
 // autoscalers makes one Autoscaler per [[autoscale]] entry, with its
 // credentials read from the state store, and the webhook handlers to serve
 // on listen_address.
-func autoscalers(cfg *config.Config, m *runner.Metrics, log hclog.Logger) ([]*autoscale.Autoscaler, map[string]http.Handler, error) {
+// Each autoscaler's decisions also go to a signed audit trail of its own
+// (see decisionTrail); stop seals them once the autoscalers have stopped.
+func autoscalers(cfg *config.Config, r *runner.Runner, m *runner.Metrics, log hclog.Logger) (_ []*autoscale.Autoscaler, _ map[string]http.Handler, stop func(), err error) {
+	var trails []*decisionTrail
+	stop = func() {
+		for _, t := range trails {
+			t.stop()
+		}
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
 	if len(cfg.Autoscale) == 0 {
-		return nil, nil, nil
+		return nil, nil, stop, nil
 	}
 	st, err := secrets.Open(cfg.StateDir, secrets.OpenOptions{Shared: true, MustExist: true})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, stop, err
 	}
 	defer st.Close()
 	host, _ := os.Hostname()
@@ -38,7 +51,7 @@ func autoscalers(cfg *config.Config, m *runner.Metrics, log hclog.Logger) ([]*au
 		key := fmt.Sprintf("autoscale[%d]", i)
 		scope, api, err := autoscale.ParseScope(e.URL)
 		if err != nil {
-			return nil, nil, fmt.Errorf("%s.url: %w", key, err)
+			return nil, nil, stop, fmt.Errorf("%s.url: %w", key, err)
 		}
 		if e.APIURL != "" {
 			api = e.APIURL
@@ -48,10 +61,10 @@ func autoscalers(cfg *config.Config, m *runner.Metrics, log hclog.Logger) ([]*au
 		case e.AppSecret != "":
 			sec, err := st.Secret(e.AppSecret)
 			if err != nil {
-				return nil, nil, fmt.Errorf("%s.app_secret: %w", key, err)
+				return nil, nil, stop, fmt.Errorf("%s.app_secret: %w", key, err)
 			}
 			if sec.Backend != "githubapp" {
-				return nil, nil, fmt.Errorf("%s.app_secret: secret %q is a %s secret, not a githubapp one (airlock secret set NAME --backend githubapp --param app_id=… --param installation_id=…)", key, sec.Name, sec.Backend)
+				return nil, nil, stop, fmt.Errorf("%s.app_secret: secret %q is a %s secret, not a githubapp one (airlock secret set NAME --backend githubapp --param app_id=… --param installation_id=…)", key, sec.Name, sec.Backend)
 			}
 			be := githubapp.New(nil)
 			auth = &autoscale.CachedToken{Mint: func(ctx context.Context) (string, time.Time, error) {
@@ -60,7 +73,7 @@ func autoscalers(cfg *config.Config, m *runner.Metrics, log hclog.Logger) ([]*au
 		default:
 			sec, err := st.Secret(e.TokenSecret)
 			if err != nil {
-				return nil, nil, fmt.Errorf("%s.token_secret: %w", key, err)
+				return nil, nil, stop, fmt.Errorf("%s.token_secret: %w", key, err)
 			}
 			auth = autoscale.StaticToken(sec.Value)
 		}
@@ -68,10 +81,12 @@ func autoscalers(cfg *config.Config, m *runner.Metrics, log hclog.Logger) ([]*au
 		if e.WebhookSecret != "" {
 			sec, err := st.Secret(e.WebhookSecret)
 			if err != nil {
-				return nil, nil, fmt.Errorf("%s.webhook_secret: %w", key, err)
+				return nil, nil, stop, fmt.Errorf("%s.webhook_secret: %w", key, err)
 			}
 			hookKey = sec.Value
 		}
+		trail := newDecisionTrail(r.Audit, r.ID(), e.Name, log)
+		trails = append(trails, trail)
 		obs := m.CoordinatorRequests("autoscale:" + e.Name)
 		hc := github.ObservedClient(&http.Client{Timeout: 10 * time.Minute}, obs)
 		lg := log.Named("github").With("autoscale", e.Name)
@@ -83,18 +98,27 @@ func autoscalers(cfg *config.Config, m *runner.Metrics, log hclog.Logger) ([]*au
 			Host: host, StateDir: cfg.StateDir,
 			Factory: github.JITFactory{Convert: github.MessageConverter(cfg.Docker.Image, "airlock-"+e.Name, hc, lg),
 				HTTPClient: hc, Observer: obs, Logger: lg},
-			Events: am.observe(e.Name),
+			Events: decisions(am.observe(e.Name), trail.observe),
 			Logger: log,
 		})
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, stop, err
 		}
 		out = append(out, a)
 		if e.WebhookSecret != "" {
 			hooks[e.Path()] = a
 		}
 	}
-	return out, hooks, nil
+	return out, hooks, stop, nil
+}
+
+// decisions hands each autoscaler event to every observer.
+func decisions(observers ...func(autoscale.Event)) func(autoscale.Event) {
+	return func(e autoscale.Event) {
+		for _, o := range observers {
+			o(e)
+		}
+	}
 }
 
 // autoscaleMetrics count what the autoscalers decide.

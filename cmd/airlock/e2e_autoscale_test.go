@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -98,5 +99,27 @@ reconcile_interval = "2s"
 	}
 	if v := f.Violations(); len(v) > 0 {
 		t.Errorf("protocol violations: %v", v)
+	}
+
+	// The autoscaler's decisions are in a signed trail of their own,
+	// sealed when the agent stopped, without a token in it.
+	trails, _ := filepath.Glob(filepath.Join(e.state, "audit", "autoscale-acme-*.jsonl"))
+	if len(trails) != 1 {
+		t.Fatalf("autoscaler trails in %s: %v, want one", filepath.Join(e.state, "audit"), trails)
+	}
+	e.mustRun("", "audit", "verify", trails[0])
+	body, err := os.ReadFile(trails[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for typ, least := range map[string]int{"autoscale_job_queued": 2, "autoscale_runner_created": 2, "autoscale_job_started": 2, "seal": 1} {
+		if c := strings.Count(string(body), `"type":"`+typ+`"`); c < least {
+			t.Errorf("autoscaler trail has %d %s records, want at least %d (both jobs):\n%s", c, typ, least, body)
+		}
+	}
+	for _, tok := range []string{f.AdminToken, ours[0].Token, ours[1].Token} {
+		if tok != "" && strings.Contains(string(body), tok) {
+			t.Errorf("a token is in the autoscaler's trail")
+		}
 	}
 }

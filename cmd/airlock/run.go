@@ -89,10 +89,20 @@ func runAgent(parent context.Context, cfg *config.Config, log hclog.Logger, jit 
 	defer cancel()
 	var scalers []*autoscale.Autoscaler
 	var hooks map[string]http.Handler
+	var scalersDone sync.WaitGroup
 	if jit == nil {
-		if scalers, hooks, err = autoscalers(cfg, m, log); err != nil {
+		var stopTrails func()
+		if scalers, hooks, stopTrails, err = autoscalers(cfg, r, m, log); err != nil {
 			return err
 		}
+		// Before r.Close (deferred earlier, so run later): the autoscalers
+		// stop deciding (the webhook server has stopped by the time runAgent
+		// returns normally), then their trails are sealed.
+		defer func() {
+			cancel()
+			scalersDone.Wait()
+			stopTrails()
+		}()
 	}
 	metricsDone := make(chan error, 1)
 	if cfg.ListenAddress != "" {
@@ -132,7 +142,7 @@ func runAgent(parent context.Context, cfg *config.Config, log hclog.Logger, jit 
 	}
 	for _, s := range scalers {
 		coords = append(coords, s)
-		go s.Run(ctx) // reconcile and poll until the agent stops
+		scalersDone.Go(func() { s.Run(ctx) }) // reconcile and poll until the agent stops
 	}
 	a, err := runner.NewAgent(runner.AgentConfig{
 		Coordinators:    coords,
