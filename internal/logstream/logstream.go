@@ -67,6 +67,11 @@ type Options struct {
 	// (a job resumed after a crash): the first Upload starts at Base and
 	// offsets count them. The streamer keeps only what is written to it.
 	Base int64
+	// AllowAhead accepts a coordinator that holds more than Base before
+	// anything of this streamer's is acknowledged (a resumed log whose
+	// record of Base lagged behind the last send before a crash): when an
+	// Upload returns Ahead(n), the streamer continues at n.
+	AllowAhead bool
 	// Logger gets the background loop's transient failures (debug level).
 	Logger hclog.Logger
 }
@@ -112,6 +117,7 @@ type Streamer struct {
 	log  hclog.Logger
 
 	mu        sync.Mutex
+	ahead     bool   // the coordinator held more than Base (AllowAhead)
 	buf       []byte // everything written and kept, from offset Base
 	acked     int64  // absolute offset the coordinator holds
 	truncated bool
@@ -225,6 +231,34 @@ func (s *Streamer) Interval() time.Duration {
 	return s.interval
 }
 
+// aheadError is Ahead's.
+type aheadError struct{ n int64 }
+
+func (e *aheadError) Error() string {
+	return fmt.Sprintf("the coordinator holds %d bytes of log this streamer never had", e.n)
+}
+
+// Ahead is the error an Upload returns when the coordinator holds n bytes,
+// more than the streamer's Base, of which it acknowledged none of this
+// streamer's: with AllowAhead the streamer continues at n.
+func Ahead(n int64) error { return &aheadError{n: n} }
+
+func aheadOf(err error) (int64, bool) {
+	var ae *aheadError
+	if errors.As(err, &ae) {
+		return ae.n, true
+	}
+	return 0, false
+}
+
+// Ahead reports whether the coordinator held bytes this streamer never
+// had (AllowAhead): what precedes its buffer is then not its to vouch for.
+func (s *Streamer) Ahead() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ahead
+}
+
 // Rewind makes the next upload start at off (clamped to [Base, end]):
 // the coordinator holds less than it acknowledged (GitLab's 412 after a
 // checksum mismatch). It clears a Permanent stop.
@@ -309,6 +343,20 @@ func (s *Streamer) Flush(ctx context.Context) error {
 			return nil
 		}
 		got, err := s.up(ctx, off, chunk)
+		if n, ok := aheadOf(err); ok && s.opts.AllowAhead {
+			s.mu.Lock()
+			rebase := s.acked == s.opts.Base && n > s.opts.Base
+			if rebase {
+				s.opts.Base, s.acked, s.ahead = n, n, true
+			}
+			s.mu.Unlock()
+			if rebase {
+				if s.opts.OnAck != nil {
+					s.opts.OnAck(n)
+				}
+				continue
+			}
+		}
 		if err != nil {
 			if IsPermanent(err) {
 				s.mu.Lock()

@@ -185,11 +185,11 @@ func (c *Coordinator) Acquire(ctx context.Context) (job.Lease, error) {
 	case err == nil && resp == nil:
 		return nil, nil
 	case err == nil:
-		return c.newLease(resp, nil, leaseRecord{}), nil
+		return c.newLease(resp, nil, leaseRecord{}, false), nil
 	case errors.As(err, &pe) && pe.ID > 0 && pe.Token != "":
 		c.log.Error("GitLab sent a job that cannot be decoded; failing it", "job", pe.ID, "error", pe)
 		resp := &JobResponse{ID: pe.ID, Token: pe.Token}
-		return c.newLease(resp, fmt.Errorf("its payload cannot be read: %w", pe.Err), leaseRecord{}), nil
+		return c.newLease(resp, fmt.Errorf("its payload cannot be read: %w", pe.Err), leaseRecord{}, false), nil
 	case errors.As(err, &pe):
 		return nil, fmt.Errorf("GitLab sent a job that cannot be decoded and names no job to fail: %w", err)
 	case errors.Is(err, ErrTokenInvalid):
@@ -246,7 +246,5 @@ func (c *Coordinator) Resume(record []byte) (job.Lease, error) {
 	if r.URL != c.c.URL() {
 		return nil, fmt.Errorf("reading GitLab job record: job %d is of %s, not of this runner's %s", r.JobID, r.URL, c.c.URL())
 	}
-	l := c.newLease(&JobResponse{ID: r.JobID, Token: r.Token}, nil, r)
-	l.resumed = true
-	return l, nil
+	return c.newLease(&JobResponse{ID: r.JobID, Token: r.Token}, nil, r, true), nil
 }

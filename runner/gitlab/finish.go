@@ -76,13 +76,14 @@ type updateBody struct {
 	State         State         `json:"state"`
 	FailureReason FailureReason `json:"failure_reason,omitempty"`
 	ExitCode      *int          `json:"exit_code,omitempty"`
-	Output        output        `json:"output"`
+	Output        *output       `json:"output,omitempty"` // nil: GitLab's copy is not ours to vouch for
 }
 
 func (t *TraceWriter) update(ctx context.Context, op string, b updateBody) (*response, error) {
-	crc, size := t.Checksum()
 	b.Token = t.token
-	b.Output = output{Checksum: fmt.Sprintf("crc32:%08x", crc), Bytesize: size}
+	if p := t.progress(); !p.Unverified {
+		b.Output = &output{Checksum: fmt.Sprintf("crc32:%08x", p.CRC), Bytesize: p.Size}
+	}
 	r, err := t.c.do(ctx, call{op: op, method: http.MethodPut,
 		url: t.c.endpoint(fmt.Sprintf("/jobs/%d", t.id)), body: b, jobToken: t.token})
 	if err != nil {

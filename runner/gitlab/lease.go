@@ -58,9 +58,9 @@ var (
 	_ job.SecretResolver = (*Lease)(nil)
 )
 
-func (c *Coordinator) newLease(resp *JobResponse, readErr error, rec leaseRecord) *Lease {
+func (c *Coordinator) newLease(resp *JobResponse, readErr error, rec leaseRecord, resumed bool) *Lease {
 	rec.URL, rec.JobID, rec.Token = c.c.URL(), resp.ID, resp.Token
-	l := &Lease{co: c, resp: resp, readErr: readErr, rec: rec, log: c.log.With("job", resp.ID)}
+	l := &Lease{co: c, resp: resp, readErr: readErr, rec: rec, resumed: resumed, log: c.log.With("job", resp.ID)}
 	workDir := c.cfg.WorkDir
 	if workDir == "" {
 		workDir = "/builds"
@@ -73,6 +73,7 @@ func (c *Coordinator) newLease(resp *JobResponse, readErr error, rec leaseRecord
 		FailureReasons: resp.Features.FailureReasons,
 		Logger:         c.log,
 		Resume:         rec.Trace,
+		Resumed:        resumed,
 		OnProgress:     l.progress,
 		OnCancel: func() {
 			l.mu.Lock()

@@ -62,6 +62,11 @@ type TraceOptions struct {
 	// left): the writer appends at Resume.Size instead of rewriting the
 	// log from offset 0.
 	Resume TraceProgress
+	// Resumed says the trace is a crashed run's: GitLab may hold more of it
+	// than Resume says (a crash between a send and its journal record).
+	// The writer then continues after GitLab's copy, and, not knowing
+	// those bytes, reports the final state without a checksum.
+	Resumed bool
 	// OnProgress, if set, is called (in the sending goroutine) whenever
 	// GitLab acknowledged more of the trace, so that it can be journaled
 	// for Resume.
@@ -74,6 +79,9 @@ type TraceOptions struct {
 type TraceProgress struct {
 	Size int64  `json:"size,omitempty"`
 	CRC  uint32 `json:"crc,omitempty"`
+	// Unverified: GitLab's copy holds bytes this runner never had, so
+	// CRC is not known.
+	Unverified bool `json:"unverified,omitempty"`
 }
 
 // TraceWriter streams a job's log to GitLab (PATCH /jobs/:id/trace) and
@@ -93,6 +101,7 @@ type TraceWriter struct {
 	mu        sync.Mutex
 	gone      bool
 	finishing bool
+	probed    bool // a resumed trace's size was asked (see patch)
 
 	cancelOnce sync.Once
 	abortOnce  sync.Once
@@ -116,15 +125,16 @@ func (c *Client) NewTraceWriter(id int64, token string, o TraceOptions) *TraceWr
 	}
 	t := &TraceWriter{c: c, id: id, token: token, opts: o, log: log.With("job", id)}
 	t.s = logstream.New(t.patch, logstream.Options{
-		Limit:     o.Limit,
-		Notice:    traceTruncateNotice,
-		MaxChunk:  maxTraceChunk,
-		Interval:  o.Interval,
-		KeepAlive: o.KeepAlive,
-		OnIdle:    t.idle,
-		OnAck:     t.acked,
-		Base:      o.Resume.Size,
-		Logger:    t.log,
+		Limit:      o.Limit,
+		Notice:     traceTruncateNotice,
+		MaxChunk:   maxTraceChunk,
+		Interval:   o.Interval,
+		KeepAlive:  o.KeepAlive,
+		OnIdle:     t.idle,
+		OnAck:      t.acked,
+		Base:       o.Resume.Size,
+		AllowAhead: o.Resumed,
+		Logger:     t.log,
 	})
 	return t
 }
@@ -149,6 +159,9 @@ func (t *TraceWriter) Checksum() (uint32, int64) {
 
 func (t *TraceWriter) progress() TraceProgress {
 	off, kept := t.s.Acked()
+	if t.opts.Resume.Unverified || t.s.Ahead() {
+		return TraceProgress{Size: off, Unverified: true}
+	}
 	return TraceProgress{Size: off, CRC: crc32.Update(t.opts.Resume.CRC, crc32.IEEETable, kept)}
 }
 
@@ -199,10 +212,24 @@ func (t *TraceWriter) Flush(ctx context.Context) error {
 func (t *TraceWriter) patch(ctx context.Context, start int64, chunk []byte) (int64, error) {
 	op := fmt.Sprintf("sending trace of job %d", t.id)
 	t.mu.Lock()
-	gone := t.gone
+	gone, probe := t.gone, t.opts.Resumed && !t.probed
+	t.probed = true
 	t.mu.Unlock()
 	if gone {
 		return 0, logstream.Permanent(&APIError{Op: op, Status: http.StatusNotFound, Err: ErrJobGone})
+	}
+	if probe {
+		// Before a crashed run's trace is continued, GitLab says how much
+		// it holds: an empty write past anything the journal can lag by
+		// (one chunk) changes nothing and is answered 416 with the size.
+		// Writing at a lagging offset would cut what the crashed run sent.
+		n, err := t.patch(ctx, start+maxTraceChunk+1, nil)
+		if err != nil {
+			return 0, err
+		}
+		if n > start {
+			return 0, logstream.Ahead(n)
+		}
 	}
 	r, err := t.c.do(ctx, call{
 		op: op, method: http.MethodPatch, url: t.c.endpoint(fmt.Sprintf("/jobs/%d/trace", t.id)),
@@ -225,6 +252,9 @@ func (t *TraceWriter) patch(ctx context.Context, start int64, chunk []byte) (int
 		return n, nil
 	case http.StatusRequestedRangeNotSatisfiable:
 		end, ok := rangeEnd(r.header.Get("Range"))
+		if ok && int64(end) > start+int64(len(chunk)) && t.opts.Resumed {
+			return 0, logstream.Ahead(int64(end)) // a crashed run sent these after its last record
+		}
 		if !ok || int64(end) > start+int64(len(chunk)) {
 			return 0, &APIError{Op: op, Status: r.status, Err: errors.New("no usable Range header to resume from")}
 		}

@@ -277,3 +277,59 @@ func TestTraceLimitNeverSplitsUTF8(t *testing.T) {
 		t.Errorf("trace = %q, want the cut before the two-byte rune", got)
 	}
 }
+
+// A crashed run's trace whose journal lagged behind its last send: GitLab
+// holds more than Resume says. The resumed writer continues after GitLab's
+// copy (it used to fail, and the fallback rewrote the whole log with the
+// error alone) and reports the end without a checksum it cannot know; its
+// progress says so, for a second crash.
+func TestTraceResumeAfterALaggingJournal(t *testing.T) {
+	fake := newRunnerFake(t)
+	c, _ := newTestClient(t, fake)
+	j := startJob(t, fake, c, fakegitlab.JobSpec{})
+	ctx := testCtx(t)
+	before := []byte("started\nmore output the journal never recorded\n")
+	first := c.NewTraceWriter(j.ID, j.Token, TraceOptions{})
+	if _, err := first.Write(before); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	journaled := TraceProgress{Size: 8, CRC: crc32.ChecksumIEEE(before[:8])} // "started\n" only
+
+	var last TraceProgress
+	tw := c.NewTraceWriter(j.ID, j.Token, TraceOptions{Resume: journaled, Resumed: true, OnProgress: func(p TraceProgress) { last = p }})
+	msg := []byte("ERROR: Job failed (system failure): the runner stopped\n")
+	if _, err := tw.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Finish(ctx, FinalState{State: StateFailed, FailureReason: ReasonRunnerSystemFailure}); err != nil {
+		t.Fatalf("Finish() of the resumed trace = %v", err)
+	}
+	if got, want := fake.Trace(j.ID), append(append([]byte(nil), before...), msg...); !bytes.Equal(got, want) {
+		t.Errorf("trace = %q, want %q", got, want)
+	}
+	if st := fake.Job(j.ID); st.Reported != "failed" || st.Checksum != "" {
+		t.Errorf("final report = %q with checksum %q, want failed without one", st.Reported, st.Checksum)
+	}
+	if !last.Unverified || last.Size != int64(len(before)+len(msg)) {
+		t.Errorf("progress = %+v, want size %d, unverified", last, len(before)+len(msg))
+	}
+
+	// A journal that did not lag: the resumed trace continues where it
+	// says, and the end is reported with the checksum of the whole log.
+	j2 := startJob(t, fake, c, fakegitlab.JobSpec{})
+	w := c.NewTraceWriter(j2.ID, j2.Token, TraceOptions{})
+	w.Write(before)
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	exact := TraceProgress{Size: int64(len(before)), CRC: crc32.ChecksumIEEE(before)}
+	w2 := c.NewTraceWriter(j2.ID, j2.Token, TraceOptions{Resume: exact, Resumed: true})
+	w2.Write(msg)
+	if err := w2.Finish(ctx, FinalState{State: StateFailed, FailureReason: ReasonRunnerSystemFailure}); err != nil {
+		t.Fatalf("Finish() of a resumed trace whose journal is exact = %v", err)
+	}
+	checkTrace(t, fake, j2.ID, append(append([]byte(nil), before...), msg...))
+}
