@@ -238,6 +238,9 @@ func (a *Agent) recover(ctx context.Context) {
 			a.log.Warn("cleaned up jobs a crash interrupted", "jobs", len(recovered))
 		}
 	}
+	if err := a.journal.sweepTemps(); err != nil {
+		a.log.Warn("removing the job journal's interrupted writes", "error", err)
+	}
 	recs, err := a.journal.list()
 	if err != nil {
 		a.log.Error("reading job journal", "error", err)

@@ -150,6 +150,24 @@ func (j *agentJournal) remove(name string) error {
 	return atomicfile.SyncDir(j.dir)
 }
 
+// sweepTemps removes the temporary files of record writes a crash cut
+// short (the record itself is the old one or the new one, never torn).
+// Only at recovery: one agent serves a state directory, and none of its
+// writes has begun yet.
+func (j *agentJournal) sweepTemps() error {
+	temps, err := atomicfile.TempsIn(j.dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, t := range temps {
+		if err := os.Remove(t); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // list returns every recorded job; records that cannot be read are
 // reported (and left in place for an admin) without stopping the others.
 func (j *agentJournal) list() ([]agentJournalEntry, error) {

@@ -125,3 +125,36 @@ func TestAgentJournalRefusesUnsafeKey(t *testing.T) {
 		})
 	}
 }
+
+// A record write a crash cut short leaves a temporary file beside the
+// records; recovery removes it (it was left forever, and the journal
+// directory of a host that crashed often filled with them), records stay.
+func TestAgentJournalSweepsInterruptedWrites(t *testing.T) {
+	dir := t.TempDir()
+	j, err := openAgentJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name, err := j.add(agentJobRecord{Coordinator: "gitlab:a", JobID: "gitlab-aaaa-1", Lease: []byte(`{}`), Started: time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	temp := filepath.Join(j.dir, "."+name+".tmp-0123456789abcdef")
+	if err := os.WriteFile(temp, []byte("half a record"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.sweepTemps(); err != nil {
+		t.Fatalf("sweepTemps() = %v", err)
+	}
+	ents, _ := os.ReadDir(j.dir)
+	if len(ents) != 1 || ents[0].Name() != name {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("journal after the sweep holds %v, want only %s", names, name)
+	}
+	if recs, err := j.list(); err != nil || len(recs) != 1 {
+		t.Errorf("list() after the sweep = %d records, %v; want the one", len(recs), err)
+	}
+}

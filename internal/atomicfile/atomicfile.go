@@ -91,6 +91,24 @@ func SyncDir(dir string) error {
 	return nil
 }
 
+// TempsIn lists the temporary files WriteFile or CreateOnce left in dir,
+// for any target, when a process died between creating and renaming them.
+// As with Temps, removing them is the call of a caller that knows no
+// writer in dir is running.
+func TempsIn(dir string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("listing temporary files in %s: %w", dir, err)
+	}
+	var out []string
+	for _, e := range ents {
+		if n := e.Name(); strings.HasPrefix(n, ".") && strings.Contains(n, tempMarker) && e.Type().IsRegular() {
+			out = append(out, filepath.Join(dir, n))
+		}
+	}
+	return out, nil
+}
+
 // Temps lists the temporary files WriteFile or CreateOnce of path left
 // when the process died between creating and renaming them. Only the
 // caller knows when no writer of path is running (it holds path's lock):
