@@ -84,6 +84,19 @@ func (a *Auditor) open(runnerID string, j *job.Job, mask func(string) string, lo
 	return jt, nil
 }
 
+// OpenOwn opens a trail of the runner's own work rather than a job's
+// (peer revocations, autoscaler decisions), named kind-name-<unix ns>
+// (kind-<unix ns> when name makes no valid id), durable and shipped like
+// a job's, sealed by the caller or, after a crash, by recovery.
+func (a *Auditor) OpenOwn(runnerID, kind, name string) (*audit.Trail, error) {
+	now := time.Now().UnixNano()
+	id := fmt.Sprintf("%s-%s-%d", kind, name, now)
+	if !audit.ValidID(id) {
+		id = fmt.Sprintf("%s-%d", kind, now)
+	}
+	return audit.Open(a.SpoolDir, runnerID, id, a.Key, audit.WithDurable(a.Kick))
+}
+
 func (a *Auditor) trail(jobID string) *jobTrail {
 	if a == nil {
 		return nil

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -94,12 +93,8 @@ func (d *decisionTrail) run() {
 			seal("rolled after " + decisionRoll.String())
 		}
 		if t == nil {
-			id := fmt.Sprintf("autoscale-%s-%d", d.name, time.Now().UnixNano())
-			if !audit.ValidID(id) {
-				id = fmt.Sprintf("autoscale-%d", time.Now().UnixNano())
-			}
 			var err error
-			if t, err = audit.Open(d.au.SpoolDir, d.runnerID, id, d.au.Key, audit.WithDurable(d.au.Kick)); err != nil {
+			if t, err = d.au.OpenOwn(d.runnerID, "autoscale", d.name); err != nil {
 				d.log.Error("opening the autoscaler's audit trail; its decisions are in the log only", "autoscale", d.name, "error", err)
 				t = nil
 				continue

@@ -3,10 +3,8 @@ package wiring
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"sync"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -88,11 +86,7 @@ func startPeers(ctx context.Context, r *runner.Runner, fs *fleet.Store, store *s
 		mu.Lock()
 		defer mu.Unlock()
 		if begin {
-			id := fmt.Sprintf("peer-revoke-%s-%d", peer, time.Now().UnixNano())
-			if !audit.ValidID(id) {
-				id = fmt.Sprintf("peer-revoke-%d", time.Now().UnixNano())
-			}
-			t, err := audit.Open(r.Audit.SpoolDir, runnerID, id, r.Audit.Key, audit.WithDurable(r.Audit.Kick))
+			t, err := r.Audit.OpenOwn(runnerID, "peer-revoke", peer)
 			if err != nil {
 				log.Error("opening the peer-revocation audit trail", "peer", peer, "error", err)
 				return
