@@ -79,11 +79,12 @@ func hostPort(host string, port int64) string {
 // Names only seen in DNS questions are listed in a comment.
 func SuggestPolicy(trails [][]Record) []string {
 	type repoInfo struct {
-		repo     string
-		instance string
-		egress   map[string]bool
-		dnsOnly  map[string]bool
-		grants   map[string]string // command -> ""; comment lines too
+		repo       string
+		onInstance string // " --instance URL", or "" for local jobs
+		on         string // " on URL", for comments
+		egress     map[string]bool
+		dnsOnly    map[string]bool
+		grants     map[string]string // command -> ""; comment lines too
 	}
 	repos := map[string]*repoInfo{}
 	for _, recs := range trails {
@@ -111,12 +112,11 @@ func SuggestPolicy(trails [][]Record) []string {
 		}
 		ri := repos[key]
 		if ri == nil {
-			ri = &repoInfo{repo: repo, instance: instance, egress: map[string]bool{}, dnsOnly: map[string]bool{}, grants: map[string]string{}}
+			ri = &repoInfo{repo: repo, egress: map[string]bool{}, dnsOnly: map[string]bool{}, grants: map[string]string{}}
+			if instance != "" {
+				ri.onInstance, ri.on = " --instance "+shellQuote(instance), " on "+instance
+			}
 			repos[key] = ri
-		}
-		onInstance := ""
-		if instance != "" {
-			onInstance = " --instance " + shellQuote(instance)
 		}
 		for _, r := range recs {
 			switch r.Type {
@@ -134,7 +134,7 @@ func SuggestPolicy(trails [][]Record) []string {
 					ri.grants[fmt.Sprintf("# secret %s already granted (grant %s)", secret, r.String(FieldGrant))] = ""
 					continue
 				}
-				line := fmt.Sprintf("airlock grant add %s --repo %s%s", shellQuote(secret), shellQuote(repo), onInstance)
+				line := fmt.Sprintf("airlock grant add %s --repo %s%s", shellQuote(secret), shellQuote(repo), ri.onInstance)
 				if ref != "" {
 					line += " --ref " + shellQuote(ref)
 				}
@@ -169,10 +169,6 @@ func SuggestPolicy(trails [][]Record) []string {
 	var out []string
 	for _, key := range names {
 		ri := repos[key]
-		repo, onInstance, on := ri.repo, "", ""
-		if ri.instance != "" {
-			onInstance, on = " --instance "+shellQuote(ri.instance), " on "+ri.instance
-		}
 		var egress []string
 		for hp := range ri.egress {
 			egress = append(egress, hp)
@@ -184,7 +180,7 @@ func SuggestPolicy(trails [][]Record) []string {
 		}
 		slices.Sort(egress)
 		if len(egress) > 0 {
-			out = append(out, fmt.Sprintf("airlock policy set --repo %s%s --egress %s", shellQuote(repo), onInstance, shellQuote(strings.Join(egress, ","))))
+			out = append(out, fmt.Sprintf("airlock policy set --repo %s%s --egress %s", shellQuote(ri.repo), ri.onInstance, shellQuote(strings.Join(egress, ","))))
 		}
 		var dns []string
 		for h := range ri.dnsOnly {
@@ -192,7 +188,7 @@ func SuggestPolicy(trails [][]Record) []string {
 		}
 		slices.Sort(dns)
 		if len(dns) > 0 {
-			out = append(out, fmt.Sprintf("# %s%s: names only looked up (no connection seen): %s", repo, on, strings.Join(dns, ",")))
+			out = append(out, fmt.Sprintf("# %s%s: names only looked up (no connection seen): %s", ri.repo, ri.on, strings.Join(dns, ",")))
 		}
 		var grants []string
 		for g := range ri.grants {

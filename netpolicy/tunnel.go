@@ -178,7 +178,7 @@ const maxRequestLine = 8 << 10
 // without a byte sent upstream.
 func (j *jobState) relayPlain(client, upstream *net.TCPConn, data []byte, host string, port int, refusing *atomic.Bool) (sent int64, refusal string, unchecked error) {
 	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(data), client), 16<<10)
-	httpish, err := j.startsHTTPRequest(client, br)
+	httpish, err := j.classifyLine(client, br, j.g.cfg.PeekTimeout)
 	if err != nil {
 		return 0, "", err
 	}
@@ -252,22 +252,17 @@ func tunnelHostMismatch(req *http.Request, host string, port int) string {
 	return ""
 }
 
-// startsHTTPRequest peeks (without consuming) at the client's first line
-// and reports whether it starts HTTP/1.x: a method token of upper-case
+// classifyLine peeks (without consuming) at the client's next line and
+// reports whether it starts HTTP/1.x: a method token of upper-case
 // letters, a space, and " HTTP/" before the line ends (a server may take
 // what follows the version; http.ReadRequest then decides). A first byte
 // or token that cannot start a method is another protocol at once, and so
-// is a stream that ends before its first line does (it cannot carry a
-// Host). A line that could still be a request line when the peek timeout
-// passes, or that runs past maxRequestLine, is an error: relaying it
-// unread would let a client that pauses, or pads its target, past the
-// check send a request with any Host.
-func (j *jobState) startsHTTPRequest(client net.Conn, br *bufio.Reader) (bool, error) {
-	return j.classifyLine(client, br, j.g.cfg.PeekTimeout)
-}
-
-// classifyLine is startsHTTPRequest with the given peek timeout (0: none,
-// the line waits for its bytes however long they take).
+// is a stream that ends before the line does (it cannot carry a Host). A
+// line that could still be a request line when timeout passes (0: no
+// timeout, the line waits for its bytes however long they take), or that
+// runs past maxRequestLine, is an error: relaying it unread would let a
+// client that pauses, or pads its target, past the check send a request
+// with any Host.
 func (j *jobState) classifyLine(client net.Conn, br *bufio.Reader, timeout time.Duration) (bool, error) {
 	if timeout > 0 {
 		_ = client.SetReadDeadline(time.Now().Add(timeout))

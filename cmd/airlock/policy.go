@@ -78,11 +78,8 @@ func newPolicyLsCmd(g *globals) *cobra.Command {
 				if repo != "" {
 					p, ok := secrets.Ceiling(ps, repo, instance)
 					if !ok {
-						on := ""
-						if instance != "" {
-							on = " on " + instance
-						}
-						_, err := fmt.Fprintf(cmd.OutOrStdout(), "no egress ceiling matches %s%s: its jobs reach nothing beyond the runner's own needs\n", repo, on)
+						_, err := fmt.Fprintf(cmd.OutOrStdout(), "no egress ceiling matches %s: its jobs reach nothing beyond the runner's own needs\n",
+							secrets.EgressPolicy{RepoPattern: repo, Instance: instance}.Scope())
 						return err
 					}
 					ps = []secrets.EgressPolicy{p}
