@@ -395,12 +395,14 @@ func isoContainerNetNS(t *testing.T, cfg *config.Config, runnerID, jobID string)
 	if id == "" || strings.Contains(id, "\n") {
 		t.Fatalf("want one running container of job %s, docker ps says %q", jobID, id)
 	}
-	b, err = exec.Command("docker", "inspect", "-f", "{{.NetworkSettings.SandboxKey}}", id).Output()
+	// The engine makes no namespace of its own (no network): the one runc
+	// made is the container's init's.
+	b, err = exec.Command("docker", "inspect", "-f", "{{.State.Pid}}", id).Output()
 	if err != nil {
 		t.Fatalf("inspecting container %s: %v", id, err)
 	}
 	var st unix.Stat_t
-	if err := unix.Stat(strings.TrimSpace(string(b)), &st); err != nil {
+	if err := unix.Stat("/proc/"+strings.TrimSpace(string(b))+"/ns/net", &st); err != nil {
 		t.Fatalf("stat of the network namespace of job %s: %v", jobID, err)
 	}
 	return st.Ino

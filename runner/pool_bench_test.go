@@ -171,7 +171,10 @@ func BenchmarkAgentThroughputPool(b *testing.B) {
 		isoAssertNothingLeft(b, id, cfg)
 	})
 	n := max(b.N, 12)
+	var busy float64
 	perMinute := func() float64 {
+		cpu0 := hostCPU(b)
+		defer func() { busy = hostCPU(b).busySince(cpu0) }()
 		tc := e.config(4)
 		tc.Logger = hclog.NewNullLogger()
 		_, stop := startAgent(b, tc, r)
@@ -190,6 +193,7 @@ func BenchmarkAgentThroughputPool(b *testing.B) {
 	}
 	b.ResetTimer()
 	off := perMinute()
+	busyOff := busy
 	p, err := r.StartPool(ctx, map[string]int{testenv.TestImage: 4})
 	if err != nil {
 		b.Fatal(err)
@@ -205,7 +209,10 @@ func BenchmarkAgentThroughputPool(b *testing.B) {
 	rss := selfRSS(b)
 	pooled, pooledBytes := containersMemory(b, id)
 	on := perMinute()
+	busyOn := busy
 	b.StopTimer()
+	b.ReportMetric(busyOff, "cpu-busy-cold")
+	b.ReportMetric(busyOn, "cpu-busy-warm")
 	b.ReportMetric(off, "jobs/min-cold")
 	b.ReportMetric(on, "jobs/min-warm")
 	b.ReportMetric(on/off, "ratio-warm")
@@ -268,4 +275,36 @@ func containersMemory(b *testing.B, runnerID string) (int, int64) {
 		total += use
 	}
 	return len(list), total
+}
+
+// cpuTicks is the host's CPU time from /proc/stat: busy (user, system,
+// irq, softirq; not niced work, so a niced build beside the benchmark is
+// not counted) and all.
+type cpuTicks struct{ busy, all int64 }
+
+func hostCPU(b *testing.B) cpuTicks {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := strings.Fields(strings.SplitN(string(data), "\n", 2)[0])
+	var t cpuTicks
+	for i, v := range f[1:] {
+		x, _ := strconv.ParseInt(v, 10, 64)
+		if i < 8 { // user nice system idle iowait irq softirq steal
+			t.all += x
+		}
+		if i == 0 || i == 2 || i == 5 || i == 6 {
+			t.busy += x
+		}
+	}
+	return t
+}
+
+// busySince is the fraction of all cores busy since t0.
+func (t cpuTicks) busySince(t0 cpuTicks) float64 {
+	if t.all == t0.all {
+		return 0
+	}
+	return float64(t.busy-t0.busy) / float64(t.all-t0.all)
 }

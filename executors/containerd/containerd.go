@@ -33,7 +33,6 @@ import (
 	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/executors/docker"
 	"github.com/airlock-ci/airlock/executors/stepd"
-	"github.com/airlock-ci/airlock/internal/atomicfile"
 )
 
 // Config is the [containerd] section.
@@ -227,7 +226,7 @@ func New(ctx context.Context, cfg Config, log hclog.Logger) (*Executor, error) {
 	}
 	log = log.Named("containerd")
 	hosts := filepath.Join(cfg.RuntimeDir, "containerd", "hosts")
-	if err := writeHosts(hosts); err != nil {
+	if err := executors.WriteHostsFile(hosts, hostsContent); err != nil {
 		cli.Close()
 		return nil, err
 	}
@@ -243,23 +242,9 @@ func New(ctx context.Context, cfg Config, log hclog.Logger) (*Executor, error) {
 		imps: map[string]*importCall{}}, nil
 }
 
-// hostsContent is every job's /etc/hosts (Docker writes the same lines).
-const hostsContent = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tairlock\n"
-
-// writeHosts writes the jobs' shared /etc/hosts, atomically: a job of
-// another process may be mounting it.
-func writeHosts(path string) error {
-	if b, err := os.ReadFile(path); err == nil && string(b) == hostsContent {
-		return nil
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("writing the jobs' /etc/hosts: %w", err)
-	}
-	if err := atomicfile.WriteFile(path, []byte(hostsContent), 0o444); err != nil {
-		return fmt.Errorf("writing the jobs' /etc/hosts: %w", err)
-	}
-	return nil
-}
+// hostsContent is every job's /etc/hosts (Docker's lines, and the
+// task's host name).
+const hostsContent = executors.LocalhostLines + "127.0.1.1\tairlock\n"
 
 // Close releases the client.
 func (e *Executor) Close() error { return e.cli.Close() }

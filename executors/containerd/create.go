@@ -208,17 +208,15 @@ func (e *Executor) specOpts(img containerd.Image, spec executors.Spec) []oci.Spe
 	// The job's own cgroups, read-only, as Docker shows them.
 	mounts = append(mounts, specs.Mount{Type: "cgroup", Source: "cgroup", Destination: "/sys/fs/cgroup",
 		Options: []string{"ro", "nosuid", "noexec", "nodev"}})
-	hosts := e.hostsFile != ""
 	for _, m := range spec.Mounts {
 		mounts = append(mounts, specs.Mount{Type: "bind", Source: m.Source, Destination: m.Target,
 			Options: []string{"rbind", "ro", "nosuid", "nodev"}})
-		hosts = hosts && m.Target != "/etc/hosts"
 	}
 	if e.stepd != "" {
 		mounts = append(mounts, specs.Mount{Type: "bind", Source: e.stepd, Destination: stepd.Target,
 			Options: []string{"rbind", "ro", "nosuid", "nodev"}})
 	}
-	if hosts {
+	if e.hostsFile != "" && !executors.MountsHosts(spec.Mounts) {
 		// localhost resolves without asking the gateway, as in Docker.
 		mounts = append(mounts, specs.Mount{Type: "bind", Source: e.hostsFile, Destination: "/etc/hosts",
 			Options: []string{"rbind", "ro", "nosuid", "nodev"}})

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,6 +61,9 @@ type Config struct {
 	// the airlock binary when it is there; "off" runs every step as an
 	// engine exec.
 	StepServer string `toml:"step_server"`
+	// RuntimeDir holds the executor's host files (the jobs' read-only
+	// /etc/hosts); default /run/airlock.
+	RuntimeDir string `toml:"-"`
 }
 
 // Default tmpfs sizes with ReadOnly.
@@ -159,6 +163,8 @@ type Executor struct {
 	mem   int64
 	grace time.Duration
 	stepd string // host path of the step server; "" for engine execs
+	// hostsFile is the read-only /etc/hosts of every job that mounts none.
+	hostsFile string
 }
 
 var _ executors.Executor = (*Executor)(nil)
@@ -199,7 +205,16 @@ func New(ctx context.Context, cfg Config, log hclog.Logger) (*Executor, error) {
 	if stepServer == "" {
 		log.Info("steps run as engine execs (slower): no step server", "reason", why)
 	}
-	return &Executor{cli: cli, cfg: cfg, log: log, pull: pull, mem: mem, grace: grace, stepd: stepServer}, nil
+	runDir := cfg.RuntimeDir
+	if runDir == "" {
+		runDir = "/run/airlock"
+	}
+	hosts := filepath.Join(runDir, "docker", "hosts")
+	if err := executors.WriteHostsFile(hosts, executors.LocalhostLines); err != nil {
+		cli.Close()
+		return nil, err
+	}
+	return &Executor{cli: cli, cfg: cfg, log: log, pull: pull, mem: mem, grace: grace, stepd: stepServer, hostsFile: hosts}, nil
 }
 
 // Close releases the client.
@@ -237,6 +252,9 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 
 	lim := e.limits(spec.Limits)
 	hc := e.hardened("none", lim, spec.Mounts)
+	if !executors.MountsHosts(spec.Mounts) {
+		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: e.hostsFile, Target: "/etc/hosts", ReadOnly: true})
+	}
 	hc.Sysctls = map[string]string{
 		"net.ipv6.conf.all.disable_ipv6":     "1",
 		"net.ipv6.conf.default.disable_ipv6": "1",
@@ -272,7 +290,15 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 		User:       spec.User,
 		Labels:     labels,
 		// Env stays empty on purpose: variables are given per exec.
-		NetworkDisabled: false,
+		//
+		// No network of the engine's: runc gives the container a new,
+		// empty network namespace (lo up) that Airlock plumbs. With the
+		// engine's "none" network instead, every start ran two re-execs
+		// of dockerd (the libnetwork-setkey prestart hook and set-ipv6)
+		// and made and bind-mounted a namespace libnetwork then keeps:
+		// create and start took 268 ms against 146 ms here. The engine
+		// then writes no /etc/hosts: the executor mounts Docker's lines.
+		NetworkDisabled: true,
 		AttachStdin:     e.stepd != "",
 		AttachStdout:    e.stepd != "",
 		AttachStderr:    e.stepd != "",

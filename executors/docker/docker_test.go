@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -384,5 +386,50 @@ func TestConfigLimits(t *testing.T) {
 		if !strings.Contains(errs, want) {
 			t.Errorf("Validate errors %s lack %q", errs, want)
 		}
+	}
+}
+
+// The job container gets a network namespace of its own that the engine
+// leaves alone: not the host's, only lo in it (up), the sysctls applied,
+// no libnetwork sandbox (whose set-up re-executes dockerd twice per
+// start) — and localhost resolves from the executor's /etc/hosts, or
+// from the job's own when its mounts bring one.
+func TestCreateOwnNetworkNamespace(t *testing.T) {
+	e, runner := newTestExecutor(t)
+	c := create(t, e, runner, "netns").(*Container)
+	host, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.Readlink(c.NetNS()); err != nil || got == host {
+		t.Errorf("job namespace %s = %q (%v), want one other than the host's %q", c.NetNS(), got, err, host)
+	}
+	info, err := e.cli.ContainerInspect(context.Background(), c.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NetworkSettings != nil && info.NetworkSettings.SandboxKey != "" {
+		t.Errorf("the engine made a network sandbox for the job: %s", info.NetworkSettings.SandboxKey)
+	}
+	code, out, stderr := shOut(t, c, "", "ls /sys/class/net; cat /sys/class/net/lo/operstate /proc/sys/net/ipv6/conf/all/disable_ipv6; cat /etc/hosts")
+	if want := "lo\nunknown\n1\n" + executors.LocalhostLines; code != 0 || out != want {
+		t.Errorf("in the job: exit %d, stdout %q (stderr %q), want %q", code, out, stderr, want)
+	}
+	if code, out, _ := shOut(t, c, "", "echo x > /etc/hosts"); code == 0 {
+		t.Errorf("the job could write /etc/hosts (%q)", out)
+	}
+
+	own := filepath.Join(t.TempDir(), "hosts")
+	if err := os.WriteFile(own, []byte("127.0.0.1\tlocalhost db\n"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := e.Create(context.Background(), executors.Spec{RunnerID: runner, JobID: "netns-own-hosts",
+		Image: testenv.TestImage, Pull: executors.PullNever, Mounts: []executors.Mount{{Source: own, Target: "/etc/hosts"}}})
+	if err != nil {
+		t.Fatalf("Create with an /etc/hosts mount: %v", err)
+	}
+	defer c2.Destroy(context.Background())
+	if _, out, _ := shOut(t, c2, "", "cat /etc/hosts"); out != "127.0.0.1\tlocalhost db\n" {
+		t.Errorf("with the job's own /etc/hosts mounted: %q", out)
 	}
 }

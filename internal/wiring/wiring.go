@@ -145,7 +145,9 @@ func openExecutor(ctx context.Context, cfg *config.Config, log hclog.Logger, c *
 	pull, _ := executors.ParsePullPolicy(cfg.PullPolicy())
 	switch name := cfg.ExecutorName(); name {
 	case config.ExecutorDocker:
-		ex, err := docker.New(ctx, cfg.Docker, log)
+		dcfg := cfg.Docker
+		dcfg.RuntimeDir = cfg.RuntimeDir
+		ex, err := docker.New(ctx, dcfg, log)
 		if err != nil {
 			return nil, runner.Config{}, err
 		}
