@@ -10,18 +10,27 @@ import (
 // jobQueue holds one job's events between the data path and the sink. It
 // is drained by one goroutine that hands the sink everything queued at once
 // (group commit); a full queue makes the job's own handler wait up to wait
-// (back-pressure) before the event is dropped and counted per kind.
+// (back-pressure) before the event is dropped and counted per kind. It
+// holds at most size events and grows with use: a job that records a few
+// events costs a few, not a buffer of size made when it registers (8192
+// events were 2 MB per job, zeroed while the gateway's lock was held).
 type jobQueue struct {
 	job      string
-	ch       chan Event
+	size     int
 	wait     time.Duration
 	sink     EventSink
 	batch    BatchSink
 	maxBatch int
 	total    *atomic.Int64 // the gateway's count of dropped events
 
-	mu     sync.RWMutex // held for reading by push, for writing by close
+	cmu    sync.RWMutex // held for reading by push, for writing by close
 	closed bool
+
+	mu     sync.Mutex
+	queued []Event       // oldest first, at most size
+	room   chan struct{} // closed when run takes the queue; nil until a push waits
+	ended  bool          // close was called: run drains and returns
+	ready  chan struct{} // 1 slot: there is something for run to look at
 
 	dmu      sync.Mutex
 	dropped  map[string]int64 // not yet reported to the sink
@@ -32,8 +41,8 @@ type jobQueue struct {
 
 func newJobQueue(job string, sink EventSink, size int, wait time.Duration, total *atomic.Int64) *jobQueue {
 	q := &jobQueue{
-		job: job, ch: make(chan Event, size), wait: wait, sink: sink,
-		maxBatch: min(size, 4096), total: total, done: make(chan struct{}),
+		job: job, size: max(size, 1), wait: wait, sink: sink,
+		maxBatch: min(max(size, 1), 4096), total: total, ready: make(chan struct{}, 1), done: make(chan struct{}),
 	}
 	if b, ok := sink.(BatchSink); ok {
 		q.batch = b
@@ -42,25 +51,47 @@ func newJobQueue(job string, sink EventSink, size int, wait time.Duration, total
 	return q
 }
 
+// wake tells run there is something to look at.
+func (q *jobQueue) wake() {
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
 // push queues ev, waiting up to q.wait for room; it never blocks longer.
 func (q *jobQueue) push(ev Event) {
-	q.mu.RLock()
-	defer q.mu.RUnlock()
+	q.cmu.RLock()
+	defer q.cmu.RUnlock()
 	if q.closed {
 		q.drop(ev.Kind, false)
 		return
 	}
-	select {
-	case q.ch <- ev:
-		return
-	default:
-	}
-	t := time.NewTimer(q.wait)
-	defer t.Stop()
-	select {
-	case q.ch <- ev:
-	case <-t.C:
-		q.drop(ev.Kind, true)
+	var timeout <-chan time.Time
+	for {
+		q.mu.Lock()
+		if len(q.queued) < q.size {
+			q.queued = append(q.queued, ev)
+			q.mu.Unlock()
+			q.wake()
+			return
+		}
+		if q.room == nil {
+			q.room = make(chan struct{})
+		}
+		room := q.room
+		q.mu.Unlock()
+		if timeout == nil {
+			t := time.NewTimer(q.wait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-room:
+		case <-timeout:
+			q.drop(ev.Kind, true)
+			return
+		}
 	}
 }
 
@@ -95,25 +126,37 @@ func (q *jobQueue) takeDropped() (Event, bool) {
 
 func (q *jobQueue) run() {
 	defer close(q.done)
-	buf := make([]Event, 0, q.maxBatch)
-	for ev := range q.ch {
-		buf = append(buf[:0], ev)
-	fill:
-		for len(buf) < q.maxBatch {
-			select {
-			case next, ok := <-q.ch:
-				if !ok {
-					break fill
+	var spare []Event
+	for {
+		q.mu.Lock()
+		for len(q.queued) == 0 && !q.ended {
+			q.mu.Unlock()
+			<-q.ready
+			q.mu.Lock()
+		}
+		taken := q.queued
+		q.queued = spare[:0]
+		if q.room != nil {
+			close(q.room)
+			q.room = nil
+		}
+		q.mu.Unlock()
+		if len(taken) == 0 {
+			break // ended, and nothing left
+		}
+		for rest := taken; len(rest) > 0; {
+			n := min(len(rest), q.maxBatch)
+			evs := rest[:n:n]
+			if n == len(rest) {
+				if d, ok := q.takeDropped(); ok {
+					evs = append(evs, d)
 				}
-				buf = append(buf, next)
-			default:
-				break fill
 			}
+			q.deliver(evs)
+			rest = rest[n:]
 		}
-		if d, ok := q.takeDropped(); ok {
-			buf = append(buf, d)
-		}
-		q.deliver(buf)
+		clear(taken) // no strings kept alive by a spare slice
+		spare = taken
 	}
 	if d, ok := q.takeDropped(); ok {
 		q.deliver([]Event{d})
@@ -134,11 +177,14 @@ func (q *jobQueue) deliver(evs []Event) {
 // close stops accepting events and returns once the sink has seen every
 // queued one (and the count of any dropped).
 func (q *jobQueue) close() {
-	q.mu.Lock()
+	q.cmu.Lock()
 	if !q.closed {
 		q.closed = true
-		close(q.ch)
+		q.mu.Lock()
+		q.ended = true
+		q.mu.Unlock()
+		q.wake()
 	}
-	q.mu.Unlock()
+	q.cmu.Unlock()
 	<-q.done
 }

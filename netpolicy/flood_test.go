@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -307,5 +308,37 @@ func TestEventsDroppedAreCounted(t *testing.T) {
 	}
 	if !strings.Contains(sum.String(), "events_dropped") {
 		t.Errorf("summary text does not mention the dropped records: %s", sum)
+	}
+}
+
+// A job that records few events costs few: registering does not make its
+// event queue's full buffer (8192 events, 2 MB, made under the gateway's
+// lock that every other job's registration waits for).
+func TestRegisterAllocatesNoEventBuffer(t *testing.T) {
+	gw, err := NewGateway(GatewayConfig{Resolver: StaticResolver{}, Events: EventSinkFunc(func(Event) {}), Ports: &Ports{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	tn := newTestNet()
+	cycle := func() {
+		reg, err := gw.Register(context.Background(), JobConfig{JobID: "job-alloc", GatewayIP: tn.gateway, JobIP: tn.job, Policy: &Policy{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := reg.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cycle() // first-use allocations of the gateway and the runtime
+	const rounds = 5
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range rounds {
+		cycle()
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / rounds; per > 256<<10 {
+		t.Errorf("a job's registration and unregistration allocate %d KiB, want under 256 KiB", per>>10)
 	}
 }
