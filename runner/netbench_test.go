@@ -152,18 +152,19 @@ func BenchmarkJobNetworkSetup(b *testing.B) {
 	b.ReportMetric(isoPercentileMS(sandboxSetup, 95), "sandbox-p95-ms")
 }
 
-// isoTimingSink records when each job's debug messages were logged, and
-// the sandbox's phase timings.
+// isoTimingSink records when each job's debug messages were logged, the
+// sandbox's phase timings, and the "took" of every message that has one.
 type isoTimingSink struct {
 	mu     sync.Mutex
 	marks  map[string]map[string]time.Time // job -> message -> time
 	phases map[string]time.Duration        // job -> allocate+plumb+firewall
+	tooks  map[string][]time.Duration      // message -> its "took"s
 }
 
 func (s *isoTimingSink) Accept(_ string, _ hclog.Level, msg string, args ...any) {
 	now := time.Now()
 	var jobID string
-	var phases time.Duration
+	var phases, took time.Duration
 	for i := 0; i+1 < len(args); i += 2 {
 		k, _ := args[i].(string)
 		switch v := args[i+1].(type) {
@@ -175,6 +176,9 @@ func (s *isoTimingSink) Accept(_ string, _ hclog.Level, msg string, args ...any)
 			if k == "allocate" || k == "plumb" || k == "firewall" {
 				phases += v
 			}
+			if k == "took" {
+				took = v
+			}
 		}
 	}
 	if jobID == "" {
@@ -182,6 +186,12 @@ func (s *isoTimingSink) Accept(_ string, _ hclog.Level, msg string, args ...any)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if took > 0 {
+		if s.tooks == nil {
+			s.tooks = map[string][]time.Duration{}
+		}
+		s.tooks[msg] = append(s.tooks[msg], took)
+	}
 	if s.marks[jobID] == nil {
 		s.marks[jobID] = map[string]time.Time{}
 	}
@@ -206,6 +216,13 @@ func (s *isoTimingSink) between(jobID, from, to string) (time.Duration, bool) {
 		return 0, false
 	}
 	return z.Sub(a), true
+}
+
+// took returns the "took" of every message msg logged.
+func (s *isoTimingSink) took(msg string) []time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Duration(nil), s.tooks[msg]...)
 }
 
 func (s *isoTimingSink) sandbox(jobID string) (time.Duration, bool) {

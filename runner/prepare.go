@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/netpolicy"
@@ -92,11 +93,14 @@ func (e *execution) prepare(ctx context.Context) error {
 func (e *execution) prepareWarm(ctx context.Context, env []string) error {
 	w := e.warm
 	if w.sb != nil {
+		// The only network work left on a warm job's path.
+		t0 := time.Now()
 		jn, err := e.r.Network.register(ctx, e.j.ID, w.sb, e.policy, e.masker.MaskFold, e.netEvents())
 		w.sb = nil // the job network owns it now, also on error
 		if err != nil {
 			return fmt.Errorf("isolating the job's network: %w", err)
 		}
+		e.log.Debug("warm network registered", "job", e.j.ID, "took", time.Since(t0))
 		e.net = jn
 		env = append(env, jn.env()...)
 	}
