@@ -17,7 +17,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -28,6 +27,7 @@ import (
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
 
 	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/executors/stepd"
@@ -317,7 +317,7 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 		// A timed-out request may still have created it.
 		return nil, errors.Join(fmt.Errorf("creating container for job %s: %w", spec.JobID, err), e.Remove(context.WithoutCancel(ctx), name))
 	}
-	c := &Container{e: e, id: resp.ID, job: spec.JobID, user: spec.User}
+	c := &Container{e: e, id: resp.ID, job: spec.JobID, user: spec.User, idleFD: -1}
 	started := false
 	fail := func(what string, err error) (executors.Container, error) {
 		if c.step != nil && started && ctx.Err() == nil {
@@ -364,6 +364,7 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	if c.idle, err = findIdle(c.pid, c.pidns, 10*time.Second); err != nil {
 		return fail("starting", err)
 	}
+	c.idleFD = openIdle(c.idle, c.pid, c.pidns)
 	if c.step != nil {
 		if err := c.step.Ready(10 * time.Second); err != nil {
 			return fail("starting the step server of", err)
@@ -455,14 +456,18 @@ func isRemovalInProgress(err error) bool {
 
 // Container is a job container.
 type Container struct {
-	e     *Executor
-	id    string
-	job   string
-	pid   int    // host pid of the container's init
-	idle  int    // host pid of the idle entrypoint
-	pidns string // its pid namespace, to find the job's processes
-	user  string // Spec.User: the step server runs as it
-	step  *stepd.Client
+	e    *Executor
+	id   string
+	job  string
+	pid  int // host pid of the container's init
+	idle int // host pid of the idle entrypoint
+	// idleFD is a pidfd of the idle entrypoint (-1 without one): it is
+	// signalled through it, so a pid the host reused after the idle
+	// entrypoint died is never signalled instead.
+	idleFD int
+	pidns  string // its pid namespace, to find the job's processes
+	user   string // Spec.User: the step server runs as it
+	step   *stepd.Client
 
 	mu      sync.Mutex
 	removed bool
@@ -616,6 +621,10 @@ func (c *Container) Destroy(ctx context.Context) error {
 		if c.step != nil {
 			_ = c.step.Close()
 		}
+		if c.idleFD >= 0 {
+			_ = unix.Close(c.idleFD)
+			c.idleFD = -1
+		}
 		c.e.log.Debug("container removed", "job", c.job, "container", shortID(c.id), "stop", t1.Sub(t0), "remove", time.Since(t1))
 	}
 	return errors.Join(errs...)
@@ -626,7 +635,7 @@ func (c *Container) Destroy(ctx context.Context) error {
 // stopped container much faster than it kills and removes a running one.
 // Remove force-kills whatever is left.
 func (c *Container) stopIdle(ctx context.Context) {
-	if c.idle == 0 || syscall.Kill(c.idle, syscall.SIGTERM) != nil {
+	if c.idleFD < 0 || unix.PidfdSendSignal(c.idleFD, unix.SIGTERM, nil, 0) != nil {
 		return
 	}
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)

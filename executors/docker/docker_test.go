@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -431,5 +432,53 @@ func TestCreateOwnNetworkNamespace(t *testing.T) {
 	defer c2.Destroy(context.Background())
 	if _, out, _ := shOut(t, c2, "", "cat /etc/hosts"); out != "127.0.0.1\tlocalhost db\n" {
 		t.Errorf("with the job's own /etc/hosts mounted: %q", out)
+	}
+}
+
+// Destroy of a container whose idle entrypoint already died never signals
+// the pid it had: the host may have given that pid to another process.
+// The test hands it to one of its own (through ns_last_pid) and checks
+// that Destroy leaves it alone.
+func TestDestroySparesReusedIdlePID(t *testing.T) {
+	testenv.RequireRoot(t)
+	e, runner := newTestExecutor(t)
+	c := create(t, e, runner, "reused-pid").(*Container)
+	idle := c.idle
+	// The idle entrypoint dies (and with it the container).
+	if err := syscall.Kill(idle, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { _, err := os.Stat(fmt.Sprintf("/proc/%d", idle)); return err != nil })
+
+	var victim *exec.Cmd
+	for range 200 {
+		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(idle-1)), 0o644); err != nil {
+			t.Fatalf("setting ns_last_pid: %v", err)
+		}
+		cmd := exec.Command("sleep", "60")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if cmd.Process.Pid == idle {
+			victim = cmd
+			break
+		}
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+	if victim == nil {
+		t.Fatalf("could not get pid %d again for a process of the test (the host keeps taking it)", idle)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- victim.Wait() }()
+	defer func() { _ = victim.Process.Kill() }()
+
+	if err := c.Destroy(context.Background()); err != nil {
+		t.Fatalf("Destroy: %v", err)
+	}
+	select {
+	case err := <-exited:
+		t.Errorf("the process that got the dead idle entrypoint's pid %d ended (%v) when the container was destroyed", idle, err)
+	case <-time.After(500 * time.Millisecond):
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -146,4 +148,23 @@ func findIdle(initPID int, pidns string, timeout time.Duration) (int, error) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// openIdle returns a pidfd of the idle entrypoint pid, or -1 when it
+// cannot be had (no pidfd on this kernel) or pid is no longer the child
+// of init in pidns that findIdle saw (it died and the pid was reused
+// before the pidfd was opened).
+func openIdle(pid, initPID int, pidns string) int {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1
+	}
+	// The pidfd holds the process from here; check that it is the one.
+	ns, err := os.Readlink(procRoot + "/" + strconv.Itoa(pid) + "/ns/pid")
+	ppid, _, serr := statOf(pid)
+	if err != nil || serr != nil || ns != pidns || ppid != initPID {
+		_ = unix.Close(fd)
+		return -1
+	}
+	return fd
 }
