@@ -361,6 +361,11 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	if err != nil {
 		return fail("reading the pid namespace of", err)
 	}
+	// The namespace is runc's, not the engine's (no network): make sure
+	// no engine hands the job the host's.
+	if err := ownNetNS(c.pid); err != nil {
+		return fail("isolating", err)
+	}
 	if c.idle, err = findIdle(c.pid, c.pidns, 10*time.Second); err != nil {
 		return fail("starting", err)
 	}

@@ -482,3 +482,16 @@ func TestDestroySparesReusedIdlePID(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 	}
 }
+
+// The check Create makes of the namespace the engine gave the container.
+func TestOwnNetNS(t *testing.T) {
+	testenv.RequireRoot(t)
+	if err := ownNetNS(os.Getpid()); err == nil || !strings.Contains(err.Error(), "host's network namespace") {
+		t.Errorf("ownNetNS(the test, in the host's namespace) = %v, want the host's namespace refused", err)
+	}
+	e, runner := newTestExecutor(t)
+	c := create(t, e, runner, "own-netns").(*Container)
+	if err := ownNetNS(c.pid); err != nil {
+		t.Errorf("ownNetNS(a job container) = %v", err)
+	}
+}

@@ -9,7 +9,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/airlock-ci/airlock/internal/nsenter"
 )
 
 const (
@@ -167,4 +170,24 @@ func openIdle(pid, initPID int, pidns string) int {
 		return -1
 	}
 	return fd
+}
+
+// ownNetNS fails unless process pid has a network namespace other than
+// the host's (the executor's own, read on a locked thread: another
+// goroutine's thread may be inside a job's namespace).
+func ownNetNS(pid int) error {
+	job, err := netns.GetFromPid(pid)
+	if err != nil {
+		return fmt.Errorf("reading the network namespace: %w", err)
+	}
+	defer job.Close()
+	host, err := nsenter.Own()
+	if err != nil {
+		return fmt.Errorf("reading the host's network namespace: %w", err)
+	}
+	defer host.Close()
+	if job.Equal(host) {
+		return fmt.Errorf("the engine gave the container the host's network namespace (%s)", host)
+	}
+	return nil
 }
