@@ -39,9 +39,7 @@ func BenchmarkJobNetworkSetup(b *testing.B) {
 	testenv.RequireRoot(b)
 	testenv.RequireTestImage(b)
 	ctx := context.Background()
-	timing := &isoTimingSink{marks: map[string]map[string]time.Time{}}
-	log := hclog.NewInterceptLogger(&hclog.LoggerOptions{Level: hclog.Off})
-	log.RegisterSink(timing)
+	timing, log := newTimingLogger()
 
 	cfg := config.Defaults()
 	cfg.StateDir = filepath.Join(b.TempDir(), "state")
@@ -150,6 +148,15 @@ func BenchmarkJobNetworkSetup(b *testing.B) {
 	b.ReportMetric(isoPercentileMS(setup, 95), "netsetup-p95-ms")
 	b.ReportMetric(isoPercentileMS(sandboxSetup, 50), "sandbox-p50-ms")
 	b.ReportMetric(isoPercentileMS(sandboxSetup, 95), "sandbox-p95-ms")
+}
+
+// newTimingLogger returns a logger that prints nothing and feeds every
+// message, debug included, to a timing sink.
+func newTimingLogger() (*isoTimingSink, hclog.InterceptLogger) {
+	timing := &isoTimingSink{marks: map[string]map[string]time.Time{}}
+	log := hclog.NewInterceptLogger(&hclog.LoggerOptions{Level: hclog.Off})
+	log.RegisterSink(timing)
+	return timing, log
 }
 
 // isoTimingSink records when each job's debug messages were logged, the

@@ -53,16 +53,10 @@ func (f *firstByte) when() time.Time {
 	return f.at
 }
 
-// BenchmarkWarmStart measures, interleaved in one run, the time from a job
-// being handed to the runner to the first byte of its step's output: with
-// a warm sandbox (pool), cold (container and network made on the job's
-// path), and for a bare `docker run --rm --network none` of the same
-// command and image (to its first output byte). It reports the medians and
-// the ratios warm/docker-run (goal ≤ 0.5) and cold/docker-run.
-func BenchmarkWarmStart(b *testing.B) {
-	testenv.RequireRoot(b)
-	testenv.RequireTestImage(b)
-	ctx := context.Background()
+// openBenchRunner opens a fully sandboxed runner (netns, firewall,
+// gateway with hosts_only, audit) for the pool benchmarks, closed at
+// cleanup with nothing of it left behind.
+func openBenchRunner(b *testing.B, log hclog.Logger) *Runner {
 	cfg := config.Defaults()
 	cfg.StateDir = filepath.Join(b.TempDir(), "state")
 	cfg.RuntimeDir = b.TempDir()
@@ -70,7 +64,7 @@ func BenchmarkWarmStart(b *testing.B) {
 	cfg.Docker.Grace = time.Second
 	cfg.Docker.StepServer = testenv.StepServer(b)
 	cfg.Gateway.HostsOnly = true
-	r, err := openWired(ctx, cfg, isoLogger())
+	r, err := openWired(context.Background(), cfg, log)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -81,6 +75,20 @@ func BenchmarkWarmStart(b *testing.B) {
 		}
 		isoAssertNothingLeft(b, id, cfg)
 	})
+	return r
+}
+
+// BenchmarkWarmStart measures, interleaved in one run, the time from a job
+// being handed to the runner to the first byte of its step's output: with
+// a warm sandbox (pool), cold (container and network made on the job's
+// path), and for a bare `docker run --rm --network none` of the same
+// command and image (to its first output byte). It reports the medians and
+// the ratios warm/docker-run (goal ≤ 0.5) and cold/docker-run.
+func BenchmarkWarmStart(b *testing.B) {
+	testenv.RequireRoot(b)
+	testenv.RequireTestImage(b)
+	ctx := context.Background()
+	r := openBenchRunner(b, isoLogger())
 	p, err := r.StartPool(ctx, map[string]int{testenv.TestImage: 1})
 	if err != nil {
 		b.Fatal(err)
@@ -152,24 +160,7 @@ func BenchmarkWarmStart(b *testing.B) {
 func BenchmarkAgentThroughputPool(b *testing.B) {
 	e := newAgentEnv(b)
 	ctx := context.Background()
-	cfg := config.Defaults()
-	cfg.StateDir = filepath.Join(b.TempDir(), "state")
-	cfg.RuntimeDir = b.TempDir()
-	cfg.Docker.Pull = string(executors.PullNever)
-	cfg.Docker.Grace = time.Second
-	cfg.Docker.StepServer = testenv.StepServer(b)
-	cfg.Gateway.HostsOnly = true
-	r, err := openWired(ctx, cfg, isoLogger())
-	if err != nil {
-		b.Fatal(err)
-	}
-	id := r.cfg.RunnerID
-	b.Cleanup(func() {
-		if err := r.Close(); err != nil {
-			b.Errorf("Close() error = %v", err)
-		}
-		isoAssertNothingLeft(b, id, cfg)
-	})
+	r := openBenchRunner(b, isoLogger())
 	n := max(b.N, 12)
 	var busy float64
 	perMinute := func() float64 {
@@ -207,7 +198,7 @@ func BenchmarkAgentThroughputPool(b *testing.B) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	rss := selfRSS(b)
-	pooled, pooledBytes := containersMemory(b, id)
+	pooled, pooledBytes := containersMemory(b, r.cfg.RunnerID)
 	on := perMinute()
 	busyOn := busy
 	b.StopTimer()

@@ -3,16 +3,11 @@ package runner
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-
-	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/internal/testenv"
-	"github.com/airlock-ci/airlock/runner/config"
 	"github.com/airlock-ci/airlock/runner/job"
 )
 
@@ -30,27 +25,8 @@ func BenchmarkWarmBurst(b *testing.B) {
 	testenv.RequireRoot(b)
 	testenv.RequireTestImage(b)
 	ctx := context.Background()
-	timing := &isoTimingSink{marks: map[string]map[string]time.Time{}}
-	log := hclog.NewInterceptLogger(&hclog.LoggerOptions{Level: hclog.Off})
-	log.RegisterSink(timing)
-	cfg := config.Defaults()
-	cfg.StateDir = filepath.Join(b.TempDir(), "state")
-	cfg.RuntimeDir = b.TempDir()
-	cfg.Docker.Pull = string(executors.PullNever)
-	cfg.Docker.Grace = time.Second
-	cfg.Docker.StepServer = testenv.StepServer(b)
-	cfg.Gateway.HostsOnly = true
-	r, err := openWired(ctx, cfg, log)
-	if err != nil {
-		b.Fatal(err)
-	}
-	id := r.cfg.RunnerID
-	b.Cleanup(func() {
-		if err := r.Close(); err != nil {
-			b.Errorf("Close() error = %v", err)
-		}
-		isoAssertNothingLeft(b, id, cfg)
-	})
+	timing, log := newTimingLogger()
+	r := openBenchRunner(b, log)
 	p, err := r.StartPool(ctx, map[string]int{testenv.TestImage: warmBurst})
 	if err != nil {
 		b.Fatal(err)
