@@ -64,9 +64,47 @@ func checkDocker(ctx context.Context, host, image string) []Result {
 	}
 	r.Detail = fmt.Sprintf("Docker %s (API %s) at %s", v.Version, v.APIVersion, cli.DaemonHost())
 	rs := []Result{r}
-	if image == "" {
-		return rs
+	if image != "" {
+		rs = append(rs, checkTestImage(ctx, cli, image))
 	}
+	return append(rs, checkEngineStorage(ctx, cli))
+}
+
+// slowStorage are storage drivers that make every container start cost
+// more than it must: fuse-overlayfs runs a FUSE daemon per mount of a
+// container's layers, vfs copies the whole image.
+var slowStorage = map[string]string{
+	"fuse-overlayfs": "every container's root file system is served by FUSE daemons of its own",
+	"vfs":            "every container copies its whole image",
+}
+
+// checkEngineStorage reports the engine's storage driver (info only:
+// Airlock works with any) and whether it remaps users.
+func checkEngineStorage(ctx context.Context, cli *client.Client) Result {
+	r := Result{Name: "docker storage"}
+	info, err := cli.Info(ctx)
+	if err != nil {
+		r.Status = Info
+		r.Detail = "reading the engine's info: " + oneLine(err.Error())
+		return r
+	}
+	r.Detail = "storage driver " + info.Driver
+	if why, slow := slowStorage[info.Driver]; slow {
+		r.Status = Info
+		r.Detail += ": " + why + ", which costs every job's start"
+		r.Fix = `overlay2 is faster where the kernel and the backing file system allow it ("storage-driver" in /etc/docker/daemon.json)`
+	}
+	for _, o := range info.SecurityOptions {
+		if strings.Contains(o, "name=userns") {
+			r.Status = Info
+			r.Detail += "; the engine remaps users (userns-remap): a job's network namespace belongs to its user namespace, in which the job holds no capabilities"
+		}
+	}
+	return r
+}
+
+// checkTestImage says whether the test image is present (info only).
+func checkTestImage(ctx context.Context, cli *client.Client, image string) Result {
 	img := Result{Name: "test image"}
 	switch _, err := cli.ImageInspect(ctx, image); {
 	case err == nil:
@@ -79,5 +117,5 @@ func checkDocker(ctx context.Context, host, image string) []Result {
 		img.Status = Warn
 		img.Detail = fmt.Sprintf("inspecting %s: %s", image, oneLine(err.Error()))
 	}
-	return append(rs, img)
+	return img
 }

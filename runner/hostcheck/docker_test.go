@@ -18,6 +18,12 @@ import (
 // unix socket, and returns the DOCKER_HOST-style address.
 func fakeEngine(t *testing.T, apiVersion string, images ...string) string {
 	t.Helper()
+	return fakeEngineInfo(t, apiVersion, map[string]any{"Driver": "overlay2"}, images...)
+}
+
+// fakeEngineInfo is fakeEngine answering GET /vX/info with info.
+func fakeEngineInfo(t *testing.T, apiVersion string, info map[string]any, images ...string) string {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "hc") // short: socket paths are limited to 108 bytes
 	if err != nil {
 		t.Fatal(err)
@@ -41,6 +47,8 @@ func fakeEngine(t *testing.T, apiVersion string, images ...string) string {
 		case p == "/_ping":
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			w.Write([]byte("OK"))
+		case p == "/info":
+			json.NewEncoder(w).Encode(info)
 		case p == "/version":
 			json.NewEncoder(w).Encode(map[string]string{"Version": "99.0.0-fake", "ApiVersion": apiVersion, "MinAPIVersion": "1.12"})
 		case strings.HasPrefix(p, "/images/") && strings.HasSuffix(p, "/json"):
@@ -78,9 +86,9 @@ func TestCheckDocker(t *testing.T) {
 		imgDetail  string
 		wantResult int
 	}{
-		{"current with image", "1.47", []string{TestImage}, TestImage, OK, "Docker 99.0.0-fake (API 1.47)", "", OK, "present", 2},
-		{"minimum without image", "1.41", nil, TestImage, OK, "(API 1.41)", "", Info, "not present", 2},
-		{"image not asked", "1.41", nil, "", OK, "API 1.41", "", 0, "", 1},
+		{"current with image", "1.47", []string{TestImage}, TestImage, OK, "Docker 99.0.0-fake (API 1.47)", "", OK, "present", 3},
+		{"minimum without image", "1.41", nil, TestImage, OK, "(API 1.41)", "", Info, "not present", 3},
+		{"image not asked", "1.41", nil, "", OK, "API 1.41", "", OK, "storage driver overlay2", 2},
 		{"too old", "1.40", nil, TestImage, Fail, "API 1.40, older than 1.41", "upgrade Docker", 0, "", 1},
 	}
 	for _, tc := range tests {
@@ -93,6 +101,36 @@ func TestCheckDocker(t *testing.T) {
 			wantResult(t, rs[0], tc.status, tc.detail, tc.fix)
 			if len(rs) > 1 {
 				wantResult(t, rs[1], tc.imgStatus, tc.imgDetail, "")
+			}
+		})
+	}
+}
+
+// The engine's storage driver and user remapping are reported, as
+// information: a slow driver with how to make starts cheaper.
+func TestCheckDockerStorage(t *testing.T) {
+	tests := []struct {
+		name        string
+		info        map[string]any
+		status      Status
+		detail, fix string
+		notInDetail string
+	}{
+		{"overlay2", map[string]any{"Driver": "overlay2"}, OK, "storage driver overlay2", "", "userns"},
+		{"fuse-overlayfs", map[string]any{"Driver": "fuse-overlayfs"}, Info, "FUSE daemons", "overlay2 is faster", "userns"},
+		{"vfs with userns-remap", map[string]any{"Driver": "vfs", "SecurityOptions": []string{"name=seccomp,profile=default", "name=userns"}},
+			Info, "job's start; the engine remaps users (userns-remap)", "overlay2 is faster", ""},
+		{"userns-remap", map[string]any{"Driver": "overlay2", "SecurityOptions": []string{"name=userns"}}, Info, "storage driver overlay2; the engine remaps users", "", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rs := checkDocker(context.Background(), fakeEngineInfo(t, "1.41", tc.info), "")
+			if len(rs) != 2 || rs[1].Name != "docker storage" {
+				t.Fatalf("checkDocker = %+v, want the engine and its storage", rs)
+			}
+			wantResult(t, rs[1], tc.status, tc.detail, tc.fix)
+			if tc.notInDetail != "" && strings.Contains(rs[1].Detail, tc.notInDetail) {
+				t.Errorf("detail %q mentions %q", rs[1].Detail, tc.notInDetail)
 			}
 		})
 	}

@@ -42,7 +42,7 @@ func TestRunFakeHost(t *testing.T) {
 		names = append(names, r.Name)
 	}
 	want := []string{"config", "concurrency", "root", "network namespaces", "veth", "ipv6 sysctls", "ping_group_range",
-		"iptables tools", "iptables backend", "firewall", "docker", "test image", "containerd", "state dir", "state.key", "audit.key",
+		"iptables tools", "iptables backend", "firewall", "docker", "test image", "docker storage", "containerd", "state dir", "state.key", "audit.key",
 		"runtime dir", "clock"}
 	if !reflect.DeepEqual(names, want) {
 		t.Fatalf("Run names = %q, want %q", names, want)
