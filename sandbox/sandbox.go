@@ -193,12 +193,10 @@ func (m *Manager) plumb(ctx context.Context, n *Network) error {
 		return fmt.Errorf("opening network namespace %s: %w", n.NetNS, err)
 	}
 	defer target.Close()
-	self, err := nsenter.Own()
+	same, err := nsenter.IsOwn(target)
 	if err != nil {
 		return fmt.Errorf("opening own network namespace: %w", err)
 	}
-	same := self.Equal(target)
-	self.Close()
 	if same {
 		return fmt.Errorf("refusing to plumb %s: it is the host's network namespace", n.NetNS)
 	}

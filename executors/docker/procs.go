@@ -181,13 +181,12 @@ func ownNetNS(pid int) error {
 		return fmt.Errorf("reading the network namespace: %w", err)
 	}
 	defer job.Close()
-	host, err := nsenter.Own()
+	host, err := nsenter.IsOwn(job)
 	if err != nil {
 		return fmt.Errorf("reading the host's network namespace: %w", err)
 	}
-	defer host.Close()
-	if job.Equal(host) {
-		return fmt.Errorf("the engine gave the container the host's network namespace (%s)", host)
+	if host {
+		return fmt.Errorf("the engine gave the container the host's network namespace (%s)", job)
 	}
 	return nil
 }

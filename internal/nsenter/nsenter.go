@@ -89,6 +89,17 @@ func Own() (netns.NsHandle, error) {
 	return h, nil
 }
 
+// IsOwn reports whether target is the caller's own network namespace
+// (read as Own does).
+func IsOwn(target netns.NsHandle) (bool, error) {
+	self, err := Own()
+	if err != nil {
+		return false, err
+	}
+	defer self.Close()
+	return self.Equal(target), nil
+}
+
 // CreateNamed creates the named namespace /run/netns/NAME on a locked OS
 // thread (creating it moves the thread into it) and moves the thread back.
 func CreateNamed(name string) error {
