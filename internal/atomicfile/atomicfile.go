@@ -96,15 +96,9 @@ func SyncDir(dir string) error {
 // As with Temps, removing them is the call of a caller that knows no
 // writer in dir is running.
 func TempsIn(dir string) ([]string, error) {
-	ents, err := os.ReadDir(dir)
+	out, err := temps(dir, func(n string) bool { return strings.HasPrefix(n, ".") && strings.Contains(n, tempMarker) })
 	if err != nil {
 		return nil, fmt.Errorf("listing temporary files in %s: %w", dir, err)
-	}
-	var out []string
-	for _, e := range ents {
-		if n := e.Name(); strings.HasPrefix(n, ".") && strings.Contains(n, tempMarker) && e.Type().IsRegular() {
-			out = append(out, filepath.Join(dir, n))
-		}
 	}
 	return out, nil
 }
@@ -114,15 +108,24 @@ func TempsIn(dir string) ([]string, error) {
 // caller knows when no writer of path is running (it holds path's lock):
 // removing them is its call.
 func Temps(path string) ([]string, error) {
-	ents, err := os.ReadDir(filepath.Dir(path))
+	prefix := "." + filepath.Base(path) + tempMarker
+	out, err := temps(filepath.Dir(path), func(n string) bool { return strings.HasPrefix(n, prefix) })
 	if err != nil {
 		return nil, fmt.Errorf("listing temporary files of %s: %w", path, err)
 	}
-	prefix := "." + filepath.Base(path) + tempMarker
+	return out, nil
+}
+
+// temps lists the regular files in dir whose names match.
+func temps(dir string, match func(name string) bool) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
 	var out []string
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), prefix) && e.Type().IsRegular() {
-			out = append(out, filepath.Join(filepath.Dir(path), e.Name()))
+		if match(e.Name()) && e.Type().IsRegular() {
+			out = append(out, filepath.Join(dir, e.Name()))
 		}
 	}
 	return out, nil
