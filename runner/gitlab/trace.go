@@ -150,13 +150,8 @@ func (t *TraceWriter) Write(p []byte) (int, error) {
 
 var errTraceClosed = errors.New("job trace already finished")
 
-// Checksum returns the CRC32 (IEEE) and size of exactly the bytes GitLab
-// acknowledged holding.
-func (t *TraceWriter) Checksum() (uint32, int64) {
-	p := t.progress()
-	return p.CRC, p.Size
-}
-
+// progress is what GitLab acknowledged holding: its size and the CRC32
+// (IEEE) of exactly those bytes, unless they are not all this runner's.
 func (t *TraceWriter) progress() TraceProgress {
 	off, kept := t.s.Acked()
 	if t.opts.Resume.Unverified || t.s.Ahead() {

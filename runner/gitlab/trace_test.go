@@ -77,8 +77,8 @@ func TestTraceLargeOutput(t *testing.T) {
 			t.Fatalf("PATCH headers = %v, want text/plain and the job token", p.Header)
 		}
 	}
-	if crc, n := tw.Checksum(); crc != crc32.ChecksumIEEE(data) || n != int64(len(data)) {
-		t.Errorf("Checksum() = %08x/%d, want %08x/%d", crc, n, crc32.ChecksumIEEE(data), len(data))
+	if p := tw.progress(); p.CRC != crc32.ChecksumIEEE(data) || p.Size != int64(len(data)) {
+		t.Errorf("progress() = %08x/%d, want %08x/%d", p.CRC, p.Size, crc32.ChecksumIEEE(data), len(data))
 	}
 	if _, err := tw.Write([]byte("late")); err == nil {
 		t.Error("Write() after Finish = nil, want an error")
