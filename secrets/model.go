@@ -294,7 +294,7 @@ func policyKey(pattern, instance string) string {
 	if instance == "" {
 		return pattern
 	}
-	return strings.ToLower(strings.TrimRight(instance, "/")) + " " + pattern
+	return instanceKey(instance) + " " + pattern
 }
 
 // Scope names the repositories a ceiling applies to, for messages.
@@ -307,6 +307,8 @@ func (p EgressPolicy) Scope() string {
 
 // sameInstance compares coordinator URLs, ignoring a trailing slash and
 // the case of scheme and host.
-func sameInstance(a, b string) bool {
-	return strings.EqualFold(strings.TrimRight(a, "/"), strings.TrimRight(b, "/"))
-}
+func sameInstance(a, b string) bool { return instanceKey(a) == instanceKey(b) }
+
+// instanceKey is an instance URL as compared and stored: without a
+// trailing slash, in lower case.
+func instanceKey(s string) string { return strings.ToLower(strings.TrimRight(s, "/")) }
