@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -89,7 +90,9 @@ func readSysctl(t testing.TB, key string) string {
 func TestTeardownIsIdempotentAndLeavesNothing(t *testing.T) {
 	testenv.RequireRoot(t)
 	runner := uniqueRunnerID()
-	m := newManager(t, runner, "")
+	// A pool of its own: in the host's, another package's job may take
+	// the released /30 before the second Setup asks for the lowest free.
+	m := newManager(t, runner, filepath.Join(t.TempDir(), "netpool.json"))
 	ns := testenv.NewNetNS(t, "airlock-sbx")
 	n, err := m.Setup(context.Background(), "job-td", ns)
 	if err != nil {
@@ -108,7 +111,6 @@ func TestTeardownIsIdempotentAndLeavesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatalf("reading pool: %v", err)
 	}
-	// The pool is the host's: other processes' jobs may be in it.
 	for _, a := range allocs {
 		if a.RunnerID == runner {
 			t.Errorf("pool after Teardown holds %v of this runner, want none", a)
