@@ -4,11 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -218,113 +216,5 @@ func TestSetupTeardownFirewallFailures(t *testing.T) {
 	calls := strings.Join(fw.Calls(), "\n")
 	if strings.Count(calls, "Apply ") != 2 || strings.Count(calls, "Remove ") < 2 {
 		t.Errorf("firewall calls:\n%s", calls)
-	}
-}
-
-// gatedFirewall is a Firewall whose Apply waits for release, counting
-// the Applies in flight; Backend says which backend it stands for.
-type gatedFirewall struct {
-	recordingFirewall
-	backend  string
-	release  chan struct{}
-	mu       sync.Mutex
-	inFlight int
-	most     int
-}
-
-func (f *gatedFirewall) Backend() string { return f.backend }
-
-func (f *gatedFirewall) Apply(ctx context.Context, spec netpolicy.FirewallSpec) error {
-	f.mu.Lock()
-	f.inFlight++
-	f.most = max(f.most, f.inFlight)
-	f.mu.Unlock()
-	defer func() {
-		f.mu.Lock()
-		f.inFlight--
-		f.mu.Unlock()
-	}()
-	select {
-	case <-f.release:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	return f.recordingFirewall.Apply(ctx, spec)
-}
-
-func (f *gatedFirewall) counts() (inFlight, most int) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.inFlight, f.most
-}
-
-// With native nftables (work on this process's CPUs) at most one setup
-// per CPU runs at once and the others wait their turn; a setup whose
-// context ends while it waits fails, naming the wait, and leaves nothing.
-// With iptables (work in child processes) all run at once.
-func TestSetupSlots(t *testing.T) {
-	testenv.RequireRoot(t)
-	cpus := runtime.NumCPU()
-	for _, tc := range []struct {
-		backend string
-		want    int
-	}{{netpolicy.FirewallNFTables, cpus}, {netpolicy.FirewallIPTables, cpus + 2}} {
-		t.Run(tc.backend, func(t *testing.T) {
-			runner := uniqueRunnerID()
-			fw := &gatedFirewall{recordingFirewall: *newRecordingFirewall(), backend: tc.backend, release: make(chan struct{})}
-			poolFile := filepath.Join(t.TempDir(), "netpool.json")
-			m, err := NewManager(Config{RunnerID: runner, Pool: privatePool, PoolFile: poolFile, Firewall: fw, Logger: testLogger()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { assertNothingLeft(t, runner) })
-			n := cpus + 2
-			nets := make([]*Network, n)
-			errs := make([]error, n)
-			var wg sync.WaitGroup
-			for i := range n {
-				ns := testenv.NewNetNS(t, "airlock-slot")
-				wg.Go(func() { nets[i], errs[i] = m.Setup(context.Background(), fmt.Sprint("slot-", i), ns) })
-			}
-			deadline := time.Now().Add(10 * time.Second)
-			for {
-				if in, _ := fw.counts(); in >= tc.want || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
-			// Those waiting for a slot have had time to (wrongly) start.
-			time.Sleep(100 * time.Millisecond)
-			if in, _ := fw.counts(); in != tc.want {
-				t.Errorf("%d setups in their firewall's Apply at once, want %d", in, tc.want)
-			}
-			if tc.backend == netpolicy.FirewallNFTables {
-				ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-				_, err := m.Setup(ctx, "slot-cancelled", testenv.NewNetNS(t, "airlock-slot"))
-				cancel()
-				if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "waiting for a setup slot") {
-					t.Errorf("Setup cancelled while waiting = %v, want a deadline error naming the wait", err)
-				}
-				for _, a := range readPool(t, poolFile) {
-					if a.JobID == "slot-cancelled" {
-						t.Errorf("a setup cancelled before its slot holds %s", a.Prefix)
-					}
-				}
-			}
-			close(fw.release)
-			wg.Wait()
-			if _, most := fw.counts(); most != tc.want {
-				t.Errorf("at most %d setups in Apply at once, want %d", most, tc.want)
-			}
-			for i, n := range nets {
-				if errs[i] != nil {
-					t.Errorf("Setup %d: %v", i, errs[i])
-					continue
-				}
-				if err := n.Teardown(context.Background()); err != nil {
-					t.Errorf("Teardown %d: %v", i, err)
-				}
-			}
-		})
 	}
 }

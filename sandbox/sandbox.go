@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"sync"
 	"time"
 
@@ -81,9 +80,6 @@ type Manager struct {
 	// pid and pidStart name this process in the pool file's allocations.
 	pid      int
 	pidStart uint64
-	// slots bounds the setups running at once (nil: no bound); see
-	// setupSlots.
-	slots chan struct{}
 }
 
 // NewManager validates cfg and returns a Manager.
@@ -114,26 +110,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger.Named("sandbox"), pool: p, pid: pid, pidStart: start}
-	if n := setupSlots(cfg.Firewall); n > 0 {
-		m.slots = make(chan struct{}, n)
-	}
-	return m, nil
-}
-
-// setupSlots is how many setups may run at once with fw: one per CPU
-// when its work runs on this process's CPUs (native nftables), else no
-// bound (0). A setup is CPU work — the kernel's link and rule changes
-// run in its syscalls — so n setups started together all end late when
-// they share the CPUs; taken a CPU's worth at a time, the first ones end
-// early and the last no later (measured with 16 at once on 2 cores: p50
-// 16.5 → 12.4 ms, p95 unchanged). iptables-restore's work is in child
-// processes that mostly wait, and bounding them made a burst 2.2× slower.
-func setupSlots(fw Firewall) int {
-	if b, ok := fw.(interface{ Backend() string }); ok && b.Backend() == netpolicy.FirewallNFTables {
-		return runtime.NumCPU()
-	}
-	return 0
+	return &Manager{cfg: cfg, log: cfg.Logger.Named("sandbox"), pool: p, pid: pid, pidStart: start}, nil
 }
 
 // Network is one job's plumbed network.
@@ -172,16 +149,6 @@ func (m *Manager) Setup(ctx context.Context, jobID string, netnsPath string) (*N
 	}
 	hostIf := netpolicy.HostIfName(m.cfg.RunnerID, jobID)
 	t0 := time.Now()
-	if m.slots != nil {
-		select {
-		case m.slots <- struct{}{}:
-			defer func() { <-m.slots }()
-		case <-ctx.Done():
-			return nil, fmt.Errorf("setting up network for job %s: waiting for a setup slot: %w", jobID, ctx.Err())
-		}
-	}
-	waited := time.Since(t0)
-	t0 = time.Now()
 	prefix, err := m.pool.allocate(allocation{
 		RunnerID: m.cfg.RunnerID, JobID: jobID, PID: m.pid, PIDStart: m.pidStart,
 		HostIf: hostIf, Time: time.Now().UTC(),
@@ -216,7 +183,7 @@ func (m *Manager) Setup(ctx context.Context, jobID string, netnsPath string) (*N
 		return nil, fmt.Errorf("setting up network for job %s: %w", jobID, errors.Join(err, terr))
 	}
 	m.log.Debug("network set up", "job", jobID, "veth", hostIf, "gateway", gw, "prefix", prefix,
-		"slot_wait", waited, "allocate", t1.Sub(t0), "plumb", plumbTook, "firewall", fwTook)
+		"allocate", t1.Sub(t0), "plumb", plumbTook, "firewall", fwTook)
 	return n, nil
 }
 
