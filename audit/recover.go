@@ -56,7 +56,7 @@ func Recover(ctx context.Context, spoolDir, runnerID string, key *Key, opts ...O
 			errs = append(errs, fmt.Errorf("recovering audit trail of job %s: %w", job, err))
 			continue
 		}
-		_, aerr := t.Log(ctx, NewRunnerCrashed("runner process ended before the job finished", t.TruncatedBytes()))
+		_, aerr := t.Log(ctx, NewRunnerCrashed("runner process ended before the trail was sealed", t.TruncatedBytes()))
 		if aerr != nil {
 			errs = append(errs, fmt.Errorf("recovering audit trail of job %s: %w", job, errors.Join(aerr, t.Close())))
 			continue

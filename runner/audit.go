@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -84,17 +86,44 @@ func (a *Auditor) open(runnerID string, j *job.Job, mask func(string) string, lo
 	return jt, nil
 }
 
+// Kinds of the trails of the runner's own work (OpenOwn).
+const (
+	OwnTrailAutoscale  = "autoscale"   // an autoscaler's decisions
+	OwnTrailPeerRevoke = "peer-revoke" // a dead fleet peer's credentials revoked
+)
+
 // OpenOwn opens a trail of the runner's own work rather than a job's
-// (peer revocations, autoscaler decisions), named kind-name-<unix ns>
+// (kind is one of the OwnTrail kinds), named kind-name-<unix ns>
 // (kind-<unix ns> when name makes no valid id), durable and shipped like
 // a job's, sealed by the caller or, after a crash, by recovery.
 func (a *Auditor) OpenOwn(runnerID, kind, name string) (*audit.Trail, error) {
+	if kind != OwnTrailAutoscale && kind != OwnTrailPeerRevoke {
+		return nil, fmt.Errorf("opening an audit trail of kind %q: no such kind", kind)
+	}
 	now := time.Now().UnixNano()
 	id := fmt.Sprintf("%s-%s-%d", kind, name, now)
 	if !audit.ValidID(id) {
 		id = fmt.Sprintf("%s-%d", kind, now)
 	}
 	return audit.Open(a.SpoolDir, runnerID, id, a.Key, audit.WithDurable(a.Kick))
+}
+
+// ownTrailKind is the kind of an OpenOwn trail's id ("" for a job's).
+func ownTrailKind(id string) string {
+	for _, k := range []string{OwnTrailAutoscale, OwnTrailPeerRevoke} {
+		rest, ok := strings.CutPrefix(id, k+"-")
+		if !ok {
+			continue
+		}
+		// The id ends in -<unix ns>.
+		if i := strings.LastIndexByte(rest, '-'); i >= 0 {
+			rest = rest[i+1:]
+		}
+		if _, err := strconv.ParseUint(rest, 10, 64); err == nil && rest != "" {
+			return k
+		}
+	}
+	return ""
 }
 
 func (a *Auditor) trail(jobID string) *jobTrail {

@@ -104,6 +104,11 @@ func (r *Runner) Recover(ctx context.Context) ([]Recovered, error) {
 		res, err := audit.Recover(ctx, r.Audit.SpoolDir, r.cfg.RunnerID, r.Audit.Key, audit.WithDurable(r.Audit.Kick))
 		errs = append(errs, err)
 		for _, id := range append(sealed, res.Sealed...) {
+			if kind := ownTrailKind(id); kind != "" {
+				// An autoscaler's or a peer revocation's trail: no job.
+				r.log.Warn("sealed an audit trail of the runner's own work that a crash left open", "trail", id, "kind", kind)
+				continue
+			}
 			found(id).Trail = r.Audit.deliveredPath(id)
 		}
 		// Callers upload or report the sealed trails: wait (bounded) until

@@ -94,7 +94,7 @@ func (d *decisionTrail) run() {
 		}
 		if t == nil {
 			var err error
-			if t, err = d.au.OpenOwn(d.runnerID, "autoscale", d.name); err != nil {
+			if t, err = d.au.OpenOwn(d.runnerID, runner.OwnTrailAutoscale, d.name); err != nil {
 				d.log.Error("opening the autoscaler's audit trail; its decisions are in the log only", "autoscale", d.name, "error", err)
 				t = nil
 				continue

@@ -86,7 +86,7 @@ func startPeers(ctx context.Context, r *runner.Runner, fs *fleet.Store, store *s
 		mu.Lock()
 		defer mu.Unlock()
 		if begin {
-			t, err := r.Audit.OpenOwn(runnerID, "peer-revoke", peer)
+			t, err := r.Audit.OpenOwn(runnerID, runner.OwnTrailPeerRevoke, peer)
 			if err != nil {
 				log.Error("opening the peer-revocation audit trail", "peer", peer, "error", err)
 				return
