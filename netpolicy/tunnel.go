@@ -98,6 +98,25 @@ func (j *jobState) tunnel(client, upstream *net.TCPConn, prefix []byte, host str
 		down <- n
 	}()
 	ev := Event{Kind: KindConnect, Host: host, Port: port, Addr: upstream.RemoteAddr().String(), Verdict: VerdictDenied}
+	if len(prefix) == 0 {
+		// The client's first byte may take as long as it likes: in a
+		// server-first protocol the client speaks after the server, late
+		// or never (a feed it only reads). Nothing of its own has passed
+		// unread, so waiting is no way around the checks below, which
+		// start when it comes (with the peek timeout from there on).
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(client, b); err != nil {
+			// Closed (or broken) having sent nothing: a tunnel that
+			// carried the server's bytes only.
+			_ = upstream.CloseWrite()
+			ev.Verdict = VerdictAllowed
+			ev.Bytes = <-down
+			ev.Duration = time.Since(start)
+			j.emit(ev)
+			return
+		}
+		prefix = b
+	}
 	sni, data, isTLS, err := j.peekHello(client, prefix)
 	switch {
 	case err != nil:

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -198,5 +199,104 @@ func TestConnectPlainHTTPUpgrade(t *testing.T) {
 	got := make([]byte, len(frame))
 	if _, err := io.ReadFull(br, got); err != nil || string(got) != frame {
 		t.Errorf("echo through the switched protocol: %q %v, want %q", got, err, frame)
+	}
+}
+
+// A server-first protocol through a tunnel: the server talks, and its
+// client says nothing for longer than the peek timeout (a feed it only
+// reads, a greeting it answers late). Nothing of the client's has been
+// relayed unread, so the wait is not a way around a check: the tunnel
+// stays open, the client's first bytes are inspected whenever they come,
+// and a client that closes having sent nothing ends an allowed tunnel.
+func TestConnectServerFirstClientSilent(t *testing.T) {
+	tn := newTestNet()
+	ln, err := net.Listen("tcp4", netip.AddrPortFrom(tn.up1, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				for i := range 6 {
+					fmt.Fprintf(c, "feed %d\r\n", i)
+					time.Sleep(100 * time.Millisecond)
+				}
+				line, err := bufio.NewReader(c).ReadString('\n')
+				if err == nil {
+					fmt.Fprintf(c, "got %s", line)
+				}
+			}()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	target := "feed.test:" + strconv.Itoa(port)
+	p := &Policy{Allow: mustEntries(t, target, cidrFor(tn.up1, port))}
+	g := newTestGateway(t, tn, p, gatewayOpts{resolver: StaticResolver{"feed.test": {tn.up1}}, peek: 200 * time.Millisecond})
+
+	// The server's first bytes may follow the CONNECT response at once:
+	// read both through one reader.
+	connect := func() (net.Conn, *bufio.Reader) {
+		c, err := dialer(g.net.job).Dial("tcp4", g.reg.Addrs().Proxy.String())
+		if err != nil {
+			t.Fatalf("dialing proxy: %v", err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("CONNECT %s = %v, %v; want 200", target, resp, err)
+		}
+		return c, br
+	}
+	c, br := connect()
+	for i := range 6 { // 600 ms of the server alone: three peek timeouts
+		line, err := br.ReadString('\n')
+		if want := fmt.Sprintf("feed %d\r\n", i); err != nil || line != want {
+			t.Fatalf("line %d through the tunnel = %q, %v; want %q", i, line, err, want)
+		}
+	}
+	fmt.Fprint(c, "QUIT\r\n")
+	if line, err := br.ReadString('\n'); err != nil || line != "got QUIT\r\n" {
+		t.Errorf("the server's answer to the client's late first line = %q, %v", line, err)
+	}
+	c.Close()
+	g.events.wait(t, "allowed tunnel", func(ev Event) bool {
+		return ev.Kind == KindConnect && ev.Host == "feed.test" && ev.Verdict == VerdictAllowed && ev.Bytes > 0
+	})
+
+	// Read only, then close without a byte sent: allowed, not a denial.
+	c2, br2 := connect()
+	if line, err := br2.ReadString('\n'); err != nil || line != "feed 0\r\n" {
+		t.Fatalf("second tunnel's first line = %q, %v", line, err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	_ = c2.(*net.TCPConn).CloseWrite()
+	_, _ = io.ReadAll(br2)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var tunnels []Event
+		for _, ev := range g.events.all() {
+			if ev.Host == "feed.test" {
+				tunnels = append(tunnels, ev)
+			}
+		}
+		if len(tunnels) >= 2 || time.Now().After(deadline) {
+			if len(tunnels) != 2 {
+				t.Fatalf("feed tunnel events = %+v, want 2", tunnels)
+			}
+			if ev := tunnels[1]; ev.Kind != KindConnect || ev.Verdict != VerdictAllowed {
+				t.Errorf("a tunnel the client closed silent was recorded %s %s: %s", ev.Kind, ev.Verdict, ev.Reason)
+			}
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
