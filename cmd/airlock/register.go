@@ -43,7 +43,7 @@ func newRegisterCmd(g *globals) *cobra.Command {
 	var o registerOptions
 	cmd := &cobra.Command{
 		Use:   "register --url URL --token glrt-...",
-		Short: "Add a GitLab runner to the configuration",
+		Short: "Add a GitLab runner to the configuration (register github: a GitHub runner)",
 		Long: `Verify a runner authentication token (glrt-..., created in GitLab under
 Settings > CI/CD > Runners > New project runner) with GitLab, announcing
 this machine's system id, and add a [[runners]] entry to the configuration
@@ -188,7 +188,7 @@ func newUnregisterCmd(g *globals) *cobra.Command {
 	var all bool
 	cmd := &cobra.Command{
 		Use:   "unregister (--name NAME | --all)",
-		Short: "Remove GitLab runners from GitLab and from the configuration",
+		Short: "Remove GitLab runners from GitLab and the configuration (unregister github: a GitHub runner)",
 		Long: `Remove runners from the configuration file, and from GitLab: a runner made
 with a glrt- token loses this machine as one of its managers (delete the
 runner itself in GitLab's UI); a runner registered with the legacy flow is

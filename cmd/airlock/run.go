@@ -30,11 +30,11 @@ func newRunCmd(g *globals) *cobra.Command {
 	var jitFile string
 	cmd := &cobra.Command{
 		Use:   "run",
-		Short: "Run the agent: take jobs from GitLab and run them isolated",
+		Short: "Run the agent: take jobs from GitLab and GitHub and run them isolated",
 		Long: `Run the agent (the service systemd starts): poll every configured GitLab
-runner for jobs within the concurrent and per-runner limits, run each in a
-hardened container with its own network and credentials, stream its log and
-report its state. On start, jobs a crash interrupted are cleaned up and
+runner, GitHub registration and autoscaler for jobs within the concurrent
+and per-runner limits, run each in a hardened container with its own
+network and credentials, stream its log and report its state. On start, jobs a crash interrupted are cleaned up and
 reported failed. Metrics are served on listen_address at /metrics.
 
 SIGTERM or SIGINT drains: no new jobs; running jobs get shutdown_timeout to
