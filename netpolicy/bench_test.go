@@ -58,33 +58,18 @@ func startBulkServer(b *testing.B, addr netip.Addr) int {
 // ways between *net.TCPConn, i.e. splice(2)), the baseline for the gateway.
 func startRelay(b *testing.B, addr netip.Addr, target string) string {
 	b.Helper()
-	ln, err := net.Listen("tcp4", netip.AddrPortFrom(addr, 0).String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				u, err := net.Dial("tcp4", target)
-				if err != nil {
-					return
-				}
-				defer u.Close()
-				go func() {
-					_, _ = io.Copy(u, c)
-					_ = u.(*net.TCPConn).CloseWrite()
-				}()
-				_, _ = io.Copy(c, u)
-			}()
+	return serveTCP(b, addr, func(c net.Conn) {
+		u, err := net.Dial("tcp4", target)
+		if err != nil {
+			return
 		}
-	}()
-	return ln.Addr().String()
+		defer u.Close()
+		go func() {
+			_, _ = io.Copy(u, c)
+			_ = u.(*net.TCPConn).CloseWrite()
+		}()
+		_, _ = io.Copy(c, u)
+	}).String()
 }
 
 // cpuTime is this process's user+system CPU time so far.

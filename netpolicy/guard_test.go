@@ -81,21 +81,7 @@ func TestDialGuardRealHostAddrs(t *testing.T) {
 // refused before connect(2), an explicitly allowed loopback CIDR connects.
 func TestDialGuardControl(t *testing.T) {
 	tn := newTestNet()
-	ln, err := net.Listen("tcp4", netip.AddrPortFrom(tn.up1, 0).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	addr := ln.Addr().(*net.TCPAddr).AddrPort()
+	addr := serveTCP(t, tn.up1, func(net.Conn) {})
 	g := NewDialGuard(GuardConfig{})
 	for _, tc := range []struct {
 		name   string

@@ -285,3 +285,28 @@ func mustEntries(t testing.TB, ss ...string) []Entry {
 }
 
 func cidrFor(a netip.Addr, port int) string { return fmt.Sprintf("%s/32:%d", a, port) }
+
+// serveTCP accepts TCP connections on addr (any port) until the test ends,
+// each handled by handle in a goroutine of its own (which closes it), and
+// returns the listener's address.
+func serveTCP(t testing.TB, addr netip.Addr, handle func(c net.Conn)) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp4", netip.AddrPortFrom(addr, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -210,31 +209,16 @@ func TestConnectPlainHTTPUpgrade(t *testing.T) {
 // and a client that closes having sent nothing ends an allowed tunnel.
 func TestConnectServerFirstClientSilent(t *testing.T) {
 	tn := newTestNet()
-	ln, err := net.Listen("tcp4", netip.AddrPortFrom(tn.up1, 0).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				for i := range 6 {
-					fmt.Fprintf(c, "feed %d\r\n", i)
-					time.Sleep(100 * time.Millisecond)
-				}
-				line, err := bufio.NewReader(c).ReadString('\n')
-				if err == nil {
-					fmt.Fprintf(c, "got %s", line)
-				}
-			}()
+	port := int(serveTCP(t, tn.up1, func(c net.Conn) {
+		for i := range 6 {
+			fmt.Fprintf(c, "feed %d\r\n", i)
+			time.Sleep(100 * time.Millisecond)
 		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err == nil {
+			fmt.Fprintf(c, "got %s", line)
+		}
+	}).Port())
 	target := "feed.test:" + strconv.Itoa(port)
 	p := &Policy{Allow: mustEntries(t, target, cidrFor(tn.up1, port))}
 	g := newTestGateway(t, tn, p, gatewayOpts{resolver: StaticResolver{"feed.test": {tn.up1}}, peek: 200 * time.Millisecond})
