@@ -119,7 +119,7 @@ func ownTrailKind(id string) string {
 		if i := strings.LastIndexByte(rest, '-'); i >= 0 {
 			rest = rest[i+1:]
 		}
-		if _, err := strconv.ParseUint(rest, 10, 64); err == nil && rest != "" {
+		if _, err := strconv.ParseUint(rest, 10, 64); err == nil {
 			return k
 		}
 	}
