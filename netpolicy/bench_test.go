@@ -25,33 +25,18 @@ const bulkSize = 256 << 20
 // has sent one byte.
 func startBulkServer(b *testing.B, addr netip.Addr) int {
 	b.Helper()
-	ln, err := net.Listen("tcp4", netip.AddrPortFrom(addr, 0).String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
 	buf := make([]byte, 1<<20)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
+	return int(serveTCP(b, addr, func(c net.Conn) {
+		one := make([]byte, 1)
+		if _, err := io.ReadFull(c, one); err != nil {
+			return
+		}
+		for n := 0; n < bulkSize; n += len(buf) {
+			if _, err := c.Write(buf); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				one := make([]byte, 1)
-				if _, err := io.ReadFull(c, one); err != nil {
-					return
-				}
-				for n := 0; n < bulkSize; n += len(buf) {
-					if _, err := c.Write(buf); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port
+	}).Port())
 }
 
 // startRelay is a minimal TCP relay on addr:any to target (io.Copy both
