@@ -171,12 +171,18 @@ type ServiceSpec struct {
 	Pull  PullPolicy
 	// Entrypoint and Cmd replace the image's when not nil.
 	Entrypoint, Cmd []string
-	// Env is the service's whole environment (KEY=VALUE); it is in the
+	// Env is the service's public environment (KEY=VALUE); it is in the
 	// container's configuration, so it must never hold a secret.
-	Env    []string
-	Labels map[string]string
-	Limits Limits
-	Mounts []Mount
+	Env []string
+	// SecretEnv are variables that hold secrets (a database password
+	// from a masked variable): the service's first process gets them
+	// (over Env) when it starts; they are never in the container's
+	// configuration. An executor that cannot deliver them so refuses the
+	// service.
+	SecretEnv []string
+	Labels    map[string]string
+	Limits    Limits
+	Mounts    []Mount
 }
 
 // Service is a running service container.

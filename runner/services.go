@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,18 +53,30 @@ func (e *execution) writeHosts() (string, error) {
 }
 
 // serviceEnv is a service's environment: the job's public variables
-// (never masked ones, file variables or credentials) and its own.
-func (e *execution) serviceEnv(i int) []string {
-	env := []string{"CI=true", "CI_JOB_ID=" + e.j.ID, "CI_PROJECT_DIR=" + e.r.cfg.WorkDir}
+// (never masked ones, file variables or credentials) and its own. Its own
+// that are masked, or hold the value of a masked job variable or of a
+// private one of 8 bytes or more (a password `$DB_PASSWORD` expanded to),
+// are secret: the executor delivers them to the service's process, never
+// in its configuration.
+func (e *execution) serviceEnv(i int) (public, secret []string) {
+	public = []string{"CI=true", "CI_JOB_ID=" + e.j.ID, "CI_PROJECT_DIR=" + e.r.cfg.WorkDir}
+	var private []string
 	for _, v := range e.j.Variables {
-		if v.Public && !v.Masked && !v.File {
-			env = append(env, v.Key+"="+v.Value)
+		switch {
+		case v.Public && !v.Masked && !v.File:
+			public = append(public, v.Key+"="+v.Value)
+		case v.Masked && v.Value != "", len(v.Value) >= 8:
+			private = append(private, v.Value)
 		}
 	}
 	for _, v := range e.j.Services[i].Variables {
-		env = append(env, v.Key+"="+v.Value)
+		if v.Masked || slices.ContainsFunc(private, func(p string) bool { return strings.Contains(v.Value, p) }) {
+			secret = append(secret, v.Key+"="+v.Value)
+			continue
+		}
+		public = append(public, v.Key+"="+v.Value)
 	}
-	return env
+	return public, secret
 }
 
 func (e *execution) jobVar(key string) string {
@@ -90,10 +103,11 @@ func (e *execution) startServices(ctx context.Context, mounts []executors.Mount)
 	for i, s := range e.j.Services {
 		name := fmt.Sprintf("%s-%d", serviceBase(s.Image), i)
 		fmt.Fprintf(e.out, "Starting service %s as %s ...\n", s.Image, strings.Join(s.Aliases, ", "))
+		public, secret := e.serviceEnv(i)
 		svc, err := st.StartService(ctx, executors.ServiceSpec{
 			Name: name, Image: s.Image, Pull: e.r.cfg.Pull,
 			Entrypoint: s.Entrypoint, Cmd: s.Command,
-			Env:    e.serviceEnv(i),
+			Env: public, SecretEnv: secret,
 			Labels: map[string]string{labelOwner: e.r.owner.String()},
 			Limits: e.r.cfg.Limits,
 			Mounts: mounts,

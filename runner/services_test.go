@@ -1,17 +1,21 @@
 package runner
 
 import (
+	"bytes"
 	"context"
-	"github.com/airlock-ci/airlock/executors"
-	"github.com/airlock-ci/airlock/internal/testenv/fakegitlab"
+	"crypto/sha256"
+	"encoding/hex"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
 
+	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/internal/testenv"
+	"github.com/airlock-ci/airlock/internal/testenv/fakegitlab"
 	"github.com/airlock-ci/airlock/runner/job"
 )
 
@@ -111,5 +115,71 @@ func TestAgentServiceHealthWarning(t *testing.T) {
 	}
 	if strings.Contains(trace, "[service:") {
 		t.Errorf("service logs streamed into the job log without CI_DEBUG_SERVICES:\n%s", trace)
+	}
+}
+
+// A service variable that holds a secret (here a masked job variable's
+// value, as `$DB_PASSWORD` in a GitLab service's variables expands to)
+// reaches the service's process but never the container's configuration:
+// `docker inspect` of the service, while it runs, does not show it.
+func TestServiceSecretVariableNotInConfig(t *testing.T) {
+	env := isoOpen(t)
+	makeServiceImage(t)
+	const secret = "svc-s3cr3t-4a1b9c77"
+	sum := sha256.Sum256([]byte(secret))
+	want := hex.EncodeToString(sum[:])[:16]
+	j := isoJob("svc-secret", nil, []isoProbe{
+		{name: "db", cmd: "for i in 1 2 3 4 5 6 7 8 9 10; do probe tcp db:5432 && break; sleep 0.3; done"},
+		{cmd: "sleep 2"}, // the test inspects the service meanwhile
+	})
+	j.Variables = append(j.Variables, job.Variable{Key: "DB_PASSWORD", Value: secret, Masked: true})
+	j.Services = []job.Service{{
+		Image:   serviceImage,
+		Aliases: []string{"db"},
+		Command: []string{"sh", "-c", `h=$(printf %s "$POSTGRES_PASSWORD" | sha256sum | cut -c1-16); while true; do echo "$h $POSTGRES_USER" | nc -l -p 5432; done`},
+		Variables: []job.Variable{
+			{Key: "POSTGRES_PASSWORD", Value: secret, Public: true},
+			{Key: "POSTGRES_USER", Value: "tester", Public: true},
+		},
+	}}
+
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	inspected := make(chan []byte, 1)
+	go func() {
+		f := filters.NewArgs(filters.Arg("label", executors.LabelJob+"=svc-secret"), filters.Arg("label", "io.airlock.service"))
+		for ctx.Err() == nil {
+			list, err := cli.ContainerList(ctx, container.ListOptions{Filters: f})
+			if err == nil && len(list) > 0 {
+				if _, raw, err := cli.ContainerInspectWithRaw(ctx, list[0].ID, false); err == nil {
+					inspected <- raw
+					return
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	run := env.run(t, j, nil)
+	cancel()
+	if run.res.State != Success {
+		t.Fatalf("job: state %s (%s), err %v; output:\n%s", run.res.State, run.res.Reason, run.res.Err, run.out)
+	}
+	if got := run.probe(t, "db"); got != "ok connected "+want+" tester" {
+		t.Errorf("probe db = %q, want the secret's hash and the public variable (%q); output:\n%s", got, "ok connected "+want+" tester", run.out)
+	}
+	select {
+	case raw := <-inspected:
+		if bytes.Contains(raw, []byte(secret)) {
+			t.Errorf("docker inspect of the service shows the secret:\n%s", raw)
+		}
+		if !bytes.Contains(raw, []byte("POSTGRES_USER=tester")) {
+			t.Errorf("docker inspect of the service lacks its public variable:\n%s", raw)
+		}
+	default:
+		t.Fatal("the service container was never inspected while the job ran")
 	}
 }

@@ -1,7 +1,10 @@
 // Command airlock-stepd is the step server of Airlock's Docker executor:
 // the idle entrypoint of a job container, which starts the job's steps as
 // the host asks over its stdin (see executors/stepd). It is bind-
-// mounted read-only into every job container and must be static.
+// mounted read-only into every job container and must be static. As
+// `airlock-stepd exec-env CMD...` it is instead the entrypoint of a
+// service container with secret variables: it reads them from stdin and
+// execs the service's own command with them.
 package main
 
 import (
@@ -14,6 +17,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == stepd.ExecEnvArg {
+		// A service's entrypoint: its variables on stdin, then its own
+		// command in this process's place.
+		err := stepd.ExecEnv(os.Stdin, os.Args[2:])
+		fmt.Fprintln(os.Stderr, "airlock-stepd:", err)
+		os.Exit(127)
+	}
 	// Not dumpable: job code running as the same user cannot open this
 	// process's stdin or stdout through /proc, nor read its memory.
 	if err := prctl(syscall.PR_SET_DUMPABLE, 0); err != nil {

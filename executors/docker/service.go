@@ -11,9 +11,12 @@ import (
 	"sync"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/pkg/stdcopy"
+	dockerspec "github.com/moby/docker-image-spec/specs-go/v1"
 
 	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/executors/stepd"
 )
 
 // LabelService marks a service container (its value: the service's name).
@@ -89,6 +92,25 @@ func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec
 		Env:        spec.Env,
 		Labels:     labels,
 	}
+	var secretEnv []byte
+	if len(spec.SecretEnv) > 0 {
+		// The step server reads them from stdin and execs the service's
+		// own command: they never enter the configuration.
+		if e.stepd == "" {
+			return nil, fmt.Errorf("service %s: its variables hold secrets, which Airlock delivers only through its step server, and [docker] step_server is off", spec.Name)
+		}
+		if secretEnv, err = stepd.EncodeEnv(spec.SecretEnv); err != nil {
+			return nil, fmt.Errorf("service %s: %w", spec.Name, err)
+		}
+		argv := serviceArgv(spec, img.Config)
+		if len(argv) == 0 {
+			return nil, fmt.Errorf("service %s: neither it nor its image %s names a command", spec.Name, spec.Image)
+		}
+		cfg.Entrypoint = []string{stepd.Target, stepd.ExecEnvArg}
+		cfg.Cmd = argv
+		cfg.AttachStdin, cfg.OpenStdin, cfg.StdinOnce = true, true, true
+		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: e.stepd, Target: stepd.Target, ReadOnly: true})
+	}
 	name := "airlock-" + labels[executors.LabelRunner] + "-" + c.job + "-svc-" + sanitizeName(spec.Name)
 	resp, err := e.cli.ContainerCreate(ctx, cfg, hc, nil, nil, name)
 	if err != nil {
@@ -99,11 +121,57 @@ func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec
 		return nil, err
 	}
 	s := &service{e: e, id: resp.ID, job: c.job, ports: ports}
-	if err := e.cli.ContainerStart(ctx, resp.ID, container.StartOptions{}); err != nil {
+	if secretEnv != nil {
+		if err := e.startWithStdin(ctx, resp.ID, secretEnv); err != nil {
+			return nil, errors.Join(fmt.Errorf("starting service %s for job %s: %w", spec.Name, c.job, err), s.Destroy(context.WithoutCancel(ctx)))
+		}
+	} else if err := e.cli.ContainerStart(ctx, resp.ID, container.StartOptions{}); err != nil {
 		return nil, errors.Join(fmt.Errorf("starting service %s for job %s: %w", spec.Name, c.job, err), s.Destroy(context.WithoutCancel(ctx)))
 	}
 	e.log.Debug("service started", "job", c.job, "service", spec.Name, "container", shortID(resp.ID))
 	return s, nil
+}
+
+// serviceArgv is the command line the engine would start a service
+// with: its entrypoint, else the image's, then its command, else (with
+// no entrypoint given) the image's. An entrypoint of [""] clears the
+// image's and keeps its command from being used.
+func serviceArgv(spec executors.ServiceSpec, img *dockerspec.DockerOCIImageConfig) []string {
+	ep, cmd := spec.Entrypoint, spec.Cmd
+	if len(ep) == 0 && img != nil {
+		if len(cmd) == 0 {
+			cmd = img.Cmd
+		}
+		if ep == nil {
+			ep = img.Entrypoint
+		}
+	}
+	// The engine resets [""] after that merge (mergeAndVerifyConfig).
+	if len(ep) == 1 && ep[0] == "" {
+		ep = nil
+	}
+	return append(append([]string{}, ep...), cmd...)
+}
+
+// startWithStdin starts a created container whose stdin is open once
+// (StdinOnce), writes data to it and closes it: the process reads data
+// and then EOF.
+func (e *Executor) startWithStdin(ctx context.Context, id string, data []byte) error {
+	hj, err := e.cli.ContainerAttach(ctx, id, container.AttachOptions{Stream: true, Stdin: true})
+	if err != nil {
+		return fmt.Errorf("attaching: %w", err)
+	}
+	defer hj.Close()
+	if err := e.cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		return err
+	}
+	if _, err := hj.Conn.Write(data); err != nil {
+		return fmt.Errorf("writing its variables: %w", err)
+	}
+	if err := hj.CloseWrite(); err != nil {
+		return fmt.Errorf("closing its stdin: %w", err)
+	}
+	return nil
 }
 
 func sanitizeName(s string) string {

@@ -115,7 +115,7 @@ func (m *AgentJobRequestMessage) ToJob(o ConvertOptions) (*job.Job, error) {
 	}
 	if s := m.JobServiceContainers; s != nil && s.Type != TokenNull {
 		env.Contexts["env"] = jobEnv
-		svcs, err := serviceContainers(s, env)
+		svcs, err := serviceContainers(s, env, secrets)
 		if err != nil {
 			add("services: %v", err)
 		}
@@ -503,7 +503,7 @@ func changeBase(gh *ContextData) string {
 // job), reached by their key as a host name. Keys Airlock cannot honour
 // there are refused by name: options, volumes, credentials, and ports that
 // remap (the job reaches a service on its own ports).
-func serviceContainers(t *TemplateToken, env *expr.Env) ([]job.Service, error) {
+func serviceContainers(t *TemplateToken, env *expr.Env, secrets map[string]string) ([]job.Service, error) {
 	if t.Type == TokenSequence && len(t.Seq) == 0 {
 		return nil, nil
 	}
@@ -545,7 +545,11 @@ func serviceContainers(t *TemplateToken, env *expr.Env) ([]job.Service, error) {
 						errs = append(errs, fmt.Errorf("%s.env.%s: not a valid variable (%v)", name, key, err))
 						continue
 					}
-					svc.Variables = append(svc.Variables, job.Variable{Key: key, Value: expr.String(v), Raw: true})
+					val := expr.String(v)
+					// A secret (a database password from secrets.*) is
+					// given to the service's process, never in its
+					// container's configuration.
+					svc.Variables = append(svc.Variables, job.Variable{Key: key, Value: val, Raw: true, Masked: containsSecret(val, secrets)})
 				}
 			case "ports":
 				if f.Value == nil || f.Value.Type != TokenSequence {

@@ -169,7 +169,8 @@ func TestToJobServices(t *testing.T) {
 		{Key: &TemplateToken{Lit: "db"}, Value: &TemplateToken{Type: TokenMapping, Map: []MapEntry{
 			{Key: &TemplateToken{Lit: "image"}, Value: &TemplateToken{Lit: "postgres:16"}},
 			{Key: &TemplateToken{Lit: "env"}, Value: &TemplateToken{Type: TokenMapping, Map: []MapEntry{
-				{Key: &TemplateToken{Lit: "POSTGRES_PASSWORD"}, Value: &TemplateToken{Lit: "ci"}}}}},
+				{Key: &TemplateToken{Lit: "POSTGRES_PASSWORD"}, Value: &TemplateToken{Lit: "ci"}},
+				{Key: &TemplateToken{Lit: "API_KEY"}, Value: &TemplateToken{Type: TokenExpression, Expr: "format('key-{0}', secrets.DEPLOY_KEY)"}}}}},
 			{Key: &TemplateToken{Lit: "ports"}, Value: &TemplateToken{Type: TokenSequence, Seq: []*TemplateToken{{Lit: "5432"}, {Lit: "5432:5432"}}}},
 		}}},
 	}}
@@ -184,7 +185,12 @@ func TestToJobServices(t *testing.T) {
 	if c.Image != "redis:7" || len(c.Aliases) != 1 || c.Aliases[0] != "cache" {
 		t.Errorf("service cache = %+v", c)
 	}
-	if d.Image != "postgres:16" || d.Aliases[0] != "db" || len(d.Variables) != 1 || d.Variables[0].Key != "POSTGRES_PASSWORD" || d.Variables[0].Value != "ci" {
+	if d.Image != "postgres:16" || d.Aliases[0] != "db" || len(d.Variables) != 2 || d.Variables[0].Key != "POSTGRES_PASSWORD" || d.Variables[0].Value != "ci" || d.Variables[0].Masked {
 		t.Errorf("service db = %+v", d)
+	}
+	// A value made from a secret is marked so: the runner then gives it to
+	// the service's process, never in its container's configuration.
+	if k := d.Variables[1]; k.Key != "API_KEY" || k.Value != "key-s3cr3t-deploy-value" || !k.Masked {
+		t.Errorf("service db's API_KEY = %+v, want the secret's value, masked", k)
 	}
 }
