@@ -180,9 +180,36 @@ type ServiceSpec struct {
 	// configuration. An executor that cannot deliver them so refuses the
 	// service.
 	SecretEnv []string
-	Labels    map[string]string
-	Limits    Limits
-	Mounts    []Mount
+	// Health replaces or tunes the image's health check; nil keeps it.
+	Health *HealthCheck
+	Labels map[string]string
+	Limits Limits
+	Mounts []Mount
+}
+
+// HealthCheck is a service's health check, run by the engine inside the
+// service's container (Docker's HEALTHCHECK). A zero field keeps the
+// image's value.
+type HealthCheck struct {
+	// Test is ["CMD-SHELL", command], ["CMD", args...] or ["NONE"].
+	Test                           []string
+	Interval, Timeout, StartPeriod time.Duration
+	Retries                        int
+}
+
+// Health states a HealthReporter reports.
+const (
+	HealthNone      = ""          // no health check
+	HealthStarting  = "starting"  // not yet decided
+	HealthHealthy   = "healthy"   // its check passes
+	HealthUnhealthy = "unhealthy" // its check failed its retries
+	HealthExited    = "exited"    // the service is not running
+)
+
+// HealthReporter is an optional Service capability: the state of its
+// health check.
+type HealthReporter interface {
+	Health(ctx context.Context) (string, error)
 }
 
 // Service is a running service container.

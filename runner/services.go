@@ -104,14 +104,19 @@ func (e *execution) startServices(ctx context.Context, mounts []executors.Mount)
 		name := fmt.Sprintf("%s-%d", serviceBase(s.Image), i)
 		fmt.Fprintf(e.out, "Starting service %s as %s ...\n", s.Image, strings.Join(s.Aliases, ", "))
 		public, secret := e.serviceEnv(i)
-		svc, err := st.StartService(ctx, executors.ServiceSpec{
+		spec := executors.ServiceSpec{
 			Name: name, Image: s.Image, Pull: e.r.cfg.Pull,
 			Entrypoint: s.Entrypoint, Cmd: s.Command,
 			Env: public, SecretEnv: secret,
 			Labels: map[string]string{labelOwner: e.r.owner.String()},
 			Limits: e.r.cfg.Limits,
 			Mounts: mounts,
-		})
+		}
+		if s.Health != nil {
+			h := executors.HealthCheck(*s.Health)
+			spec.Health = &h
+		}
+		svc, err := st.StartService(ctx, spec)
 		if err != nil {
 			return fmt.Errorf("starting service %s: %w", s.Image, err)
 		}
@@ -126,13 +131,100 @@ func (e *execution) startServices(ctx context.Context, mounts []executors.Mount)
 			}()
 		}
 	}
-	e.waitServices(ctx)
+	checked, err := e.waitHealthy(ctx)
+	if err != nil {
+		return err
+	}
+	e.waitServices(ctx, checked)
 	return nil
 }
 
+// Backoff of waitHealthy between two looks at a starting service.
+const (
+	healthPollMin = time.Second
+	healthPollMax = 8 * time.Second
+)
+
+// waitHealthy waits, for every service that asks for it (WaitHealthy)
+// and has a health check, until the engine calls it healthy, as GitHub's
+// runner does: the job fails when one turns unhealthy or stops. It
+// returns which services it checked so.
+func (e *execution) waitHealthy(ctx context.Context) ([]bool, error) {
+	checked := make([]bool, len(e.services.list))
+	errs := make([]error, len(e.services.list))
+	var wg sync.WaitGroup
+	var outMu sync.Mutex // one service's lines at a time
+	say := func(format string, a ...any) {
+		outMu.Lock()
+		defer outMu.Unlock()
+		fmt.Fprintf(e.out, format, a...)
+	}
+	for i, svc := range e.services.list {
+		hr, ok := svc.(executors.HealthReporter)
+		if !ok || !e.j.Services[i].WaitHealthy {
+			continue
+		}
+		alias := e.services.names[i]
+		if a := e.j.Services[i].Aliases; len(a) > 0 {
+			alias = a[0]
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			wait := healthPollMin
+			for {
+				st, err := hr.Health(ctx)
+				if err != nil {
+					errs[i] = fmt.Errorf("service %s: %w", alias, err)
+					return
+				}
+				switch st {
+				case executors.HealthNone:
+					return
+				case executors.HealthHealthy:
+					checked[i] = true
+					say("%s service is healthy.\n", alias)
+					return
+				case executors.HealthStarting:
+					say("%s service is starting, waiting %s before checking again.\n", alias, wait)
+					select {
+					case <-ctx.Done():
+						errs[i] = context.Cause(ctx)
+						return
+					case <-time.After(wait):
+					}
+					wait = min(2*wait, healthPollMax)
+				default:
+					checked[i] = true
+					errs[i] = fmt.Errorf("failed to initialize, %s service is %s", alias, st)
+					outMu.Lock()
+					e.showServiceLogs(ctx, i, fmt.Sprintf("\x1b[0;33m*** Service %s is %s. Service container logs:\n", alias, st))
+					outMu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return checked, errors.Join(errs...)
+}
+
+// showServiceLogs writes a heading and the first serviceLogCap bytes of
+// service i's logs to the job log.
+func (e *execution) showServiceLogs(ctx context.Context, i int, heading string) {
+	fmt.Fprint(e.out, heading)
+	var buf bytes.Buffer
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	_ = e.services.list[i].Logs(lctx, &capWriter{w: &buf, n: serviceLogCap}, false)
+	cancel()
+	e.out.Write(buf.Bytes())
+	fmt.Fprintf(e.out, "\n*********\x1b[0;m\n")
+}
+
 // waitServices dials each service's ports from inside the job's network
-// namespace, once a second, until one accepts or the wait ends.
-func (e *execution) waitServices(ctx context.Context) {
+// namespace, once a second, until one accepts or the wait ends; not
+// those whose health check waitHealthy decided (skip).
+func (e *execution) waitServices(ctx context.Context, skip []bool) {
 	wait := e.r.cfg.ServiceWait
 	if wait == 0 {
 		wait = DefaultServiceWait
@@ -143,6 +235,9 @@ func (e *execution) waitServices(ctx context.Context) {
 	var wg sync.WaitGroup
 	warnings := make([]string, len(e.services.list))
 	for i, svc := range e.services.list {
+		if skip[i] {
+			continue
+		}
 		ports := svc.Ports()
 		for _, v := range e.j.Services[i].Variables {
 			if v.Key == "HEALTHCHECK_TCP_PORT" {
@@ -171,13 +266,7 @@ func (e *execution) waitServices(ctx context.Context) {
 		if w == "" {
 			continue
 		}
-		fmt.Fprintf(e.out, "\x1b[0;33m*** WARNING: Service %s probably didn't start properly.\n\nHealth check: %s\n\nService container logs:\n", e.services.names[i], w)
-		var buf bytes.Buffer
-		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_ = e.services.list[i].Logs(lctx, &capWriter{w: &buf, n: serviceLogCap}, false)
-		cancel()
-		e.out.Write(buf.Bytes())
-		fmt.Fprintf(e.out, "\n*********\x1b[0;m\n")
+		e.showServiceLogs(ctx, i, fmt.Sprintf("\x1b[0;33m*** WARNING: Service %s probably didn't start properly.\n\nHealth check: %s\n\nService container logs:\n", e.services.names[i], w))
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -181,5 +182,57 @@ func TestServiceSecretVariableNotInConfig(t *testing.T) {
 		}
 	default:
 		t.Fatal("the service container was never inspected while the job ran")
+	}
+}
+
+// A service whose health check the job waits for (GitHub's services): the
+// steps start only once the engine calls it healthy, and the log says
+// how the wait went.
+func TestServiceHealthWaited(t *testing.T) {
+	env := isoOpen(t)
+	j := isoJob("svc-health", nil, []isoProbe{{cmd: "echo STEP-RAN"}})
+	j.Services = []job.Service{{
+		Image:       testenv.TestImage,
+		Aliases:     []string{"db"},
+		Command:     []string{"sh", "-c", "sleep 2; touch /tmp/ready; exec sleep 600"},
+		Health:      &job.HealthCheck{Test: []string{"CMD-SHELL", "test -f /tmp/ready"}, Interval: 300 * time.Millisecond, Retries: 30},
+		WaitHealthy: true,
+	}}
+	run := env.run(t, j, nil)
+	if run.res.State != Success {
+		t.Fatalf("job: state %s (%s), err %v; output:\n%s", run.res.State, run.res.Reason, run.res.Err, run.out)
+	}
+	starting := strings.Index(run.out, "db service is starting")
+	healthy := strings.Index(run.out, "db service is healthy.")
+	step := strings.Index(run.out, "STEP-RAN")
+	if starting < 0 || healthy < starting || step < healthy {
+		t.Errorf("want the wait (starting, then healthy) before the step; output:\n%s", run.out)
+	}
+	if strings.Contains(run.out, "probably didn't start properly") {
+		t.Errorf("a service its health check passed was dialled and warned for; output:\n%s", run.out)
+	}
+}
+
+// A service that turns unhealthy fails the job before any step, with
+// its logs.
+func TestServiceUnhealthyFailsJob(t *testing.T) {
+	env := isoOpen(t)
+	j := isoJob("svc-unhealthy", nil, []isoProbe{{cmd: "echo STEP-RAN"}})
+	j.Services = []job.Service{{
+		Image:       testenv.TestImage,
+		Aliases:     []string{"db"},
+		Command:     []string{"sh", "-c", "echo svc-log-line; exec sleep 600"},
+		Health:      &job.HealthCheck{Test: []string{"CMD-SHELL", "exit 1"}, Interval: 200 * time.Millisecond, Retries: 2},
+		WaitHealthy: true,
+	}}
+	run := env.run(t, j, nil)
+	if run.res.State == Success || strings.Contains(run.out, "STEP-RAN") {
+		t.Fatalf("job: state %s, want a failure before any step; output:\n%s", run.res.State, run.out)
+	}
+	msg := fmt.Sprint(run.res.Err, run.res.Reason, run.out)
+	for _, w := range []string{"db service is unhealthy", "svc-log-line"} {
+		if !strings.Contains(msg, w) {
+			t.Errorf("result and output lack %q: %s", w, msg)
+		}
 	}
 }

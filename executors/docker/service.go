@@ -92,6 +92,10 @@ func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec
 		Env:        spec.Env,
 		Labels:     labels,
 	}
+	if h := spec.Health; h != nil {
+		cfg.Healthcheck = &container.HealthConfig{Test: h.Test, Interval: h.Interval, Timeout: h.Timeout,
+			StartPeriod: h.StartPeriod, Retries: h.Retries}
+	}
 	var secretEnv []byte
 	if len(spec.SecretEnv) > 0 {
 		// The step server reads them from stdin and execs the service's
@@ -199,6 +203,27 @@ func (s *service) Logs(ctx context.Context, w io.Writer, follow bool) error {
 		return nil
 	}
 	return err
+}
+
+// Health implements executors.HealthReporter: the engine's state of the
+// service's health check (its own or its image's).
+func (s *service) Health(ctx context.Context) (string, error) {
+	info, err := s.e.cli.ContainerInspect(ctx, s.id)
+	if err != nil {
+		return "", fmt.Errorf("inspecting service: %w", err)
+	}
+	switch {
+	case info.State == nil || info.State.Health == nil:
+		return executors.HealthNone, nil
+	case !info.State.Running:
+		return executors.HealthExited, nil
+	}
+	switch st := info.State.Health.Status; st {
+	case container.Starting, container.Healthy, container.Unhealthy:
+		return st, nil
+	default: // "none": the image's check is switched off
+		return executors.HealthNone, nil
+	}
 }
 
 // Destroy implements executors.Service.

@@ -500,8 +500,10 @@ func changeBase(gh *ContextData) string {
 
 // serviceContainers maps the job's services: to service containers in the
 // job's own network namespace (the runner starts them hardened, like the
-// job), reached by their key as a host name. Keys Airlock cannot honour
-// there are refused by name: options, volumes, credentials, and ports that
+// job), reached by their key as a host name, whose health check the
+// steps wait for. options may set the health check, the entrypoint and
+// variables (applyServiceOptions). Keys Airlock cannot honour there are
+// refused by name: volumes, credentials, other options, and ports that
 // remap (the job reaches a service on its own ports).
 func serviceContainers(t *TemplateToken, env *expr.Env, secrets map[string]string) ([]job.Service, error) {
 	if t.Type == TokenSequence && len(t.Seq) == 0 {
@@ -514,7 +516,8 @@ func serviceContainers(t *TemplateToken, env *expr.Env, secrets map[string]strin
 	var errs []error
 	for _, e := range t.Map {
 		name, _ := e.Key.Literal()
-		svc := job.Service{Aliases: []string{name}}
+		// GitHub waits for a service's health check before the steps.
+		svc := job.Service{Aliases: []string{name}, WaitHealthy: true}
 		if e.Value == nil || e.Value.Type != TokenMapping {
 			img, err := containerImage(e.Value, env)
 			if err != nil || img == "" {
@@ -550,6 +553,21 @@ func serviceContainers(t *TemplateToken, env *expr.Env, secrets map[string]strin
 					// given to the service's process, never in its
 					// container's configuration.
 					svc.Variables = append(svc.Variables, job.Variable{Key: key, Value: val, Raw: true, Masked: containsSecret(val, secrets)})
+				}
+			case "options":
+				v, err := evalToken(f.Value, env)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s.options: %w", name, err))
+					continue
+				}
+				opts := expr.String(v)
+				if containsSecret(opts, secrets) {
+					// Options become container configuration.
+					errs = append(errs, fmt.Errorf("%s.options: holds a secret; Airlock never puts one in a container's configuration (give it in env:)", name))
+					continue
+				}
+				if err := applyServiceOptions(&svc, opts); err != nil {
+					errs = append(errs, fmt.Errorf("%s.options: %w", name, err))
 				}
 			case "ports":
 				if f.Value == nil || f.Value.Type != TokenSequence {

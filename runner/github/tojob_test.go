@@ -84,8 +84,8 @@ func TestToJobRefusals(t *testing.T) {
 		{"service options", func(m *AgentJobRequestMessage) {
 			m.JobServiceContainers = &TemplateToken{Type: TokenMapping, Map: []MapEntry{{Key: &TemplateToken{Lit: "db"}, Value: &TemplateToken{Type: TokenMapping, Map: []MapEntry{
 				{Key: &TemplateToken{Lit: "image"}, Value: &TemplateToken{Lit: "postgres:16"}},
-				{Key: &TemplateToken{Lit: "options"}, Value: &TemplateToken{Lit: "--health-cmd pg_isready"}}}}}}}
-		}, "services: db.options is not supported"},
+				{Key: &TemplateToken{Lit: "options"}, Value: &TemplateToken{Lit: "--health-cmd pg_isready --privileged"}}}}}}}
+		}, "services: db.options: --privileged is not supported"},
 		{"service port remap", func(m *AgentJobRequestMessage) {
 			m.JobServiceContainers = &TemplateToken{Type: TokenMapping, Map: []MapEntry{{Key: &TemplateToken{Lit: "db"}, Value: &TemplateToken{Type: TokenMapping, Map: []MapEntry{
 				{Key: &TemplateToken{Lit: "image"}, Value: &TemplateToken{Lit: "postgres:16"}},

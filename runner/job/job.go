@@ -130,6 +130,23 @@ type Service struct {
 	// Variables are the service's own (the runner adds the job's public
 	// ones, never masked ones or credentials).
 	Variables []Variable
+	// Health replaces or tunes the image's health check (GitHub's
+	// --health-* options); nil keeps the image's.
+	Health *HealthCheck
+	// WaitHealthy: the job's steps wait until a service with a health
+	// check (its own or its image's) is healthy, and the job fails when
+	// it turns unhealthy (GitHub's behaviour; GitLab only dials ports).
+	WaitHealthy bool
+}
+
+// HealthCheck is a service's health check, run by the engine inside the
+// service's container (Docker's HEALTHCHECK). A zero field keeps the
+// image's value.
+type HealthCheck struct {
+	// Test is ["CMD-SHELL", command], ["CMD", args...] or ["NONE"].
+	Test                           []string
+	Interval, Timeout, StartPeriod time.Duration
+	Retries                        int
 }
 
 // StepKind says how a step is run.
