@@ -55,6 +55,12 @@ type Spec struct {
 	SubmoduleFlags []string
 	// SubmoduleDepth is GIT_SUBMODULE_DEPTH (default: Depth).
 	SubmoduleDepth int
+	// SubmodulePaths is GIT_SUBMODULE_PATHS: which of the top-level
+	// submodules to check out, as paths (a submodule's own, or a
+	// directory holding it) and exclusions (":(exclude)path" or
+	// ":!path"); none: every one. Nested submodules of a chosen one are
+	// all checked out (recursive).
+	SubmodulePaths []string
 }
 
 var shaRE = regexp.MustCompile(`^[0-9a-f]{40}([0-9a-f]{24})?$`)

@@ -60,16 +60,81 @@ func submodules(ctx context.Context, spec Spec, base *url.URL, g *gitRunner) err
 			return fmt.Errorf("checking out sources: GIT_SUBMODULE_UPDATE_FLAGS %q is not supported by Airlock", f)
 		}
 	}
-	return submoduleLevel(ctx, spec, base, g, g.dir, update, 0)
+	sel, err := parseSubmodulePaths(spec.SubmodulePaths)
+	if err != nil {
+		return err
+	}
+	return submoduleLevel(ctx, spec, base, g, g.dir, update, 0, sel)
 }
 
-func submoduleLevel(ctx context.Context, spec Spec, base *url.URL, g *gitRunner, dir string, update []string, level int) error {
+// submoduleSelection is GIT_SUBMODULE_PATHS parsed: paths to include
+// (none: all) and paths to exclude, each cleaned and relative.
+type submoduleSelection struct{ include, exclude []string }
+
+func parseSubmodulePaths(specs []string) (*submoduleSelection, error) {
+	if len(specs) == 0 {
+		return nil, nil
+	}
+	sel := &submoduleSelection{}
+	for _, raw := range specs {
+		p, exclude := raw, false
+		switch {
+		case strings.HasPrefix(p, ":(exclude)"):
+			p, exclude = strings.TrimPrefix(p, ":(exclude)"), true
+		case strings.HasPrefix(p, ":!"), strings.HasPrefix(p, ":^"):
+			p, exclude = p[2:], true
+		case strings.HasPrefix(p, ":"):
+			return nil, fmt.Errorf("checking out sources: GIT_SUBMODULE_PATHS %q: of git's pathspec magic only :(exclude) is supported by Airlock", raw)
+		}
+		clean := path.Clean(strings.TrimSuffix(p, "/"))
+		if p == "" || path.IsAbs(p) || clean == ".." || strings.HasPrefix(clean, "../") || strings.HasPrefix(p, "-") || strings.ContainsAny(p, "*?[") {
+			return nil, fmt.Errorf("checking out sources: GIT_SUBMODULE_PATHS %q: want a path inside the repository (no wildcards)", raw)
+		}
+		if exclude {
+			sel.exclude = append(sel.exclude, clean)
+		} else {
+			sel.include = append(sel.include, clean)
+		}
+	}
+	return sel, nil
+}
+
+// chooses reports whether the submodule at p is selected.
+func (s *submoduleSelection) chooses(p string) bool {
+	if s == nil {
+		return true
+	}
+	p = path.Clean(p)
+	under := func(list []string) bool {
+		for _, l := range list {
+			if l == "." || p == l || strings.HasPrefix(p, l+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	return (len(s.include) == 0 || under(s.include)) && !under(s.exclude)
+}
+
+// submoduleLevel checks out dir's submodules (those sel chooses; nil:
+// all) and, with the recursive strategy, theirs.
+func submoduleLevel(ctx context.Context, spec Spec, base *url.URL, g *gitRunner, dir string, update []string, level int, sel *submoduleSelection) error {
 	if level > maxSubmoduleNesting {
 		return fmt.Errorf("checking out sources: submodules nested deeper than %d", maxSubmoduleNesting)
 	}
-	paths, urls, err := gitmodules(dir)
-	if err != nil || len(paths) == 0 {
+	all, allURLs, err := gitmodules(dir)
+	if err != nil || len(all) == 0 {
 		return err
+	}
+	var paths, urls []string
+	for i, p := range all {
+		if sel.chooses(p) {
+			paths, urls = append(paths, p), append(urls, allURLs[i])
+		}
+	}
+	if len(paths) == 0 {
+		fmt.Fprintf(g.out, "GIT_SUBMODULE_PATHS chooses none of the submodules in %s\n", relOr(g.dir, dir))
+		return nil
 	}
 	for i, raw := range urls {
 		u, err := resolveSubmodule(base, raw)
@@ -79,10 +144,12 @@ func submoduleLevel(ctx context.Context, spec Spec, base *url.URL, g *gitRunner,
 	}
 	sg := &gitRunner{bin: g.bin, dir: dir, out: g.out, env: g.env}
 	fmt.Fprintf(g.out, "Updating submodules in %s\n", relOr(g.dir, dir))
-	if err := sg.run(ctx, "submodule", "sync", "--quiet"); err != nil {
+	// Only the chosen ones, by path: "--" ends the options, and the paths
+	// are .gitmodules' own (none starts with "-").
+	if err := sg.run(ctx, append([]string{"submodule", "sync", "--quiet", "--"}, paths...)...); err != nil {
 		return err
 	}
-	if err := sg.run(ctx, update...); err != nil {
+	if err := sg.run(ctx, append(append(append([]string(nil), update...), "--"), paths...)...); err != nil {
 		return err
 	}
 	if spec.Submodules != "recursive" {
@@ -90,7 +157,7 @@ func submoduleLevel(ctx context.Context, spec Spec, base *url.URL, g *gitRunner,
 	}
 	for _, p := range paths {
 		sub := filepath.Join(dir, filepath.FromSlash(path.Clean(p)))
-		if err := submoduleLevel(ctx, spec, base, g, sub, update, level+1); err != nil {
+		if err := submoduleLevel(ctx, spec, base, g, sub, update, level+1, nil); err != nil {
 			return err
 		}
 	}

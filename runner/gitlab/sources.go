@@ -74,6 +74,9 @@ func (r *JobResponse) CheckoutSpec(cacheDir string) (checkout.Spec, bool) {
 	if v, ok := r.variable("GIT_SUBMODULE_UPDATE_FLAGS"); ok {
 		spec.SubmoduleFlags = strings.Fields(v)
 	}
+	if v, ok := r.variable("GIT_SUBMODULE_PATHS"); ok {
+		spec.SubmodulePaths = strings.Fields(v)
+	}
 	if v, ok := r.variable("GIT_SUBMODULE_DEPTH"); ok {
 		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
 			spec.SubmoduleDepth = n
@@ -101,9 +104,6 @@ func (r *JobResponse) checkSources() []error {
 	case "", "none", "normal", "recursive":
 	default:
 		errs = append(errs, fmt.Errorf("variable GIT_SUBMODULE_STRATEGY %q: must be none, normal or recursive", truncate(v)))
-	}
-	if v, _ := r.variable("GIT_SUBMODULE_PATHS"); v != "" {
-		errs = append(errs, fmt.Errorf("variable GIT_SUBMODULE_PATHS is not supported by Airlock"))
 	}
 	// Steps are exec'd into a container whose entrypoint is Airlock's idle
 	// process: the image's ENTRYPOINT never runs. Clearing it ([""]) or

@@ -1,0 +1,20 @@
+package gitlab
+
+import (
+	"slices"
+	"testing"
+)
+
+// GIT_SUBMODULE_PATHS reaches the checkout as its words (the checkout
+// validates them).
+func TestCheckoutSpecSubmodulePaths(t *testing.T) {
+	r := &JobResponse{GitInfo: GitInfo{RepoURL: "https://gitlab.example/g/p.git", Ref: "main", SHA: "0123456789abcdef0123456789abcdef01234567"},
+		Variables: []JobVariable{{Key: "GIT_SUBMODULE_STRATEGY", Value: "Recursive"}, {Key: "GIT_SUBMODULE_PATHS", Value: " lib  :(exclude)vendor/ext\n"}}}
+	spec, ok := r.CheckoutSpec("")
+	if !ok || spec.Submodules != "recursive" || !slices.Equal(spec.SubmodulePaths, []string{"lib", ":(exclude)vendor/ext"}) {
+		t.Errorf("CheckoutSpec = %v, submodules %q, paths %q; want recursive and the two paths", ok, spec.Submodules, spec.SubmodulePaths)
+	}
+	if errs := r.checkSources(); len(errs) != 0 {
+		t.Errorf("GIT_SUBMODULE_PATHS refused: %v", errs)
+	}
+}
