@@ -387,7 +387,9 @@ func (d *Driver) contexts(h job.StepHost) {
 func (d *Driver) envContext(step map[string]string) *expr.Object {
 	o := expr.NewObject()
 	for _, v := range d.j.Variables {
-		o.Set(v.Key, v.Value)
+		if !v.Container {
+			o.Set(v.Key, v.Value)
+		}
 	}
 	for _, k := range d.addEnv.Keys() {
 		v, _ := d.addEnv.Get(k)

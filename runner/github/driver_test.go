@@ -394,3 +394,30 @@ func TestDriverStepEnvironment(t *testing.T) {
 		}
 	}
 }
+
+// container.env is in every step's environment, under the job's env and
+// a step's own, and not in the env context; a secret in it is masked.
+func TestDriverContainerEnv(t *testing.T) {
+	testenv.RequireDocker(t)
+	m := testMessage(testenv.TestImage,
+		runStep("plain", "Plain", exprTok(`format('echo "fc=$FROM_CONTAINER shared=$SHARED ctx={0}. key=$KEY"', env.FROM_CONTAINER)`)),
+		runStep("own", "Own", lit(`echo "own fc=$FROM_CONTAINER"`), func(s *Step) {
+			s.Environment = mapping("FROM_CONTAINER", "step")
+		}),
+	)
+	m.JobContainer = mapping("image", testenv.TestImage,
+		"env", mapping("FROM_CONTAINER", "container", "SHARED", "container", "KEY", exprTok("secrets.DEPLOY_KEY")))
+	m.EnvironmentVariables = []*TemplateToken{mapping("SHARED", "job")}
+	res, _, log := runDriven(t, m, nil, DriverOptions{})
+	if res.State != runner.Success {
+		t.Fatalf("result = %s (%v)\n%s", res.State, res.Err, log)
+	}
+	for _, w := range []string{"fc=container shared=job ctx=. key=[MASKED]", "own fc=step"} {
+		if !strings.Contains(log, w) {
+			t.Errorf("log lacks %q:\n%s", w, log)
+		}
+	}
+	if strings.Contains(log, "deploy-secret-value-42") {
+		t.Errorf("the secret from container.env is in the log:\n%s", log)
+	}
+}

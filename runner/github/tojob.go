@@ -106,11 +106,25 @@ func (m *AgentJobRequestMessage) ToJob(o ConvertOptions) (*job.Job, error) {
 	// could say is refused by name.
 	if c := m.JobContainer; c != nil && c.Type != TokenNull {
 		env.Contexts["env"] = jobEnv
-		img, err := containerImage(c, env)
+		img, cenv, err := containerImage(c, env)
 		if err != nil {
 			add("container: %v", err)
 		} else if img != "" {
 			j.Image = strings.TrimPrefix(img, "docker://")
+		}
+		// container.env is the container's own environment: every step
+		// has it, under the job's env (which wins), and it is not in the
+		// env context.
+		for _, kv := range cenv {
+			if _, set := jobEnv.Get(kv.Key); set {
+				continue
+			}
+			if !job.ValidVarName(kv.Key) {
+				add("container.env %q: not a valid variable name", kv.Key)
+				continue
+			}
+			j.Variables = append(j.Variables, job.Variable{Key: kv.Key, Value: kv.Value, Raw: true,
+				Masked: containsSecret(kv.Value, secrets), Container: true})
 		}
 	}
 	if s := m.JobServiceContainers; s != nil && s.Type != TokenNull {
@@ -404,32 +418,46 @@ func tokenTypeName(t TokenType) string {
 	return "value"
 }
 
-func containerImage(c *TemplateToken, env *expr.Env) (string, error) {
+// containerImage reads a container: a string (the image) or a mapping
+// with image and env; anything else it could say is refused by name.
+func containerImage(c *TemplateToken, env *expr.Env) (string, []job.KV, error) {
 	if c.Type != TokenMapping {
 		v, err := evalToken(c, env)
-		return expr.String(v), err
+		return expr.String(v), nil, err
 	}
 	img := ""
+	var cenv []job.KV
 	for _, e := range c.Map {
 		k, _ := e.Key.Literal()
 		switch strings.ToLower(k) {
 		case "image":
 			v, err := evalToken(e.Value, env)
 			if err != nil {
-				return "", err
+				return "", nil, err
 			}
 			img = expr.String(v)
 		case "env":
-			if e.Value != nil && e.Value.Type == TokenMapping && len(e.Value.Map) > 0 {
-				return "", fmt.Errorf("container.env is not supported by Airlock; use the job's env")
+			if e.Value == nil || e.Value.Type == TokenNull {
+				continue
+			}
+			if e.Value.Type != TokenMapping {
+				return "", nil, fmt.Errorf("container.env: want a mapping")
+			}
+			for _, kv := range e.Value.Map {
+				key, _ := kv.Key.Literal()
+				v, err := evalToken(kv.Value, env)
+				if err != nil {
+					return "", nil, fmt.Errorf("container.env.%s: %w", key, err)
+				}
+				cenv = append(cenv, job.KV{Key: key, Value: expr.String(v)})
 			}
 		default:
 			if e.Value != nil && e.Value.Type != TokenNull {
-				return "", fmt.Errorf("container.%s is not supported by Airlock", k)
+				return "", nil, fmt.Errorf("container.%s is not supported by Airlock", k)
 			}
 		}
 	}
-	return img, nil
+	return img, cenv, nil
 }
 
 // jobID is prefix-guid, hashed down when longer than job ids may be.
@@ -519,7 +547,7 @@ func serviceContainers(t *TemplateToken, env *expr.Env, secrets map[string]strin
 		// GitHub waits for a service's health check before the steps.
 		svc := job.Service{Aliases: []string{name}, WaitHealthy: true}
 		if e.Value == nil || e.Value.Type != TokenMapping {
-			img, err := containerImage(e.Value, env)
+			img, _, err := containerImage(e.Value, env)
 			if err != nil || img == "" {
 				errs = append(errs, fmt.Errorf("%s: want an image or a mapping with image (%v)", name, err))
 				continue

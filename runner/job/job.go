@@ -207,6 +207,10 @@ type Variable struct {
 	File   bool // delivered as a file whose path is the variable's value
 	Raw    bool // no variable expansion
 	Public bool
+	// Container: of the job container's own environment (GitHub's
+	// container.env): in every step's environment, not in the env
+	// context of expressions.
+	Container bool
 }
 
 // SecretRequest is a credential the job declares it needs. Whether it gets
