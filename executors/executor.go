@@ -57,11 +57,14 @@ type Spec struct {
 	JobID    string
 	Image    string
 	Pull     PullPolicy
-	Labels   map[string]string // extra labels; runner and job labels are always set
-	Limits   Limits
-	Mounts   []Mount
-	WorkDir  string // created as a writable tmpfs if Limits.ReadOnly
-	User     string // "" = the image's user
+	// RegistryAuth are the job's own registry credentials, used when
+	// Image is pulled.
+	RegistryAuth []RegistryAuth
+	Labels       map[string]string // extra labels; runner and job labels are always set
+	Limits       Limits
+	Mounts       []Mount
+	WorkDir      string // created as a writable tmpfs if Limits.ReadOnly
+	User         string // "" = the image's user
 	// NetNS is the path of a network namespace the caller created and
 	// firewalled (/var/run/netns/NAME): an executor that implements
 	// NamespaceJoiner starts every process of the job in it. Executors
@@ -182,9 +185,11 @@ type ServiceSpec struct {
 	SecretEnv []string
 	// Health replaces or tunes the image's health check; nil keeps it.
 	Health *HealthCheck
-	Labels map[string]string
-	Limits Limits
-	Mounts []Mount
+	// RegistryAuth are the job's registry credentials for pulling Image.
+	RegistryAuth []RegistryAuth
+	Labels       map[string]string
+	Limits       Limits
+	Mounts       []Mount
 }
 
 // HealthCheck is a service's health check, run by the engine inside the

@@ -46,7 +46,7 @@ func newAgentEnv(t testing.TB) *agentEnv {
 	e := &agentEnv{gl: gl, token: "glrt-" + agentRandomHex(10), runnerID: "a" + agentRandomHex(5),
 		stateDir: t.TempDir(), runtime: t.TempDir()}
 	gl.AddRunner(e.token)
-	ex, err := docker.New(context.Background(), docker.Config{Grace: time.Second, StepServer: testenv.StepServer(t)}, nil)
+	ex, err := docker.New(context.Background(), docker.Config{Grace: time.Second, StepServer: testenv.StepServer(t), RuntimeDir: e.runtime}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

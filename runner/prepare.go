@@ -63,6 +63,8 @@ func (e *execution) prepare(ctx context.Context) error {
 		User:     e.r.cfg.User,
 		Mounts:   mounts,
 		Labels:   map[string]string{labelOwner: e.r.owner.String()},
+
+		RegistryAuth: e.registryAuth(),
 	}
 	// An executor that joins a namespace gets one that is plumbed and
 	// firewalled before any process of the job exists.
@@ -269,4 +271,13 @@ func (e *execution) variables() ([]string, error) {
 		env = append(env, v.Key+"="+val)
 	}
 	return env, nil
+}
+
+// registryAuth are the job's registry credentials, for the executor.
+func (e *execution) registryAuth() []executors.RegistryAuth {
+	var out []executors.RegistryAuth
+	for _, a := range e.j.RegistryAuth {
+		out = append(out, executors.RegistryAuth(a))
+	}
+	return out
 }

@@ -111,6 +111,8 @@ func (e *execution) startServices(ctx context.Context, mounts []executors.Mount)
 			Labels: map[string]string{labelOwner: e.r.owner.String()},
 			Limits: e.r.cfg.Limits,
 			Mounts: mounts,
+
+			RegistryAuth: e.registryAuth(),
 		}
 		if s.Health != nil {
 			h := executors.HealthCheck(*s.Health)

@@ -190,9 +190,10 @@ type Executor struct {
 	hostsFile string // read-only /etc/hosts of every job
 	stepd     string // host path of the step server; "" for task execs
 
-	images imageCache
-	mu     sync.Mutex
-	imps   map[string]*importCall // imports in flight, by image name
+	images  imageCache
+	private *executors.PrivateImages
+	mu      sync.Mutex
+	imps    map[string]*importCall // imports in flight, by image name
 }
 
 var (
@@ -238,8 +239,13 @@ func New(ctx context.Context, cfg Config, log hclog.Logger) (*Executor, error) {
 	if stepServer == "" {
 		log.Info("steps run as task execs (slower, and containerd may report an instant failure as 0): no step server", "reason", why)
 	}
+	private, err := executors.LoadPrivateImages(filepath.Join(cfg.RuntimeDir, "containerd", "private-images"))
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
 	return &Executor{cli: cli, cfg: cfg, log: log, pull: pull, mem: mem, hostsFile: hosts, stepd: stepServer,
-		imps: map[string]*importCall{}}, nil
+		private: private, imps: map[string]*importCall{}}, nil
 }
 
 // hostsContent is every job's /etc/hosts (Docker's lines, and the

@@ -49,7 +49,7 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	defer func() { _ = doneLease(context.WithoutCancel(ctx)) }()
 
 	t0 := time.Now()
-	img, err := e.image(lctx, spec.Image, pull)
+	img, err := e.image(lctx, spec.Image, pull, spec.RegistryAuth)
 	if err != nil {
 		return nil, err
 	}

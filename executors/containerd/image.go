@@ -2,6 +2,8 @@ package containerd
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"strings"
@@ -73,18 +75,41 @@ func NormalizeImage(ref string) (string, error) {
 // image returns the spec's image, unpacked for the snapshotter: from the
 // namespace's store, else imported from Docker's store, else pulled, as
 // the pull policy allows. ctx carries the caller's lease.
-func (e *Executor) image(ctx context.Context, ref string, pull executors.PullPolicy) (containerd.Image, error) {
+func (e *Executor) image(ctx context.Context, ref string, pull executors.PullPolicy, auths []executors.RegistryAuth) (containerd.Image, error) {
 	name, err := NormalizeImage(ref)
 	if err != nil {
 		return nil, err
+	}
+	a := executors.AuthFor(executors.RegistryHost(ref), auths)
+	if a != nil {
+		// Recorded before the pull: a job without credentials that finds
+		// the image meanwhile pulls it again too.
+		if err := e.private.Add(ref); err != nil {
+			e.log.Warn("could not record a private image (it is treated as private until this process ends)", "image", ref, "error", err)
+		}
+	}
+	if pull != executors.PullAlways && e.private.Has(ref) {
+		// A job pulled it with credentials: each job pulls it again with
+		// its own, or none (the registry decides; the layers are here).
+		if pull == executors.PullNever {
+			return nil, fmt.Errorf("image %s: %w for this job: a job pulled it here with credentials for %s, so each job pulls it again with its own, and the pull policy is \"never\"", ref, executors.ErrImageNotFound, executors.RegistryHost(ref))
+		}
+		pull = executors.PullAlways
 	}
 	if pull != executors.PullAlways {
 		if img := e.images.get(name); img != nil {
 			return img, nil
 		}
 	}
+	// Imports in flight are shared only between jobs with the same
+	// credentials (or none).
+	key := name
+	if a != nil {
+		sum := sha256.Sum256([]byte(a.Username + "\x00" + a.Password))
+		key += "\x00" + hex.EncodeToString(sum[:])
+	}
 	e.mu.Lock()
-	if c, ok := e.imps[name]; ok {
+	if c, ok := e.imps[key]; ok {
 		e.mu.Unlock()
 		select {
 		case <-c.done:
@@ -94,22 +119,22 @@ func (e *Executor) image(ctx context.Context, ref string, pull executors.PullPol
 		}
 	}
 	c := &importCall{done: make(chan struct{})}
-	e.imps[name] = c
+	e.imps[key] = c
 	e.mu.Unlock()
 	defer func() {
 		e.mu.Lock()
-		delete(e.imps, name)
+		delete(e.imps, key)
 		e.mu.Unlock()
 		close(c.done)
 	}()
-	c.img, c.err = e.fetchImage(ctx, ref, name, pull)
+	c.img, c.err = e.fetchImage(ctx, ref, name, pull, auths)
 	if c.err == nil {
 		e.images.put(name, c.img)
 	}
 	return c.img, c.err
 }
 
-func (e *Executor) fetchImage(ctx context.Context, ref, name string, pull executors.PullPolicy) (containerd.Image, error) {
+func (e *Executor) fetchImage(ctx context.Context, ref, name string, pull executors.PullPolicy, auths []executors.RegistryAuth) (containerd.Image, error) {
 	if pull != executors.PullAlways {
 		img, err := e.cli.GetImage(ctx, name)
 		switch {
@@ -129,7 +154,7 @@ func (e *Executor) fetchImage(ctx context.Context, ref, name string, pull execut
 	img, err := e.cli.Pull(ctx, name,
 		containerd.WithPullUnpack,
 		containerd.WithPullSnapshotter(e.cfg.Snapshotter),
-		containerd.WithResolver(e.resolver()))
+		containerd.WithResolver(e.resolver(auths)))
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w and pulling it failed: %v", ref, executors.ErrImageNotFound, err)
 	}
@@ -193,11 +218,23 @@ func (e *Executor) importFromDocker(ctx context.Context, ref, name string) (img 
 	return nil, true, fmt.Errorf("importing image %s from Docker: the archive has no image named %s", ref, name)
 }
 
-// resolver fetches from registries with the configured credentials.
-func (e *Executor) resolver() remotes.Resolver {
+// resolver fetches from registries with the job's credentials, else the
+// configured ones; a registry on loopback over plain HTTP, as Docker
+// allows by default.
+func (e *Executor) resolver(auths []executors.RegistryAuth) remotes.Resolver {
+	creds := func(host string) (string, string, error) {
+		if host == "registry-1.docker.io" {
+			host = "docker.io"
+		}
+		if a := executors.AuthFor(host, auths); a != nil {
+			return a.Username, a.Password, nil
+		}
+		return e.credentials(host)
+	}
 	return docker.NewResolver(docker.ResolverOptions{
-		Hosts: docker.ConfigureDefaultRegistries(docker.WithAuthorizer(
-			docker.NewDockerAuthorizer(docker.WithAuthCreds(e.credentials)))),
+		Hosts: docker.ConfigureDefaultRegistries(
+			docker.WithAuthorizer(docker.NewDockerAuthorizer(docker.WithAuthCreds(creds))),
+			docker.WithPlainHTTP(docker.MatchLocalhost)),
 	})
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/mount"
+	"github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
 	"github.com/hashicorp/go-hclog"
@@ -165,6 +166,7 @@ type Executor struct {
 	stepd string // host path of the step server; "" for engine execs
 	// hostsFile is the read-only /etc/hosts of every job that mounts none.
 	hostsFile string
+	private   *executors.PrivateImages
 }
 
 var _ executors.Executor = (*Executor)(nil)
@@ -214,7 +216,12 @@ func New(ctx context.Context, cfg Config, log hclog.Logger) (*Executor, error) {
 		cli.Close()
 		return nil, err
 	}
-	return &Executor{cli: cli, cfg: cfg, log: log, pull: pull, mem: mem, grace: grace, stepd: stepServer, hostsFile: hosts}, nil
+	private, err := executors.LoadPrivateImages(filepath.Join(runDir, "docker", "private-images"))
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	return &Executor{cli: cli, cfg: cfg, log: log, pull: pull, mem: mem, grace: grace, stepd: stepServer, hostsFile: hosts, private: private}, nil
 }
 
 // Close releases the client.
@@ -239,7 +246,7 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	if pull == "" {
 		pull = e.pull
 	}
-	if err := e.ensureImage(ctx, spec.Image, pull); err != nil {
+	if err := e.ensureImage(ctx, spec.Image, pull, spec.RegistryAuth); err != nil {
 		return nil, err
 	}
 
@@ -380,25 +387,52 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	return c, nil
 }
 
-func (e *Executor) ensureImage(ctx context.Context, ref string, pull executors.PullPolicy) error {
+func (e *Executor) ensureImage(ctx context.Context, ref string, pull executors.PullPolicy, auths []executors.RegistryAuth) error {
+	host := executors.RegistryHost(ref)
+	a := executors.AuthFor(host, auths)
 	if pull != executors.PullAlways {
 		_, err := e.cli.ImageInspect(ctx, ref)
-		if err == nil {
+		switch {
+		case err == nil && !e.private.Has(ref):
 			return nil
-		}
-		if !cerrdefs.IsNotFound(err) {
+		case err == nil && pull == executors.PullNever:
+			return fmt.Errorf("image %s: %w for this job: a job pulled it here with credentials for %s, so each job pulls it again with its own, and the pull policy is \"never\"", ref, executors.ErrImageNotFound, host)
+		case err == nil:
+			// Pulled again with this job's credentials, or none: the
+			// layers are here, the registry decides.
+		case !cerrdefs.IsNotFound(err):
 			return fmt.Errorf("inspecting image %s: %w", ref, err)
-		}
-		if pull == executors.PullNever {
+		case pull == executors.PullNever:
 			return fmt.Errorf("image %s: %w locally and the pull policy is \"never\"", ref, executors.ErrImageNotFound)
 		}
 	}
-	rc, err := e.cli.ImagePull(ctx, ref, image.PullOptions{})
+	if a != nil {
+		// Recorded before the pull: a job without credentials that
+		// finds the image meanwhile pulls it again too.
+		if err := e.private.Add(ref); err != nil {
+			e.log.Warn("could not record a private image (it is treated as private until this process ends)", "image", ref, "error", err)
+		}
+	}
+	opts := image.PullOptions{}
+	if a != nil {
+		// Sent with this pull only (X-Registry-Auth); the engine keeps
+		// it nowhere.
+		enc, err := registry.EncodeAuthConfig(registry.AuthConfig{Username: a.Username, Password: a.Password, ServerAddress: host})
+		if err != nil {
+			return fmt.Errorf("image %s: encoding the job's credentials for %s: %w", ref, host, err)
+		}
+		opts.RegistryAuth = enc
+	}
+	rc, err := e.cli.ImagePull(ctx, ref, opts)
 	if err == nil {
 		err = drainPull(rc)
 	}
 	if err != nil {
-		return fmt.Errorf("image %s: %w and pulling it failed: %v", ref, executors.ErrImageNotFound, err)
+		with := "without credentials for " + host
+		if a != nil {
+			with = "with the job's credentials for " + host
+		}
+		return fmt.Errorf("image %s: %w and pulling it %s failed: %v", ref, executors.ErrImageNotFound, with, err)
 	}
 	return nil
 }

@@ -26,8 +26,16 @@ import (
 // at cleanup it asserts that no container of that runner is left.
 func newTestExecutor(t *testing.T) (*Executor, string) {
 	t.Helper()
+	return newTestExecutorWith(t, Config{})
+}
+
+// newTestExecutorWith is newTestExecutor with cfg (its grace and step
+// server set).
+func newTestExecutorWith(t *testing.T, cfg Config) (*Executor, string) {
+	t.Helper()
 	testenv.RequireTestImage(t)
-	e, err := New(context.Background(), Config{Grace: 2 * time.Second, StepServer: testenv.StepServer(t)}, nil)
+	cfg.Grace, cfg.StepServer = 2*time.Second, testenv.StepServer(t)
+	e, err := New(context.Background(), cfg, nil)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -43,7 +43,7 @@ func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec
 	if pull == "" {
 		pull = e.pull
 	}
-	if err := e.ensureImage(ctx, spec.Image, pull); err != nil {
+	if err := e.ensureImage(ctx, spec.Image, pull, spec.RegistryAuth); err != nil {
 		return nil, err
 	}
 	img, err := e.cli.ImageInspect(ctx, spec.Image)

@@ -104,3 +104,26 @@ func TestToJobServiceOptionsSecret(t *testing.T) {
 		t.Errorf("service cache = %+v (health %+v), want its health check, waited for", s, s.Health)
 	}
 }
+
+// Any options string is parsed or refused, never a panic; a parsed
+// health check is well formed.
+func FuzzServiceOptions(f *testing.F) {
+	for _, s := range []string{"--health-cmd pg_isready --health-interval 10s", `--health-cmd "a \"b\"" -e A=b`, "--no-healthcheck", "'", `"\`, "-e", "--entrypoint=x --health-retries=3"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, opts string) {
+		var svc job.Service
+		if err := applyServiceOptions(&svc, opts); err != nil {
+			return
+		}
+		if h := svc.Health; h != nil && (h.Interval < 0 || h.Timeout < 0 || h.StartPeriod < 0 || h.Retries < 0 ||
+			len(h.Test) > 0 && h.Test[0] != "CMD-SHELL" && h.Test[0] != "NONE") {
+			t.Errorf("%q: health %+v", opts, h)
+		}
+		for _, v := range svc.Variables {
+			if !job.ValidVarName(v.Key) {
+				t.Errorf("%q: variable %q", opts, v.Key)
+			}
+		}
+	})
+}

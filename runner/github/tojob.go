@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/runner/github/expr"
 	"github.com/airlock-ci/airlock/runner/job"
 )
@@ -106,11 +107,15 @@ func (m *AgentJobRequestMessage) ToJob(o ConvertOptions) (*job.Job, error) {
 	// could say is refused by name.
 	if c := m.JobContainer; c != nil && c.Type != TokenNull {
 		env.Contexts["env"] = jobEnv
-		img, cenv, err := containerImage(c, env)
+		img, cenv, cred, err := containerImage(c, env)
 		if err != nil {
 			add("container: %v", err)
 		} else if img != "" {
 			j.Image = strings.TrimPrefix(img, "docker://")
+		}
+		if cred != nil {
+			cred.Registry = executors.RegistryHost(j.Image)
+			j.RegistryAuth = append(j.RegistryAuth, *cred)
 		}
 		// container.env is the container's own environment: every step
 		// has it, under the job's env (which wins), and it is not in the
@@ -129,11 +134,12 @@ func (m *AgentJobRequestMessage) ToJob(o ConvertOptions) (*job.Job, error) {
 	}
 	if s := m.JobServiceContainers; s != nil && s.Type != TokenNull {
 		env.Contexts["env"] = jobEnv
-		svcs, err := serviceContainers(s, env, secrets)
+		svcs, auths, err := serviceContainers(s, env, secrets)
 		if err != nil {
 			add("services: %v", err)
 		}
 		j.Services = svcs
+		j.RegistryAuth = append(j.RegistryAuth, auths...)
 	}
 
 	// defaults.run applies to run steps that set no shell or directory.
@@ -419,21 +425,23 @@ func tokenTypeName(t TokenType) string {
 }
 
 // containerImage reads a container: a string (the image) or a mapping
-// with image and env; anything else it could say is refused by name.
-func containerImage(c *TemplateToken, env *expr.Env) (string, []job.KV, error) {
+// with image, env and credentials (returned without a registry: the
+// caller knows the image); anything else it could say is refused by name.
+func containerImage(c *TemplateToken, env *expr.Env) (string, []job.KV, *job.RegistryAuth, error) {
 	if c.Type != TokenMapping {
 		v, err := evalToken(c, env)
-		return expr.String(v), nil, err
+		return expr.String(v), nil, nil, err
 	}
 	img := ""
 	var cenv []job.KV
+	var cred *job.RegistryAuth
 	for _, e := range c.Map {
 		k, _ := e.Key.Literal()
 		switch strings.ToLower(k) {
 		case "image":
 			v, err := evalToken(e.Value, env)
 			if err != nil {
-				return "", nil, err
+				return "", nil, nil, err
 			}
 			img = expr.String(v)
 		case "env":
@@ -441,23 +449,63 @@ func containerImage(c *TemplateToken, env *expr.Env) (string, []job.KV, error) {
 				continue
 			}
 			if e.Value.Type != TokenMapping {
-				return "", nil, fmt.Errorf("container.env: want a mapping")
+				return "", nil, nil, fmt.Errorf("container.env: want a mapping")
 			}
 			for _, kv := range e.Value.Map {
 				key, _ := kv.Key.Literal()
 				v, err := evalToken(kv.Value, env)
 				if err != nil {
-					return "", nil, fmt.Errorf("container.env.%s: %w", key, err)
+					return "", nil, nil, fmt.Errorf("container.env.%s: %w", key, err)
 				}
 				cenv = append(cenv, job.KV{Key: key, Value: expr.String(v)})
 			}
+		case "credentials":
+			a, err := registryCredentials(e.Value, env)
+			if err != nil {
+				return "", nil, nil, err
+			}
+			cred = a
 		default:
 			if e.Value != nil && e.Value.Type != TokenNull {
-				return "", nil, fmt.Errorf("container.%s is not supported by Airlock", k)
+				return "", nil, nil, fmt.Errorf("container.%s is not supported by Airlock", k)
 			}
 		}
 	}
-	return img, cenv, nil
+	return img, cenv, cred, nil
+}
+
+// registryCredentials reads credentials: {username, password}. Errors
+// never hold the values.
+func registryCredentials(t *TemplateToken, env *expr.Env) (*job.RegistryAuth, error) {
+	if t == nil || t.Type == TokenNull {
+		return nil, nil
+	}
+	if t.Type != TokenMapping {
+		return nil, errors.New("credentials: want a mapping with username and password")
+	}
+	a := &job.RegistryAuth{}
+	for _, kv := range t.Map {
+		key, _ := kv.Key.Literal()
+		v, err := evalToken(kv.Value, env)
+		if err != nil {
+			return nil, fmt.Errorf("credentials.%s: %w", key, err)
+		}
+		switch strings.ToLower(key) {
+		case "username":
+			a.Username = expr.String(v)
+		case "password":
+			a.Password = expr.String(v)
+		default:
+			return nil, fmt.Errorf("credentials.%s is not supported by Airlock (want username and password)", key)
+		}
+	}
+	if a.Username == "" && a.Password == "" {
+		return nil, nil // e.g. both from secrets this repository lacks: anonymous, as on GitHub
+	}
+	if a.Username == "" || a.Password == "" {
+		return nil, errors.New("credentials: want both username and password")
+	}
+	return a, nil
 }
 
 // jobID is prefix-guid, hashed down when longer than job ids may be.
@@ -530,24 +578,26 @@ func changeBase(gh *ContextData) string {
 // job's own network namespace (the runner starts them hardened, like the
 // job), reached by their key as a host name, whose health check the
 // steps wait for. options may set the health check, the entrypoint and
-// variables (applyServiceOptions). Keys Airlock cannot honour there are
-// refused by name: volumes, credentials, other options, and ports that
-// remap (the job reaches a service on its own ports).
-func serviceContainers(t *TemplateToken, env *expr.Env, secrets map[string]string) ([]job.Service, error) {
+// variables (applyServiceOptions); credentials pull its image. Keys
+// Airlock cannot honour there are refused by name: volumes, other
+// options, and ports that remap (the job reaches a service on its own
+// ports).
+func serviceContainers(t *TemplateToken, env *expr.Env, secrets map[string]string) ([]job.Service, []job.RegistryAuth, error) {
 	if t.Type == TokenSequence && len(t.Seq) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if t.Type != TokenMapping {
-		return nil, fmt.Errorf("want a mapping of service names to containers")
+		return nil, nil, fmt.Errorf("want a mapping of service names to containers")
 	}
 	var out []job.Service
+	var auths []job.RegistryAuth
 	var errs []error
 	for _, e := range t.Map {
 		name, _ := e.Key.Literal()
 		// GitHub waits for a service's health check before the steps.
 		svc := job.Service{Aliases: []string{name}, WaitHealthy: true}
 		if e.Value == nil || e.Value.Type != TokenMapping {
-			img, _, err := containerImage(e.Value, env)
+			img, _, _, err := containerImage(e.Value, env)
 			if err != nil || img == "" {
 				errs = append(errs, fmt.Errorf("%s: want an image or a mapping with image (%v)", name, err))
 				continue
@@ -556,6 +606,7 @@ func serviceContainers(t *TemplateToken, env *expr.Env, secrets map[string]strin
 			out = append(out, svc)
 			continue
 		}
+		var cred *job.RegistryAuth
 		for _, f := range e.Value.Map {
 			k, _ := f.Key.Literal()
 			switch strings.ToLower(k) {
@@ -565,6 +616,12 @@ func serviceContainers(t *TemplateToken, env *expr.Env, secrets map[string]strin
 					errs = append(errs, fmt.Errorf("%s.image: %w", name, err))
 				}
 				svc.Image = strings.TrimPrefix(expr.String(v), "docker://")
+			case "credentials":
+				a, err := registryCredentials(f.Value, env)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s.%w", name, err))
+				}
+				cred = a
 			case "env":
 				if f.Value == nil || f.Value.Type != TokenMapping {
 					continue
@@ -618,7 +675,11 @@ func serviceContainers(t *TemplateToken, env *expr.Env, secrets map[string]strin
 			errs = append(errs, fmt.Errorf("%s: no image", name))
 			continue
 		}
+		if cred != nil {
+			cred.Registry = executors.RegistryHost(svc.Image)
+			auths = append(auths, *cred)
+		}
 		out = append(out, svc)
 	}
-	return out, errors.Join(errs...)
+	return out, auths, errors.Join(errs...)
 }

@@ -1,6 +1,7 @@
 package github
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -192,5 +193,41 @@ func TestToJobServices(t *testing.T) {
 	// the service's process, never in its container's configuration.
 	if k := d.Variables[1]; k.Key != "API_KEY" || k.Value != "key-s3cr3t-deploy-value" || !k.Masked {
 		t.Errorf("service db's API_KEY = %+v, want the secret's value, masked", k)
+	}
+}
+
+// container.credentials and a service's pull their images from the
+// images' registries; an incomplete pair is refused without its values.
+func TestToJobRegistryCredentials(t *testing.T) {
+	m := loadMessage(t)
+	m.JobContainer = &TemplateToken{Type: TokenMapping, Map: []MapEntry{
+		{Key: &TemplateToken{Lit: "image"}, Value: &TemplateToken{Lit: "ghcr.io/acme/builder:1"}},
+		{Key: &TemplateToken{Lit: "credentials"}, Value: &TemplateToken{Type: TokenMapping, Map: []MapEntry{
+			{Key: &TemplateToken{Lit: "username"}, Value: &TemplateToken{Lit: "acme-bot"}},
+			{Key: &TemplateToken{Lit: "password"}, Value: &TemplateToken{Type: TokenExpression, Expr: "secrets.DEPLOY_KEY"}}}}},
+	}}
+	m.JobServiceContainers = &TemplateToken{Type: TokenMapping, Map: []MapEntry{
+		{Key: &TemplateToken{Lit: "db"}, Value: &TemplateToken{Type: TokenMapping, Map: []MapEntry{
+			{Key: &TemplateToken{Lit: "image"}, Value: &TemplateToken{Lit: "registry.acme.example:5000/pg:16"}},
+			{Key: &TemplateToken{Lit: "credentials"}, Value: &TemplateToken{Type: TokenMapping, Map: []MapEntry{
+				{Key: &TemplateToken{Lit: "username"}, Value: &TemplateToken{Lit: "db-puller"}},
+				{Key: &TemplateToken{Lit: "password"}, Value: &TemplateToken{Lit: "pw-db-0123456"}}}}},
+		}}},
+	}}
+	j, err := m.ToJob(ConvertOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []job.RegistryAuth{{Registry: "ghcr.io", Username: "acme-bot", Password: "s3cr3t-deploy-value"},
+		{Registry: "registry.acme.example:5000", Username: "db-puller", Password: "pw-db-0123456"}}
+	if !slices.Equal(j.RegistryAuth, want) {
+		t.Errorf("RegistryAuth = %+v, want %+v", j.RegistryAuth, want)
+	}
+	if !slices.Contains(j.Masked(), "pw-db-0123456") {
+		t.Errorf("the service's registry password is not masked")
+	}
+	m.JobContainer.Map[1].Value.Map = m.JobContainer.Map[1].Value.Map[1:] // password only
+	if _, err := m.ToJob(ConvertOptions{}); err == nil || !strings.Contains(err.Error(), "credentials: want both username and password") || strings.Contains(err.Error(), "s3cr3t") {
+		t.Errorf("ToJob with a password alone = %v, want a refusal without the value", err)
 	}
 }

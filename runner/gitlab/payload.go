@@ -1,6 +1,7 @@
 package gitlab
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -231,6 +232,22 @@ func (r *JobResponse) MaskPhrases() []string {
 	}
 	for _, c := range r.Credentials {
 		add(c.Password)
+	}
+	// DOCKER_AUTH_CONFIG cannot be masked in GitLab (it is JSON): its
+	// passwords and their user:password base64 are masked here.
+	if raw, ok := r.variable("DOCKER_AUTH_CONFIG"); ok {
+		var cfg dockerAuthConfig
+		if json.Unmarshal([]byte(raw), &cfg) == nil {
+			for _, a := range cfg.Auths {
+				add(a.Auth)
+				add(a.Password)
+				if dec, err := base64.StdEncoding.DecodeString(strings.TrimSpace(a.Auth)); err == nil {
+					if _, p, ok := strings.Cut(string(dec), ":"); ok {
+						add(p)
+					}
+				}
+			}
+		}
 	}
 	for _, d := range r.Dependencies {
 		add(d.Token)

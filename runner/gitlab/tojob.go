@@ -98,6 +98,7 @@ func (r *JobResponse) ToJob() (*job.Job, error) {
 	}
 
 	errs = append(errs, r.convertServices(j)...)
+	errs = append(errs, r.convertRegistryAuth(j)...)
 	errs = append(errs, r.convertSteps(j)...)
 	errs = append(errs, r.convertVariables(j)...)
 

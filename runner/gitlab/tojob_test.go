@@ -67,6 +67,8 @@ func TestToJobExample(t *testing.T) {
 		Secrets: []job.SecretRequest{{Name: "deploy_token"}},
 		Egress:  []string{"api.example.com:443"},
 		Timeout: time.Hour,
+		// GitLab's credentials for the project's registry.
+		RegistryAuth: []job.RegistryAuth{{Registry: "registry.gitlab.example.com", Username: "gitlab-ci-token", Password: "glcbt-64_ExampleJobToken0000000000"}},
 	}
 	if !reflect.DeepEqual(j, want) {
 		gb, _ := json.MarshalIndent(j, "", " ")

@@ -118,6 +118,18 @@ type Job struct {
 	// Services run beside the job in its network namespace (GitLab's
 	// services:), reachable by their aliases on 127.0.0.1.
 	Services []Service
+	// RegistryAuth are the job's credentials for pulling its image and
+	// its services' (GitLab's registry credentials and
+	// DOCKER_AUTH_CONFIG, GitHub's container and service credentials),
+	// by registry host; for one host the last one wins. Their passwords
+	// are masked.
+	RegistryAuth []RegistryAuth
+}
+
+// RegistryAuth is a registry credential of a job.
+type RegistryAuth struct {
+	Registry           string // host[:port], as in image references
+	Username, Password string
 }
 
 // Service is a container started beside the job.
@@ -371,12 +383,17 @@ func (j *Job) Validate() error {
 }
 
 // Masked returns the values the job's output must never show: every masked
-// variable's value.
+// variable's value and every registry password.
 func (j *Job) Masked() []string {
 	var out []string
 	for _, v := range j.Variables {
 		if v.Masked && v.Value != "" {
 			out = append(out, v.Value)
+		}
+	}
+	for _, a := range j.RegistryAuth {
+		if a.Password != "" {
+			out = append(out, a.Password)
 		}
 	}
 	return out

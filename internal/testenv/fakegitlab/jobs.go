@@ -47,6 +47,12 @@ type JobSpec struct {
 	Services     []ServiceSpec
 	// GitLabSecrets is the payload's secrets: map (GitLab CI secrets).
 	GitLabSecrets map[string]any
+	// Token is the job token (default: a random glcbt-64_ one).
+	Token string
+	// Registry is the host[:port] of the project's container registry,
+	// which the payload's credentials name (as GitLab's CI_REGISTRY; the
+	// password is the job token); default this fake's own host.
+	Registry string
 	// Payload, when set, builds the payload sent instead of the default one
 	// (for malformed-payload tests), given the job's id and token.
 	Payload func(id JobID, token string) []byte
@@ -96,7 +102,7 @@ func (s *Server) Enqueue(spec JobSpec) JobID {
 	defer s.mu.Unlock()
 	s.nextID++
 	id := s.nextID
-	j := &fakeJob{JobState: JobState{ID: id, Token: randomToken("glcbt-64_"), Status: "pending"}, finished: make(chan struct{})}
+	j := &fakeJob{JobState: JobState{ID: id, Token: def(spec.Token, randomToken("glcbt-64_")), Status: "pending"}, finished: make(chan struct{})}
 	if spec.Payload != nil {
 		j.payload = spec.Payload(id, j.Token)
 	} else {
@@ -214,7 +220,7 @@ func (s *Server) buildPayload(id JobID, token string, spec JobSpec) []byte {
 		"services":     services,
 		"artifacts":    artifacts,
 		"cache":        caches,
-		"credentials":  []any{map[string]any{"type": "registry", "url": u.Host, "username": "gitlab-ci-token", "password": token}},
+		"credentials":  []any{map[string]any{"type": "registry", "url": def(spec.Registry, u.Host), "username": "gitlab-ci-token", "password": token}},
 		"dependencies": deps,
 		"features":     map[string]any{"trace_sections": true, "failure_reasons": reasons, "token_mask_prefixes": []string{"glpat-", "glcbt-"}},
 	}

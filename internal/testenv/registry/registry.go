@@ -1,0 +1,203 @@
+// Package registry starts a real container registry (CNCF distribution,
+// built by testdata/build-registry.sh) on loopback for tests of private
+// image pulls, with htpasswd authentication, and pushes a local image to
+// it through the Docker engine.
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/image"
+	dreg "github.com/docker/docker/api/types/registry"
+	"github.com/docker/docker/client"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/airlock-ci/airlock/internal/testenv"
+)
+
+// Cached is where testdata/build-registry.sh leaves the binary.
+const Cached = "/var/cache/airlock/registry-3.1.2/registry"
+
+// Registry is a running registry that needs Username and Password.
+type Registry struct {
+	Host               string // 127.0.0.1:PORT
+	Username, Password string
+}
+
+// Require starts `$REGISTRY_BIN serve` (else the cached binary) on a free
+// loopback port with filesystem storage in a temporary directory, and
+// stops it when the test ends. Without a binary it skips the test, unless
+// AIRLOCK_TEST_REQUIRE names "registry": then it fails.
+func Require(t testing.TB) *Registry {
+	t.Helper()
+	b := make([]byte, 12)
+	rand.Read(b)
+	return RequireUser(t, "puller", "pw-"+hex.EncodeToString(b))
+}
+
+// RequireUser is Require with the one user the registry accepts.
+func RequireUser(t testing.TB, username, password string) *Registry {
+	t.Helper()
+	bin := os.Getenv("REGISTRY_BIN")
+	if bin == "" {
+		if _, err := os.Stat(Cached); err == nil {
+			bin = Cached
+		}
+	}
+	if bin == "" {
+		missing(t, "REGISTRY_BIN is not set and "+Cached+" is missing (run testdata/build-registry.sh)")
+		return nil
+	}
+	if _, err := exec.LookPath(bin); err != nil {
+		missing(t, "REGISTRY_BIN "+bin+": "+err.Error())
+		return nil
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	r := &Registry{Host: addr, Username: username, Password: password}
+	dir := t.TempDir()
+	hash, err := bcrypt.GenerateFromPassword([]byte(r.Password), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	htpasswd := filepath.Join(dir, "htpasswd")
+	if err := os.WriteFile(htpasswd, []byte(r.Username+":"+string(hash)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+http:
+  addr: %s
+auth:
+  htpasswd:
+    realm: airlock-test
+    path: %s
+`, filepath.Join(dir, "data"), addr, htpasswd)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin, "serve", cfg)
+	cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none")
+	out, _ := os.Create(filepath.Join(dir, "registry.log"))
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("starting %s: %v", bin, err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		_ = cmd.Wait()
+		out.Close()
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusUnauthorized {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(dir, "registry.log"))
+			t.Fatalf("registry at %s did not answer: %v\n%s", addr, err, log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return r
+}
+
+// Push tags the local image src as HOST/name and pushes it with the
+// registry's credentials, then removes the local tag: the engine must
+// pull it again to have it. It returns the pushed reference.
+func (r *Registry) Push(t testing.TB, src, name string) string {
+	t.Helper()
+	ctx := context.Background()
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ref := r.Host + "/" + name
+	if err := cli.ImageTag(ctx, src, ref); err != nil {
+		t.Fatalf("tagging %s as %s: %v", src, ref, err)
+	}
+	auth, _ := dreg.EncodeAuthConfig(dreg.AuthConfig{Username: r.Username, Password: r.Password, ServerAddress: r.Host})
+	rc, err := cli.ImagePush(ctx, ref, image.PushOptions{RegistryAuth: auth})
+	if err == nil {
+		err = drain(rc)
+	}
+	if err != nil {
+		t.Fatalf("pushing %s: %v", ref, err)
+	}
+	r.Forget(t, ref)
+	t.Cleanup(func() { r.Forget(t, ref) })
+	return ref
+}
+
+// Forget removes the local copy of ref (no error when there is none).
+func (r *Registry) Forget(t testing.TB, ref string) {
+	t.Helper()
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.ImageRemove(context.Background(), ref, image.RemoveOptions{}); err != nil && !cerrdefs.IsNotFound(err) {
+		t.Errorf("removing local %s: %v", ref, err)
+	}
+}
+
+func missing(t testing.TB, why string) {
+	t.Helper()
+	if testenv.Required("registry") {
+		t.Fatalf("required capability %q is missing (AIRLOCK_TEST_REQUIRE): %s", "registry", why)
+	}
+	t.Skipf("skipping: %s (set AIRLOCK_TEST_REQUIRE=registry to fail instead)", why)
+}
+
+// drain reads a push progress stream to its end, returning the error the
+// engine reports in it, if any (executors/docker reads pulls alike; a
+// test helper it imports cannot share its code).
+func drain(rc io.ReadCloser) error {
+	defer rc.Close()
+	dec := json.NewDecoder(rc)
+	for {
+		var m struct {
+			Error string `json:"error"`
+		}
+		if err := dec.Decode(&m); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if m.Error != "" {
+			return errors.New(m.Error)
+		}
+	}
+}
