@@ -21,8 +21,8 @@ import (
 // for), so that a job never runs a private image it could not have
 // pulled, while a public one stays usable by all. By repository,
 // not image ID: the same content under a public name stays public. The
-// set is kept in a file of the runtime directory, so that a restarted
-// agent keeps it (a reboot forgets it, with what was pulled before).
+// set is kept in a file of the state directory, so that a restarted
+// agent and a rebooted host keep it.
 type PrivateImages struct {
 	path string
 	mu   sync.Mutex

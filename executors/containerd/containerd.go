@@ -75,6 +75,9 @@ type Config struct {
 	// RuntimeDir holds the executor's host files (the jobs' read-only
 	// /etc/hosts); default /run/airlock.
 	RuntimeDir string `toml:"-"`
+	// StateDir holds what the executor keeps across reboots (the
+	// repositories pulled with a job's credentials); default RuntimeDir.
+	StateDir string `toml:"-"`
 	// CgroupRoot is where the cgroup hierarchies are mounted (default
 	// /sys/fs/cgroup), for the removal of the job's cgroups.
 	CgroupRoot string `toml:"-"`
@@ -239,7 +242,11 @@ func New(ctx context.Context, cfg Config, log hclog.Logger) (*Executor, error) {
 	if stepServer == "" {
 		log.Info("steps run as task execs (slower, and containerd may report an instant failure as 0): no step server", "reason", why)
 	}
-	private, err := executors.LoadPrivateImages(filepath.Join(cfg.RuntimeDir, "containerd", "private-images"))
+	keep := cfg.StateDir
+	if keep == "" {
+		keep = cfg.RuntimeDir
+	}
+	private, err := executors.LoadPrivateImages(filepath.Join(keep, "containerd", "private-images"))
 	if err != nil {
 		cli.Close()
 		return nil, err

@@ -65,6 +65,9 @@ type Config struct {
 	// RuntimeDir holds the executor's host files (the jobs' read-only
 	// /etc/hosts); default /run/airlock.
 	RuntimeDir string `toml:"-"`
+	// StateDir holds what the executor keeps across reboots (the
+	// repositories pulled with a job's credentials); default RuntimeDir.
+	StateDir string `toml:"-"`
 }
 
 // Default tmpfs sizes with ReadOnly.
@@ -216,7 +219,11 @@ func New(ctx context.Context, cfg Config, log hclog.Logger) (*Executor, error) {
 		cli.Close()
 		return nil, err
 	}
-	private, err := executors.LoadPrivateImages(filepath.Join(runDir, "docker", "private-images"))
+	keep := cfg.StateDir
+	if keep == "" {
+		keep = runDir
+	}
+	private, err := executors.LoadPrivateImages(filepath.Join(keep, "docker", "private-images"))
 	if err != nil {
 		cli.Close()
 		return nil, err

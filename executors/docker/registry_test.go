@@ -15,7 +15,8 @@ import (
 // without, the pull fails naming the registry, never the password.
 func TestCreatePullsWithJobCredentials(t *testing.T) {
 	reg := registry.Require(t)
-	e, runner := newTestExecutorWith(t, Config{RuntimeDir: t.TempDir()})
+	state := t.TempDir()
+	e, runner := newTestExecutorWith(t, Config{RuntimeDir: t.TempDir(), StateDir: state})
 	ref := reg.Push(t, testenv.TestImage, "private/busybox:job")
 	ctx := context.Background()
 	spec := executors.Spec{RunnerID: runner, JobID: "private", Image: ref, Pull: executors.PullIfNotPresent, WorkDir: "/builds",
@@ -44,8 +45,9 @@ func TestCreatePullsWithJobCredentials(t *testing.T) {
 		t.Errorf("Exec = %d, %v, %q", code, err, out.String())
 	}
 	// Now here, the image is still not lent to a job without credentials
-	// (nor to one after a restart: the list is in the runtime directory).
-	e2, err := New(ctx, Config{Grace: e.grace, StepServer: e.cfg.StepServer, RuntimeDir: e.cfg.RuntimeDir}, nil)
+	// (nor to one after a restart or a reboot, which empties the runtime
+	// directory: the list is in the state directory).
+	e2, err := New(ctx, Config{Grace: e.grace, StepServer: e.cfg.StepServer, RuntimeDir: t.TempDir(), StateDir: state}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

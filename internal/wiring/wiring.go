@@ -146,7 +146,7 @@ func openExecutor(ctx context.Context, cfg *config.Config, log hclog.Logger, c *
 	switch name := cfg.ExecutorName(); name {
 	case config.ExecutorDocker:
 		dcfg := cfg.Docker
-		dcfg.RuntimeDir = cfg.RuntimeDir
+		dcfg.RuntimeDir, dcfg.StateDir = cfg.RuntimeDir, cfg.StateDir
 		ex, err := docker.New(ctx, dcfg, log)
 		if err != nil {
 			return nil, runner.Config{}, err
@@ -155,7 +155,7 @@ func openExecutor(ctx context.Context, cfg *config.Config, log hclog.Logger, c *
 		return ex, runner.Config{Grace: ex.Grace(), Pull: pull, Limits: cfg.Docker.Limits()}, nil
 	case config.ExecutorContainerd:
 		ccfg := cfg.Containerd
-		ccfg.RuntimeDir = cfg.RuntimeDir
+		ccfg.RuntimeDir, ccfg.StateDir = cfg.RuntimeDir, cfg.StateDir
 		ex, err := containerd.New(ctx, ccfg, log)
 		if err != nil {
 			return nil, runner.Config{}, err

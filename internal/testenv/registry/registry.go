@@ -66,24 +66,27 @@ func RequireUser(t testing.TB, username, password string) *Registry {
 		missing(t, "REGISTRY_BIN "+bin+": "+err.Error())
 		return nil
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	r := &Registry{Host: addr, Username: username, Password: password}
 	dir := t.TempDir()
-	hash, err := bcrypt.GenerateFromPassword([]byte(r.Password), bcrypt.MinCost)
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
 	}
 	htpasswd := filepath.Join(dir, "htpasswd")
-	if err := os.WriteFile(htpasswd, []byte(r.Username+":"+string(hash)+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(htpasswd, []byte(username+":"+string(hash)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`version: 0.1
+	// The free port is found by listening and closing: another process
+	// may take it first. A registry that exits is started again on
+	// another port; its log is shown when it never answers.
+	for try := 1; ; try++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("finding a free port: %v", err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		cfg := filepath.Join(dir, "config.yml")
+		if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`version: 0.1
 log:
   level: error
 storage:
@@ -98,38 +101,55 @@ auth:
     realm: airlock-test
     path: %s
 `, filepath.Join(dir, "data"), addr, htpasswd)), 0o600); err != nil {
-		t.Fatal(err)
+			t.Fatal(err)
+		}
+		logPath := filepath.Join(dir, fmt.Sprintf("registry-%d.log", try))
+		out, err := os.Create(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cmd := exec.CommandContext(ctx, bin, "serve", cfg)
+		cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none")
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			cancel()
+			t.Fatalf("starting %s: %v", bin, err)
+		}
+		exited := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(exited) }()
+		stop := func() { cancel(); <-exited; out.Close() }
+		if answers("http://"+addr+"/v2/", exited, 60*time.Second) {
+			t.Cleanup(stop)
+			return &Registry{Host: addr, Username: username, Password: password}
+		}
+		stop()
+		if try == 3 {
+			log, _ := os.ReadFile(logPath)
+			t.Fatalf("registry did not answer (3 tries, the last at %s); its log:\n%s", addr, log)
+		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "serve", cfg)
-	cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none")
-	out, _ := os.Create(filepath.Join(dir, "registry.log"))
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatalf("starting %s: %v", bin, err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-		out.Close()
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/v2/")
+}
+
+// answers polls url until it answers 401 (the registry wants a password:
+// true), the process exits or the wait ends (false).
+func answers(url string, exited <-chan struct{}, wait time.Duration) bool {
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusUnauthorized {
-				break
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(filepath.Join(dir, "registry.log"))
-			t.Fatalf("registry at %s did not answer: %v\n%s", addr, err, log)
+		select {
+		case <-exited:
+			return false
+		case <-time.After(100 * time.Millisecond):
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
-	return r
+	return false
 }
 
 // Push tags the local image src as HOST/name and pushes it with the
