@@ -192,6 +192,26 @@ type ServiceSpec struct {
 	Mounts       []Mount
 }
 
+// ServiceArgv is the command line an engine starts a service with: its
+// entrypoint, else the image's, then its command, else (no entrypoint
+// given) the image's. An entrypoint of [""] clears the image's and keeps
+// its command from being used (dockerd's mergeAndVerifyConfig).
+func ServiceArgv(spec ServiceSpec, imgEntrypoint, imgCmd []string) []string {
+	ep, cmd := spec.Entrypoint, spec.Cmd
+	if len(ep) == 0 {
+		if len(cmd) == 0 {
+			cmd = imgCmd
+		}
+		if ep == nil {
+			ep = imgEntrypoint
+		}
+	}
+	if len(ep) == 1 && ep[0] == "" {
+		ep = nil
+	}
+	return append(append([]string{}, ep...), cmd...)
+}
+
 // HealthCheck is a service's health check, run by the engine inside the
 // service's container (Docker's HEALTHCHECK). A zero field keeps the
 // image's value.

@@ -13,7 +13,6 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/pkg/stdcopy"
-	dockerspec "github.com/moby/docker-image-spec/specs-go/v1"
 
 	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/executors/stepd"
@@ -106,7 +105,11 @@ func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec
 		if secretEnv, err = stepd.EncodeEnv(spec.SecretEnv); err != nil {
 			return nil, fmt.Errorf("service %s: %w", spec.Name, err)
 		}
-		argv := serviceArgv(spec, img.Config)
+		var imgEP, imgCmd []string
+		if img.Config != nil {
+			imgEP, imgCmd = img.Config.Entrypoint, img.Config.Cmd
+		}
+		argv := executors.ServiceArgv(spec, imgEP, imgCmd)
 		if len(argv) == 0 {
 			return nil, fmt.Errorf("service %s: neither it nor its image %s names a command", spec.Name, spec.Image)
 		}
@@ -134,27 +137,6 @@ func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec
 	}
 	e.log.Debug("service started", "job", c.job, "service", spec.Name, "container", shortID(resp.ID))
 	return s, nil
-}
-
-// serviceArgv is the command line the engine would start a service
-// with: its entrypoint, else the image's, then its command, else (with
-// no entrypoint given) the image's. An entrypoint of [""] clears the
-// image's and keeps its command from being used.
-func serviceArgv(spec executors.ServiceSpec, img *dockerspec.DockerOCIImageConfig) []string {
-	ep, cmd := spec.Entrypoint, spec.Cmd
-	if len(ep) == 0 && img != nil {
-		if len(cmd) == 0 {
-			cmd = img.Cmd
-		}
-		if ep == nil {
-			ep = img.Entrypoint
-		}
-	}
-	// The engine resets [""] after that merge (mergeAndVerifyConfig).
-	if len(ep) == 1 && ep[0] == "" {
-		ep = nil
-	}
-	return append(append([]string{}, ep...), cmd...)
 }
 
 // startWithStdin starts a created container whose stdin is open once

@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	dockerspec "github.com/moby/docker-image-spec/specs-go/v1"
-
 	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/internal/testenv"
 )
@@ -81,9 +79,7 @@ func TestServiceSecretEnvNeedsStepServer(t *testing.T) {
 }
 
 func TestServiceArgv(t *testing.T) {
-	img := &dockerspec.DockerOCIImageConfig{}
-	img.Entrypoint = []string{"docker-entrypoint.sh"}
-	img.Cmd = []string{"postgres"}
+	imgEP, imgCmd := []string{"docker-entrypoint.sh"}, []string{"postgres"}
 	for _, tc := range []struct {
 		name    string
 		ep, cmd []string
@@ -96,9 +92,9 @@ func TestServiceArgv(t *testing.T) {
 		{"cleared entrypoint", []string{""}, []string{"redis-server"}, []string{"redis-server"}},
 		{"cleared, no command", []string{""}, nil, []string{}},
 	} {
-		got := serviceArgv(executors.ServiceSpec{Entrypoint: tc.ep, Cmd: tc.cmd}, img)
+		got := executors.ServiceArgv(executors.ServiceSpec{Entrypoint: tc.ep, Cmd: tc.cmd}, imgEP, imgCmd)
 		if !slices.Equal(got, tc.want) {
-			t.Errorf("%s: serviceArgv = %q, want %q", tc.name, got, tc.want)
+			t.Errorf("%s: ServiceArgv = %q, want %q", tc.name, got, tc.want)
 		}
 	}
 }
