@@ -1,17 +1,13 @@
 package fakevault
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/airlock-ci/airlock/internal/testenv"
 )
@@ -51,86 +47,12 @@ func RequireVault(t testing.TB) *Real {
 		t.Fatal(err)
 	}
 	root := "root-" + hex.EncodeToString(b)
-	// The free port is found by listening and closing: another process
-	// may take it before Vault binds it. A server that exits is started
-	// again on another port; its output is shown when it never answers.
-	var url string
-	var lastOut string
-	for try := 1; ; try++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("finding a free port: %v", err)
-		}
-		addr := l.Addr().String()
-		if err := l.Close(); err != nil {
-			t.Fatalf("closing probe listener: %v", err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
+	addr := testenv.ServeOnLoopback(t, "vault dev server", func(ctx context.Context, addr string) *exec.Cmd {
 		cmd := exec.CommandContext(ctx, bin, "server", "-dev", "-dev-root-token-id="+root, "-dev-listen-address="+addr)
 		cmd.Env = append(os.Environ(), "VAULT_DEV_ROOT_TOKEN_ID="+root, "BAO_DEV_ROOT_TOKEN_ID="+root)
-		out := &lockedBuffer{}
-		cmd.Stdout, cmd.Stderr = out, out
-		if err := cmd.Start(); err != nil {
-			cancel()
-			t.Fatalf("starting %s: %v", bin, err)
-		}
-		exited := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(exited) }()
-		stop := func() { cancel(); <-exited }
-		url = "http://" + addr
-		if waitHealthy(url, exited, 60*time.Second) {
-			t.Cleanup(stop) // killed on purpose; its exit status says so
-			break
-		}
-		stop()
-		lastOut = out.String()
-		if try == 3 {
-			t.Fatalf("vault dev server did not become healthy (3 tries, the last at %s); its output:\n%s", url, lastOut)
-		}
-	}
-	return &Real{URL: url, RootToken: root}
-}
-
-// waitHealthy polls url's health until it answers 200 (true), the server
-// exits or the wait ends (false).
-func waitHealthy(url string, exited <-chan struct{}, wait time.Duration) bool {
-	deadline := time.Now().Add(wait)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(url + "/v1/sys/health")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return true
-			}
-		}
-		select {
-		case <-exited:
-			return false
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	return false
-}
-
-// lockedBuffer collects a process's output.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.b.Len() > 64<<10 {
-		return len(p), nil
-	}
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+		return cmd
+	}, "/v1/sys/health", http.StatusOK)
+	return &Real{URL: "http://" + addr, RootToken: root}
 }
 
 func missing(t testing.TB, why string) {

@@ -12,13 +12,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
-	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/image"
@@ -75,16 +73,7 @@ func RequireUser(t testing.TB, username, password string) *Registry {
 	if err := os.WriteFile(htpasswd, []byte(username+":"+string(hash)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// The free port is found by listening and closing: another process
-	// may take it first. A registry that exits is started again on
-	// another port; its log is shown when it never answers.
-	for try := 1; ; try++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("finding a free port: %v", err)
-		}
-		addr := l.Addr().String()
-		l.Close()
+	addr := testenv.ServeOnLoopback(t, "registry", func(ctx context.Context, addr string) *exec.Cmd {
 		cfg := filepath.Join(dir, "config.yml")
 		if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`version: 0.1
 log:
@@ -103,53 +92,11 @@ auth:
 `, filepath.Join(dir, "data"), addr, htpasswd)), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		logPath := filepath.Join(dir, fmt.Sprintf("registry-%d.log", try))
-		out, err := os.Create(logPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
 		cmd := exec.CommandContext(ctx, bin, "serve", cfg)
 		cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none")
-		cmd.Stdout, cmd.Stderr = out, out
-		if err := cmd.Start(); err != nil {
-			cancel()
-			t.Fatalf("starting %s: %v", bin, err)
-		}
-		exited := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(exited) }()
-		stop := func() { cancel(); <-exited; out.Close() }
-		if answers("http://"+addr+"/v2/", exited, 60*time.Second) {
-			t.Cleanup(stop)
-			return &Registry{Host: addr, Username: username, Password: password}
-		}
-		stop()
-		if try == 3 {
-			log, _ := os.ReadFile(logPath)
-			t.Fatalf("registry did not answer (3 tries, the last at %s); its log:\n%s", addr, log)
-		}
-	}
-}
-
-// answers polls url until it answers 401 (the registry wants a password:
-// true), the process exits or the wait ends (false).
-func answers(url string, exited <-chan struct{}, wait time.Duration) bool {
-	deadline := time.Now().Add(wait)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusUnauthorized {
-				return true
-			}
-		}
-		select {
-		case <-exited:
-			return false
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	return false
+		return cmd
+	}, "/v2/", http.StatusUnauthorized) // it wants a password
+	return &Registry{Host: addr, Username: username, Password: password}
 }
 
 // Push tags the local image src as HOST/name and pushes it with the
