@@ -36,10 +36,6 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 		return nil, errors.New("creating container: runner id and job id are required")
 	}
 	ctx = e.ctx(ctx)
-	pull := spec.Pull
-	if pull == "" {
-		pull = e.pull
-	}
 	// The lease keeps the image's content and the new snapshot from the
 	// garbage collector until the container record references them.
 	lctx, doneLease, err := e.withLease(ctx)
@@ -49,7 +45,7 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	defer func() { _ = doneLease(context.WithoutCancel(ctx)) }()
 
 	t0 := time.Now()
-	img, err := e.image(lctx, spec.Image, pull, spec.RegistryAuth)
+	img, err := e.image(lctx, spec.Image, spec.Pull, spec.RegistryAuth)
 	if err != nil {
 		return nil, err
 	}

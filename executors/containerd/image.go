@@ -74,11 +74,15 @@ func NormalizeImage(ref string) (string, error) {
 
 // image returns the spec's image, unpacked for the snapshotter: from the
 // namespace's store, else imported from Docker's store, else pulled, as
-// the pull policy allows. ctx carries the caller's lease.
+// the pull policy allows ("": the executor's), with the job's registry
+// credentials. ctx carries the caller's lease.
 func (e *Executor) image(ctx context.Context, ref string, pull executors.PullPolicy, auths []executors.RegistryAuth) (containerd.Image, error) {
 	name, err := NormalizeImage(ref)
 	if err != nil {
 		return nil, err
+	}
+	if pull == "" {
+		pull = e.pull
 	}
 	a := executors.AuthFor(executors.RegistryHost(ref), auths)
 	if a != nil {

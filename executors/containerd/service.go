@@ -70,16 +70,12 @@ func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec
 		return nil, fmt.Errorf("reading the labels of job %s: %w", c.job, err)
 	}
 	runner := jobLabels[executors.LabelRunner]
-	pull := spec.Pull
-	if pull == "" {
-		pull = e.pull
-	}
 	lctx, doneLease, err := e.withLease(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer func() { _ = doneLease(context.WithoutCancel(ctx)) }()
-	img, err := e.image(lctx, spec.Image, pull, spec.RegistryAuth)
+	img, err := e.image(lctx, spec.Image, spec.Pull, spec.RegistryAuth)
 	if err != nil {
 		return nil, fmt.Errorf("service %s: %w", spec.Name, err)
 	}

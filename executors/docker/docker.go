@@ -249,11 +249,7 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	if spec.RunnerID == "" || spec.JobID == "" {
 		return nil, errors.New("creating container: runner id and job id are required")
 	}
-	pull := spec.Pull
-	if pull == "" {
-		pull = e.pull
-	}
-	if err := e.ensureImage(ctx, spec.Image, pull, spec.RegistryAuth); err != nil {
+	if err := e.ensureImage(ctx, spec.Image, spec.Pull, spec.RegistryAuth); err != nil {
 		return nil, err
 	}
 
@@ -394,7 +390,12 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	return c, nil
 }
 
+// ensureImage makes ref available as the pull policy allows ("": the
+// executor's), pulling with the job's credentials for its registry.
 func (e *Executor) ensureImage(ctx context.Context, ref string, pull executors.PullPolicy, auths []executors.RegistryAuth) error {
+	if pull == "" {
+		pull = e.pull
+	}
 	host := executors.RegistryHost(ref)
 	a := executors.AuthFor(host, auths)
 	if pull != executors.PullAlways {

@@ -38,11 +38,7 @@ type service struct {
 // hardening (no capabilities, no-new-privileges, limits, no restart).
 func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec) (executors.Service, error) {
 	e := c.e
-	pull := spec.Pull
-	if pull == "" {
-		pull = e.pull
-	}
-	if err := e.ensureImage(ctx, spec.Image, pull, spec.RegistryAuth); err != nil {
+	if err := e.ensureImage(ctx, spec.Image, spec.Pull, spec.RegistryAuth); err != nil {
 		return nil, err
 	}
 	img, err := e.cli.ImageInspect(ctx, spec.Image)

@@ -1,7 +1,6 @@
 package gitlab
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -238,13 +237,11 @@ func (r *JobResponse) MaskPhrases() []string {
 	if raw, ok := r.variable("DOCKER_AUTH_CONFIG"); ok {
 		var cfg dockerAuthConfig
 		if json.Unmarshal([]byte(raw), &cfg) == nil {
-			for _, a := range cfg.Auths {
-				add(a.Auth)
-				add(a.Password)
-				if dec, err := base64.StdEncoding.DecodeString(strings.TrimSpace(a.Auth)); err == nil {
-					if _, p, ok := strings.Cut(string(dec), ":"); ok {
-						add(p)
-					}
+			for _, en := range cfg.entries() {
+				add(en.auth)
+				add(cfg.Auths[en.key].Password)
+				if !en.badAuth {
+					add(en.pass)
 				}
 			}
 		}

@@ -23,6 +23,34 @@ type dockerAuthConfig struct {
 	CredHelpers map[string]string `json:"credHelpers"`
 }
 
+// authEntry is one auths entry of a DOCKER_AUTH_CONFIG, its auth string
+// decoded.
+type authEntry struct {
+	key, auth, user, pass string
+	badAuth               bool // auth is not base64 of user:password
+}
+
+// entries are the config's auths, sorted by key.
+func (c *dockerAuthConfig) entries() []authEntry {
+	keys := make([]string, 0, len(c.Auths))
+	for k := range c.Auths {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]authEntry, 0, len(keys))
+	for _, k := range keys {
+		a := c.Auths[k]
+		en := authEntry{key: k, auth: a.Auth, user: a.Username, pass: a.Password}
+		if a.Auth != "" {
+			dec, err := base64.StdEncoding.DecodeString(strings.TrimSpace(a.Auth))
+			u, p, found := strings.Cut(string(dec), ":")
+			en.user, en.pass, en.badAuth = u, p, err != nil || !found
+		}
+		out = append(out, en)
+	}
+	return out
+}
+
 // convertRegistryAuth gives the job the credentials its image and
 // services are pulled with: GitLab's (credentials of type registry, the
 // job token for the project's container registry), then the job's
@@ -57,23 +85,11 @@ func (r *JobResponse) convertRegistryAuth(j *job.Job) []error {
 	if cfg.CredsStore != "" || len(cfg.CredHelpers) > 0 {
 		errs = append(errs, errors.New("variable DOCKER_AUTH_CONFIG: credsStore and credHelpers are not supported by Airlock (they run programs on the runner host); give the credentials in auths"))
 	}
-	hosts := make([]string, 0, len(cfg.Auths))
-	for h := range cfg.Auths {
-		hosts = append(hosts, h)
-	}
-	sort.Strings(hosts)
-	for _, h := range hosts {
-		a := cfg.Auths[h]
-		host := executors.NormalizeRegistry(h)
-		user, pass := a.Username, a.Password
-		if a.Auth != "" {
-			dec, err := base64.StdEncoding.DecodeString(strings.TrimSpace(a.Auth))
-			u, p, found := strings.Cut(string(dec), ":")
-			if err != nil || !found {
-				errs = append(errs, fmt.Errorf("variable DOCKER_AUTH_CONFIG: auths[%q].auth: not base64 of user:password", truncate(h)))
-				continue
-			}
-			user, pass = u, p
+	for _, en := range cfg.entries() {
+		h, host, user, pass := en.key, executors.NormalizeRegistry(en.key), en.user, en.pass
+		if en.badAuth {
+			errs = append(errs, fmt.Errorf("variable DOCKER_AUTH_CONFIG: auths[%q].auth: not base64 of user:password", truncate(h)))
+			continue
 		}
 		if host == "" || user == "" {
 			errs = append(errs, fmt.Errorf("variable DOCKER_AUTH_CONFIG: auths[%q]: no registry or username", truncate(h)))
