@@ -34,7 +34,6 @@ type service struct {
 	id    string
 	ports []int
 	log   *serviceLog
-	task  containerd.Task
 
 	mu      sync.Mutex
 	removed bool
@@ -134,7 +133,6 @@ func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec
 	if err != nil {
 		return fail(err)
 	}
-	s.task = task
 	if err := task.Start(ctx); err != nil {
 		return fail(err)
 	}
