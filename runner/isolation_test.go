@@ -17,7 +17,6 @@ import (
 	"github.com/airlock-ci/airlock/audit"
 	"github.com/airlock-ci/airlock/internal/testenv"
 	"github.com/airlock-ci/airlock/netpolicy"
-	"github.com/airlock-ci/airlock/runner/config"
 	"github.com/airlock-ci/airlock/secrets"
 )
 
@@ -119,11 +118,8 @@ func isoFailCases() []isoCase {
 func TestIsolationFromJob(t *testing.T) {
 	isoEachExecutor(t, func(t *testing.T) {
 		t.Run("cold", func(t *testing.T) { testIsolationFromJob(t, false) })
-		if isoExecutor(t) == config.ExecutorDocker {
-			// The same suite in a sandbox the job claimed from the warm
-			// pool (containerd makes its task in a ready namespace: no pool).
-			t.Run("warm", func(t *testing.T) { testIsolationFromJob(t, true) })
-		}
+		// The same suite in a sandbox the job claimed from the warm pool.
+		t.Run("warm", func(t *testing.T) { testIsolationFromJob(t, true) })
 	})
 }
 

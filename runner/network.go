@@ -128,9 +128,10 @@ type jobNetwork struct {
 	job string
 	sb  *sandbox.Network
 	reg *netpolicy.Registration
-	// netns is the named namespace attachNew created ("" when the
-	// executor made the namespace).
-	netns string
+	// netns is the named namespace made for the job ("" when the
+	// executor made the namespace), netnsID the id it was made under:
+	// the job's, or the warm sandbox's the job claimed.
+	netns, netnsID string
 }
 
 // attach plumbs the container's namespace and registers the job's policy
@@ -172,7 +173,7 @@ func (n *Network) attachNew(ctx context.Context, jobID string, p *netpolicy.Poli
 	if err != nil {
 		return nil, errors.Join(err, n.Sandbox.DeleteNetNS(jobID))
 	}
-	jn.netns = path
+	jn.netns, jn.netnsID = path, jobID
 	return jn, nil
 }
 
@@ -212,7 +213,7 @@ func (jn *jobNetwork) close(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("tearing down the network of job %s: %w", jn.job, err))
 	}
 	if jn.netns != "" {
-		if err := jn.n.Sandbox.DeleteNetNS(jn.job); err != nil {
+		if err := jn.n.Sandbox.DeleteNetNS(jn.netnsID); err != nil {
 			errs = append(errs, fmt.Errorf("deleting the network namespace of job %s: %w", jn.job, err))
 		}
 	}

@@ -29,9 +29,13 @@ import (
 // network being made on its path. A sandbox serves exactly one job and is
 // destroyed with it; the pool refills in the background.
 //
+// With an executor that starts its containers in a namespace it is given
+// (containerd), the namespace is created and plumbed first and the task
+// starts in it, as a cold job's does.
+//
 // Pooled sandboxes carry the runner's labels and owner like jobs (their
 // id is "pool-<hex>"), so recovery after a crash removes them as it removes
-// a crashed job's container, network and runtime directory.
+// a crashed job's container, network, namespace and runtime directory.
 type Pool struct {
 	r    *Runner
 	want map[string]int // image -> sandboxes kept ready
@@ -57,6 +61,7 @@ type warmSandbox struct {
 	resolv string // its resolv.conf (mounted at /etc/resolv.conf)
 	ctr    executors.Container
 	sb     *sandbox.Network // nil when the runner gives jobs no network
+	netns  string           // the named namespace made for it ("" when the executor made one)
 }
 
 // PoolStats are the pool's counters.
@@ -67,15 +72,10 @@ type PoolStats struct {
 
 // StartPool starts keeping size[image] warm sandboxes of each image until
 // ClosePool (or Close). Jobs claim them from then on. The pool is not used
-// with pull policy "always" (a pooled container could hold an old image)
-// nor with an executor that joins namespaces it is given (containerd makes
-// the task inside the namespace at once, which is what the pool saves).
+// with pull policy "always" (a pooled container could hold an old image).
 func (r *Runner) StartPool(ctx context.Context, size map[string]int) (*Pool, error) {
 	if r.cfg.Pull == executors.PullAlways {
 		return nil, errors.New("pool: not used with pull_policy \"always\": a pooled container would keep the image it was made from")
-	}
-	if nj, ok := r.exec.(executors.NamespaceJoiner); ok && nj.JoinsNetNS() {
-		return nil, errors.New("pool: the executor creates its containers inside a ready namespace; warm sandboxes are for executors that do not")
 	}
 	want := map[string]int{}
 	for img, n := range size {
@@ -300,24 +300,46 @@ func (p *Pool) build(ctx context.Context, image string) (w *warmSandbox, err err
 	}
 	w.resolv = filepath.Join(w.dir, "resolv.conf")
 	start := time.Now()
-	w.ctr, err = r.exec.Create(ctx, executors.Spec{
+	spec := executors.Spec{
 		RunnerID: r.cfg.RunnerID, JobID: w.id, Image: image, Pull: r.cfg.Pull,
 		Limits: r.cfg.Limits, WorkDir: r.cfg.WorkDir, User: r.cfg.User, Mounts: mounts,
 		Labels: map[string]string{labelOwner: r.owner.String()},
-	})
-	if err != nil {
+	}
+	// An executor that joins a namespace gets one plumbed and firewalled
+	// before its task exists, as a cold job's; the others' containers
+	// come first and their namespace is plumbed after.
+	joins := r.Network != nil && r.joinsNetNS()
+	if joins {
+		if w.netns, err = r.Network.Sandbox.CreateNetNS(w.id); err != nil {
+			return w, fmt.Errorf("a warm sandbox of %s: %w", image, err)
+		}
+		if err := p.plumb(ctx, w, w.netns); err != nil {
+			return w, err
+		}
+		spec.NetNS = w.netns
+	}
+	if w.ctr, err = r.exec.Create(ctx, spec); err != nil {
 		return w, fmt.Errorf("creating a warm container of %s: %w", image, err)
 	}
-	if r.Network != nil {
-		if w.sb, err = r.Network.Sandbox.Setup(ctx, w.id, w.ctr.NetNS()); err != nil {
-			return w, fmt.Errorf("plumbing a warm sandbox of %s: %w", image, err)
-		}
-		if err := rewriteInPlace(w.resolv, resolvConf(w.sb.GatewayIP)); err != nil {
-			return w, fmt.Errorf("writing resolv.conf: %w", err)
+	if r.Network != nil && !joins {
+		if err := p.plumb(ctx, w, w.ctr.NetNS()); err != nil {
+			return w, err
 		}
 	}
 	p.log.Debug("warm sandbox ready", "image", image, "sandbox", w.id, "took", time.Since(start))
 	return w, nil
+}
+
+// plumb sets up the warm sandbox's network in the namespace netns and
+// points its resolv.conf at its gateway.
+func (p *Pool) plumb(ctx context.Context, w *warmSandbox, netns string) (err error) {
+	if w.sb, err = p.r.Network.Sandbox.Setup(ctx, w.id, netns); err != nil {
+		return fmt.Errorf("plumbing a warm sandbox of %s: %w", w.image, err)
+	}
+	if err := rewriteInPlace(w.resolv, resolvConf(w.sb.GatewayIP)); err != nil {
+		return fmt.Errorf("writing resolv.conf: %w", err)
+	}
+	return nil
 }
 
 // destroy removes a sandbox no job claimed.
@@ -326,9 +348,7 @@ func (p *Pool) destroy(ctx context.Context, w *warmSandbox) error {
 	if w.ctr != nil {
 		errs = append(errs, w.ctr.Destroy(ctx))
 	}
-	if w.sb != nil {
-		errs = append(errs, w.sb.Teardown(ctx))
-	}
+	errs = append(errs, w.closeNet(ctx, p.r.Network))
 	if w.dir != "" {
 		errs = append(errs, removeRuntimeDir(w.dir))
 	}
@@ -336,6 +356,21 @@ func (p *Pool) destroy(ctx context.Context, w *warmSandbox) error {
 		return fmt.Errorf("removing warm sandbox %s: %w", w.id, err)
 	}
 	return nil
+}
+
+// closeNet tears down the sandbox's network and deletes the namespace made
+// for it, if any: for a sandbox no job registered a policy on.
+func (w *warmSandbox) closeNet(ctx context.Context, n *Network) error {
+	var errs []error
+	if w.sb != nil {
+		errs = append(errs, w.sb.Teardown(ctx))
+		w.sb = nil
+	}
+	if w.netns != "" {
+		errs = append(errs, n.Sandbox.DeleteNetNS(w.id))
+		w.netns = ""
+	}
+	return errors.Join(errs...)
 }
 
 // Close stops refilling and removes every sandbox no job claimed.

@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/executors/containerd"
 	"github.com/airlock-ci/airlock/internal/testenv"
 	"github.com/airlock-ci/airlock/runner/config"
 	"github.com/airlock-ci/airlock/runner/job"
@@ -55,7 +56,8 @@ func (f *firstByte) when() time.Time {
 
 // openBenchRunner opens a fully sandboxed runner (netns, firewall,
 // gateway with hosts_only, audit) for the pool benchmarks, closed at
-// cleanup with nothing of it left behind.
+// cleanup with nothing of it left behind. Its executor is the one a
+// sub-benchmark of benchEachExecutor names, else Docker.
 func openBenchRunner(b *testing.B, log hclog.Logger) *Runner {
 	cfg := config.Defaults()
 	cfg.StateDir = filepath.Join(b.TempDir(), "state")
@@ -63,6 +65,16 @@ func openBenchRunner(b *testing.B, log hclog.Logger) *Runner {
 	cfg.Docker.Pull = string(executors.PullNever)
 	cfg.Docker.Grace = time.Second
 	cfg.Docker.StepServer = testenv.StepServer(b)
+	if isoExecutor(b) == config.ExecutorContainerd {
+		cfg.Executor = config.ExecutorContainerd
+		cfg.Containerd = containerd.Config{
+			Address:    testenv.ContainerdSocket(),
+			Namespace:  testenv.ContainerdNamespace(b),
+			Pull:       string(executors.PullNever),
+			Grace:      time.Second,
+			StepServer: cfg.Docker.StepServer,
+		}
+	}
 	cfg.Gateway.HostsOnly = true
 	r, err := openWired(context.Background(), cfg, log)
 	if err != nil {
@@ -78,13 +90,24 @@ func openBenchRunner(b *testing.B, log hclog.Logger) *Runner {
 	return r
 }
 
+// benchEachExecutor runs fn as a sub-benchmark per executor, "docker" and
+// "containerd" (openBenchRunner opens the runner with the one it names).
+func benchEachExecutor(b *testing.B, fn func(b *testing.B)) {
+	for _, name := range []string{config.ExecutorDocker, config.ExecutorContainerd} {
+		b.Run(name, fn)
+	}
+}
+
 // BenchmarkWarmStart measures, interleaved in one run, the time from a job
 // being handed to the runner to the first byte of its step's output: with
 // a warm sandbox (pool), cold (container and network made on the job's
 // path), and for a bare `docker run --rm --network none` of the same
 // command and image (to its first output byte). It reports the medians and
-// the ratios warm/docker-run (goal ≤ 0.5) and cold/docker-run.
-func BenchmarkWarmStart(b *testing.B) {
+// the ratios warm/docker-run (goal ≤ 0.5) and cold/docker-run; once per
+// executor.
+func BenchmarkWarmStart(b *testing.B) { benchEachExecutor(b, benchWarmStart) }
+
+func benchWarmStart(b *testing.B) {
 	testenv.RequireRoot(b)
 	testenv.RequireTestImage(b)
 	ctx := context.Background()

@@ -20,8 +20,10 @@ const warmBurst = 16
 // with the gateway: the veth, addresses and firewall were made with the
 // sandbox, before the job) and the time from the job handed to the runner
 // to its step's first output byte. Rounds repeat until b.N jobs ran (at
-// least two rounds).
-func BenchmarkWarmBurst(b *testing.B) {
+// least two rounds). Once per executor.
+func BenchmarkWarmBurst(b *testing.B) { benchEachExecutor(b, benchWarmBurst) }
+
+func benchWarmBurst(b *testing.B) {
 	testenv.RequireRoot(b)
 	testenv.RequireTestImage(b)
 	ctx := context.Background()

@@ -50,7 +50,9 @@ func TestPoolCrashChild(t *testing.T) {
 	select {} // until SIGKILL
 }
 
-func TestPoolRecoveredAfterSIGKILL(t *testing.T) {
+func TestPoolRecoveredAfterSIGKILL(t *testing.T) { isoEachExecutor(t, testPoolRecoveredAfterSIGKILL) }
+
+func testPoolRecoveredAfterSIGKILL(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireTestImage(t)
 	fake := testenv.NewFakeInternet(t)
@@ -86,7 +88,11 @@ func TestPoolRecoveredAfterSIGKILL(t *testing.T) {
 	}
 	id := strings.TrimSpace(string(b))
 	left := strings.Join(isoLeftovers(t, id, cfg), "\n")
-	for _, want := range []string{"container ", "pool entry ", "runtime directory ", "ip: "} {
+	kinds := []string{"container ", "pool entry ", "runtime directory ", "ip: "}
+	if cfg.ExecutorName() == config.ExecutorContainerd {
+		kinds = append(kinds, "network namespace ")
+	}
+	for _, want := range kinds {
 		if strings.Count(left, want) < 2 {
 			t.Fatalf("the child's two warm sandboxes are not both visible as %q:\n%s", want, left)
 		}
@@ -116,7 +122,9 @@ func TestPoolRecoveredAfterSIGKILL(t *testing.T) {
 // claims a warm sandbox (and sees its own identity, not the sandbox's),
 // the pool refills, a job of another image runs cold, and closing the
 // runner removes the unclaimed sandboxes.
-func TestPoolColdAndWarm(t *testing.T) {
+func TestPoolColdAndWarm(t *testing.T) { isoEachExecutor(t, testPoolColdAndWarm) }
+
+func testPoolColdAndWarm(t *testing.T) {
 	env := isoOpen(t)
 	p := isoStartPool(t, env)
 	j := &job.Job{ID: "warm-1", Source: job.SourceLocal, Repo: isoRepo, Image: testenv.TestImage, Timeout: time.Minute,

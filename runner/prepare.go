@@ -68,8 +68,7 @@ func (e *execution) prepare(ctx context.Context) error {
 	}
 	// An executor that joins a namespace gets one that is plumbed and
 	// firewalled before any process of the job exists.
-	joiner, joins := e.r.exec.(executors.NamespaceJoiner)
-	joins = joins && joiner.JoinsNetNS() && e.r.Network != nil
+	joins := e.r.Network != nil && e.r.joinsNetNS()
 	if joins {
 		if err := isolated(e.r.Network.attachNew(ctx, e.j.ID, e.policy, e.masker.MaskFold, e.netEvents())); err != nil {
 			return err
@@ -99,6 +98,14 @@ func (e *execution) prepareWarm(ctx context.Context, env []string) error {
 		t0 := time.Now()
 		jn, err := e.r.Network.register(ctx, e.j.ID, w.sb, e.policy, e.masker.MaskFold, e.netEvents())
 		w.sb = nil // the job network owns it now, also on error
+		if w.netns != "" {
+			if jn != nil {
+				jn.netns, jn.netnsID = w.netns, w.id
+				w.netns = ""
+			} else if derr := e.r.Network.Sandbox.DeleteNetNS(w.id); derr != nil {
+				err = errors.Join(err, derr)
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("isolating the job's network: %w", err)
 		}

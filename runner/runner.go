@@ -101,6 +101,13 @@ func (r *Runner) OnClose(f func() error) {
 	r.closers = append(r.closers, f)
 }
 
+// joinsNetNS reports whether the executor starts containers in a network
+// namespace it is given (executors.NamespaceJoiner) rather than making one.
+func (r *Runner) joinsNetNS() bool {
+	nj, ok := r.exec.(executors.NamespaceJoiner)
+	return ok && nj.JoinsNetNS()
+}
+
 // Close drains the warm pool, then runs what OnClose registered, and
 // returns every failure. Jobs must have finished.
 func (r *Runner) Close() error {
@@ -577,10 +584,10 @@ func (e *execution) finish(ctx context.Context, res *Result) error {
 		}
 		res.Egress = e.net.summary()
 	}
-	if e.warm != nil && e.warm.sb != nil {
+	if e.warm != nil {
 		// A claimed sandbox whose job ended before its network was
 		// registered.
-		if err := e.warm.sb.Teardown(ctx); err != nil {
+		if err := e.warm.closeNet(ctx, e.r.Network); err != nil {
 			errs = append(errs, err)
 		}
 	}
