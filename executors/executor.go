@@ -134,6 +134,21 @@ type NamespaceJoiner interface {
 	JoinsNetNS() bool
 }
 
+// ImageIdentifier is an optional Executor capability: the ID of the image
+// that ref names in the executor's local store now (Docker: the image ID;
+// containerd: its target's digest), or an error wrapping ErrImageNotFound.
+// The warm pool compares it with ImageReporter's to retire the sandboxes
+// of an image updated under the same name.
+type ImageIdentifier interface {
+	ImageID(ctx context.Context, ref string) (string, error)
+}
+
+// ImageReporter is an optional Container capability: the ID of the image
+// the container was made from, in ImageIdentifier's terms.
+type ImageReporter interface {
+	ImageID() string
+}
+
 // Leftover is something an executor made for a job that is still there.
 type Leftover struct {
 	ID     string            // executor-specific id (container id)

@@ -34,6 +34,7 @@ type Container struct {
 	job   string
 	netns string // joined namespace ("" = one of its own)
 	user  string // Spec.User, resolved in the container's process
+	image string // the digest of the image's target it was made from
 	ctr   containerd.Container
 	task  containerd.Task
 	pid   int // host pid of the idle entrypoint
@@ -49,12 +50,16 @@ type Container struct {
 }
 
 var (
-	_ executors.Container = (*Container)(nil)
-	_ executors.Uploader  = (*Container)(nil)
+	_ executors.Container     = (*Container)(nil)
+	_ executors.Uploader      = (*Container)(nil)
+	_ executors.ImageReporter = (*Container)(nil)
 )
 
 // ID implements executors.Container.
 func (c *Container) ID() string { return c.id }
+
+// ImageID implements executors.ImageReporter.
+func (c *Container) ImageID() string { return c.image }
 
 // NetNS implements executors.Container: the joined namespace, or the
 // task's own.

@@ -203,6 +203,7 @@ var (
 	_ executors.Executor        = (*Executor)(nil)
 	_ executors.NamespaceJoiner = (*Executor)(nil)
 	_ executors.Reaper          = (*Executor)(nil)
+	_ executors.ImageIdentifier = (*Executor)(nil)
 )
 
 // New connects to containerd and checks that it answers.

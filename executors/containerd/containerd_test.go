@@ -491,3 +491,51 @@ func TestInstantFailuresKeepTheirExitCode(t *testing.T) {
 		}
 	}
 }
+
+// A name given another image in the namespace since the executor unpacked
+// it (a pull or an import) is what the next Create uses, not the image the
+// executor remembered; ImageID and the container's ImageID say which.
+func TestImageUpdatedUnderItsName(t *testing.T) {
+	e := newTestExecutor(t, nil)
+	variant := testenv.VariantImage(t, "AIRLOCK_VARIANT=2")
+	ctx := context.Background()
+	first := create(t, e, testSpec("upd-1"))
+	if id, err := e.ImageID(ctx, testenv.TestImage); err != nil || id != first.ImageID() || id == "" {
+		t.Fatalf("ImageID() = %q, %v; the container's is %q", id, err, first.ImageID())
+	}
+	spec := testSpec("upd-v")
+	spec.Image = variant
+	v := create(t, e, spec)
+	if v.ImageID() == first.ImageID() {
+		t.Fatalf("the variant image has the same ID %s", v.ImageID())
+	}
+	// The test image's name now names the variant, as a pull would do.
+	name, _ := NormalizeImage(testenv.TestImage)
+	vname, _ := NormalizeImage(variant)
+	is := e.cli.ImageService()
+	vimg, err := is.Get(e.ctx(ctx), vname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := is.Get(e.ctx(ctx), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img.Target = vimg.Target
+	if _, err := is.Update(e.ctx(ctx), img, "target"); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := e.ImageID(ctx, testenv.TestImage); err != nil || id != v.ImageID() {
+		t.Errorf("ImageID() after the update = %q, %v; want the variant's %q", id, err, v.ImageID())
+	}
+	second := create(t, e, testSpec("upd-2"))
+	if second.ImageID() != v.ImageID() {
+		t.Errorf("a container made after the update is of image %s, want the variant's %s (the old one is %s)", second.ImageID(), v.ImageID(), first.ImageID())
+	}
+	if _, out := run(t, second, `echo "variant=$AIRLOCK_VARIANT"`); !strings.Contains(out, "variant=2") {
+		t.Errorf("a container made after the update runs the old image: %q", out)
+	}
+	if _, err := e.ImageID(ctx, "airlock-test:no-such-image"); !errors.Is(err, executors.ErrImageNotFound) {
+		t.Errorf("ImageID(missing) = %v, want ErrImageNotFound", err)
+	}
+}

@@ -58,7 +58,8 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	labels[executors.LabelRunner] = spec.RunnerID
 	labels[executors.LabelJob] = spec.JobID
 
-	c := &Container{e: e, id: id, job: spec.JobID, netns: spec.NetNS, user: spec.User, pidfd: -1}
+	c := &Container{e: e, id: id, job: spec.JobID, netns: spec.NetNS, user: spec.User, pidfd: -1,
+		image: img.Target().Digest.String()}
 	ctr, err := e.cli.NewContainer(lctx, id,
 		containerd.WithImage(img),
 		containerd.WithSnapshotter(e.cfg.Snapshotter),

@@ -26,8 +26,9 @@ import (
 const leaseTTL = 30 * time.Minute
 
 // imageCache remembers images known to be unpacked, so that a job's
-// Create costs no image lookups after the first (pull policy "always"
-// bypasses it).
+// Create costs one image lookup after the first (is the name's target
+// still the one unpacked?) instead of walking the image's content (pull
+// policy "always" bypasses it).
 type imageCache struct {
 	mu sync.Mutex
 	m  map[string]containerd.Image
@@ -102,7 +103,13 @@ func (e *Executor) image(ctx context.Context, ref string, pull executors.PullPol
 	}
 	if pull != executors.PullAlways {
 		if img := e.images.get(name); img != nil {
-			return img, nil
+			// The name may have been given another image since (a pull or
+			// an import into the namespace): one lookup tells.
+			cur, err := e.cli.GetImage(ctx, name)
+			if err == nil && cur.Target().Digest == img.Target().Digest {
+				return img, nil
+			}
+			e.images.drop(name)
 		}
 	}
 	// Imports in flight are shared only between jobs with the same
@@ -136,6 +143,23 @@ func (e *Executor) image(ctx context.Context, ref string, pull executors.PullPol
 		e.images.put(name, c.img)
 	}
 	return c.img, c.err
+}
+
+// ImageID implements executors.ImageIdentifier: the digest of the target
+// of the namespace's image named ref.
+func (e *Executor) ImageID(ctx context.Context, ref string) (string, error) {
+	name, err := NormalizeImage(ref)
+	if err != nil {
+		return "", err
+	}
+	img, err := e.cli.GetImage(e.ctx(ctx), name)
+	if errdefs.IsNotFound(err) {
+		return "", fmt.Errorf("image %s: %w in containerd namespace %s", ref, executors.ErrImageNotFound, e.cfg.Namespace)
+	}
+	if err != nil {
+		return "", fmt.Errorf("looking up image %s: %w", ref, err)
+	}
+	return img.Target().Digest.String(), nil
 }
 
 func (e *Executor) fetchImage(ctx context.Context, ref, name string, pull executors.PullPolicy, auths []executors.RegistryAuth) (containerd.Image, error) {

@@ -172,7 +172,10 @@ type Executor struct {
 	private   *executors.PrivateImages
 }
 
-var _ executors.Executor = (*Executor)(nil)
+var (
+	_ executors.Executor        = (*Executor)(nil)
+	_ executors.ImageIdentifier = (*Executor)(nil)
+)
 
 // New connects to the engine (negotiating the API version: the engine may
 // speak an older API such as 1.41) and checks that it answers.
@@ -366,7 +369,7 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	if err != nil {
 		return fail("inspecting", err)
 	}
-	c.pid = info.State.Pid
+	c.pid, c.image = info.State.Pid, info.Image
 	c.pidns, err = os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", c.pid))
 	if err != nil {
 		return fail("reading the pid namespace of", err)
@@ -388,6 +391,18 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	e.log.Debug("container created", "job", spec.JobID, "container", shortID(resp.ID), "pid", c.pid,
 		"create", t1.Sub(t0), "start", t2.Sub(t1), "ready", time.Since(t2))
 	return c, nil
+}
+
+// ImageID implements executors.ImageIdentifier: the local image's ID.
+func (e *Executor) ImageID(ctx context.Context, ref string) (string, error) {
+	info, err := e.cli.ImageInspect(ctx, ref)
+	if cerrdefs.IsNotFound(err) {
+		return "", fmt.Errorf("image %s: %w locally", ref, executors.ErrImageNotFound)
+	}
+	if err != nil {
+		return "", fmt.Errorf("inspecting image %s: %w", ref, err)
+	}
+	return info.ID, nil
 }
 
 // ensureImage makes ref available as the pull policy allows ("": the
@@ -513,6 +528,7 @@ type Container struct {
 	// entrypoint died is never signalled instead.
 	idleFD int
 	pidns  string // its pid namespace, to find the job's processes
+	image  string // the ID of the image it was made from
 	user   string // Spec.User: the step server runs as it
 	step   *stepd.Client
 
@@ -520,10 +536,16 @@ type Container struct {
 	removed bool
 }
 
-var _ executors.Container = (*Container)(nil)
+var (
+	_ executors.Container     = (*Container)(nil)
+	_ executors.ImageReporter = (*Container)(nil)
+)
 
 // ID implements executors.Container.
 func (c *Container) ID() string { return c.id }
+
+// ImageID implements executors.ImageReporter.
+func (c *Container) ImageID() string { return c.image }
 
 // NetNS implements executors.Container.
 func (c *Container) NetNS() string { return fmt.Sprintf("/proc/%d/ns/net", c.pid) }

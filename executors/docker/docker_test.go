@@ -503,3 +503,30 @@ func TestOwnNetNS(t *testing.T) {
 		t.Errorf("ownNetNS(a job container) = %v", err)
 	}
 }
+
+// ImageID names the local image a reference names now, and a container
+// reports the image it was made from: a name retagged to another image
+// shows the other's ID, the container keeps its own.
+func TestImageID(t *testing.T) {
+	e, runner := newTestExecutor(t)
+	ctx := context.Background()
+	c := create(t, e, runner, "image-id").(executors.ImageReporter)
+	id, err := e.ImageID(ctx, testenv.TestImage)
+	if err != nil || id == "" || id != c.ImageID() {
+		t.Fatalf("ImageID() = %q, %v; the container's is %q", id, err, c.ImageID())
+	}
+	name := testenv.VariantImage(t, "AIRLOCK_VARIANT=1")
+	vid, err := e.ImageID(ctx, name)
+	if err != nil || vid == id {
+		t.Fatalf("ImageID(variant) = %q, %v; the test image's is %q", vid, err, id)
+	}
+	if out, err := exec.Command("docker", "tag", testenv.TestImage, name).CombinedOutput(); err != nil {
+		t.Fatalf("docker tag: %v: %s", err, out)
+	}
+	if got, err := e.ImageID(ctx, name); err != nil || got != id {
+		t.Errorf("ImageID() of a name retagged to the test image = %q, %v; want %q", got, err, id)
+	}
+	if _, err := e.ImageID(ctx, "airlock-test:no-such-image"); !errors.Is(err, executors.ErrImageNotFound) {
+		t.Errorf("ImageID(missing) = %v, want ErrImageNotFound", err)
+	}
+}

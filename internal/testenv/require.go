@@ -8,12 +8,14 @@ package testenv
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -177,4 +179,34 @@ func RequireContainerd(t testing.TB) {
 	if containerdProbe.err != nil {
 		missing(t, "containerd", "containerd does not answer at "+ContainerdSocket()+": "+containerdProbe.err.Error())
 	}
+}
+
+// variantCounter makes VariantImage's names unique in a test process.
+var variantCounter atomic.Int64
+
+// VariantImage returns the name of a Docker image made for the test from
+// TestImage that differs from it only by the environment variable env
+// ("KEY=value"), so it has another image ID; the name and the image are
+// removed at cleanup.
+func VariantImage(t testing.TB, env string) string {
+	t.Helper()
+	RequireTestImage(t)
+	name := fmt.Sprintf("airlock-test:variant-%d-%d", os.Getpid(), variantCounter.Add(1))
+	out, err := exec.Command("docker", "create", "--pull", "never", TestImage, "true").CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker create: %v: %s", err, out)
+	}
+	id := strings.TrimSpace(string(out))
+	defer exec.Command("docker", "rm", id).Run()
+	out, err = exec.Command("docker", "commit", "--change", "ENV "+env, id, name).Output()
+	if err != nil {
+		t.Fatalf("docker commit: %v", err)
+	}
+	imageID := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		// The name may have been moved to another image meanwhile.
+		_ = exec.Command("docker", "rmi", name).Run()
+		_ = exec.Command("docker", "rmi", imageID).Run()
+	})
+	return name
 }
