@@ -38,6 +38,11 @@ type Metrics struct {
 	revoked      *prometheus.CounterVec
 	revokeFailed *prometheus.CounterVec
 	concurrent   prometheus.Gauge
+
+	poolClaims  *prometheus.CounterVec
+	poolReady   *prometheus.GaugeVec
+	poolRetired *prometheus.CounterVec
+	poolClaim   prometheus.Histogram
 }
 
 var _ Hook = (*Metrics)(nil)
@@ -92,9 +97,27 @@ func NewMetrics() *Metrics {
 			Name: "airlock_concurrent",
 			Help: "The configured global job limit (concurrent).",
 		}),
+		// Pool metrics are labelled only by images an admin listed ([pool]).
+		poolClaims: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "airlock_pool_claims_total",
+			Help: "Jobs of a pooled image that looked for a warm sandbox, by image and result (hit: claimed one; miss: none was ready, the job ran cold).",
+		}, []string{"image", "result"}),
+		poolReady: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "airlock_pool_ready",
+			Help: "Warm sandboxes ready now, by image.",
+		}, []string{"image"}),
+		poolRetired: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "airlock_pool_retired_total",
+			Help: "Warm sandboxes removed unclaimed because their image's name came to name another image (or none), by image.",
+		}, []string{"image"}),
+		poolClaim: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "airlock_pool_claim_seconds",
+			Help:    "From a job claiming a warm sandbox to the sandbox ready for its first step (credentials delivered, policy registered, sources copied).",
+			Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5},
+		}),
 	}
 	m.reg.MustRegister(m.jobs, m.running, m.duration, m.api, m.egressDenied, m.dropped, m.leaks, m.minted, m.revoked,
-		m.revokeFailed, m.concurrent,
+		m.revokeFailed, m.concurrent, m.poolClaims, m.poolReady, m.poolRetired, m.poolClaim,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -220,6 +243,40 @@ func (m *Metrics) CredentialRevoked(backend string) {
 func (m *Metrics) CredentialRevokeFailed(backend string) {
 	if m != nil {
 		m.revokeFailed.WithLabelValues(backend).Inc()
+	}
+}
+
+// PoolClaim counts a job of a pooled image claiming a warm sandbox (hit)
+// or finding none ready.
+func (m *Metrics) PoolClaim(image string, hit bool) {
+	if m != nil {
+		result := "miss"
+		if hit {
+			result = "hit"
+		}
+		m.poolClaims.WithLabelValues(image, result).Inc()
+	}
+}
+
+// PoolReady records the warm sandboxes of image ready now.
+func (m *Metrics) PoolReady(image string, n int) {
+	if m != nil {
+		m.poolReady.WithLabelValues(image).Set(float64(n))
+	}
+}
+
+// PoolRetired counts n warm sandboxes of image retired unclaimed.
+func (m *Metrics) PoolRetired(image string, n int) {
+	if m != nil {
+		m.poolRetired.WithLabelValues(image).Add(float64(n))
+	}
+}
+
+// PoolClaimed records how long a claimed warm sandbox took to be ready
+// for its job's first step.
+func (m *Metrics) PoolClaimed(d time.Duration) {
+	if m != nil {
+		m.poolClaim.Observe(d.Seconds())
 	}
 }
 

@@ -48,9 +48,13 @@ type Pool struct {
 	kick     chan struct{}
 	stop     context.CancelFunc
 	done     chan struct{}
+	bg       sync.WaitGroup // retired sandboxes being removed
 
-	hits, misses atomic.Int64
-	lastClaim    atomic.Int64 // unix ns of the last claim, hit or miss
+	hits, misses, retired atomic.Int64
+	lastClaim             atomic.Int64 // unix ns of the last claim, hit or miss
+	// checkEvery is how often ready sandboxes are checked against their
+	// image's name (an update retires them before a job finds them).
+	checkEvery time.Duration
 }
 
 // warmSandbox is one pooled sandbox.
@@ -62,12 +66,18 @@ type warmSandbox struct {
 	ctr    executors.Container
 	sb     *sandbox.Network // nil when the runner gives jobs no network
 	netns  string           // the named namespace made for it ("" when the executor made one)
+	// imageID is the image it was made from ("" when the executor cannot
+	// tell): when the name names another image, it is retired.
+	imageID string
 }
 
 // PoolStats are the pool's counters.
 type PoolStats struct {
 	Hits, Misses int64
-	Ready        map[string]int
+	// Retired counts ready sandboxes removed because their image's name
+	// came to name another image (or none).
+	Retired int64
+	Ready   map[string]int
 }
 
 // StartPool starts keeping size[image] warm sandboxes of each image until
@@ -88,7 +98,8 @@ func (r *Runner) StartPool(ctx context.Context, size map[string]int) (*Pool, err
 	}
 	pctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	p := &Pool{r: r, want: want, log: r.log.Named("pool"), ready: map[string][]*warmSandbox{},
-		building: map[string]int{}, kick: make(chan struct{}, 1), stop: stop, done: make(chan struct{})}
+		building: map[string]int{}, kick: make(chan struct{}, 1), stop: stop, done: make(chan struct{}),
+		checkEvery: poolCheckEvery}
 	if !r.pool.CompareAndSwap(nil, p) {
 		stop()
 		return nil, errors.New("pool: already started")
@@ -102,6 +113,7 @@ func (r *Runner) StartPool(ctx context.Context, size map[string]int) (*Pool, err
 	for range workers {
 		wg.Go(func() { p.refill(pctx) })
 	}
+	wg.Go(func() { p.watch(pctx) })
 	go func() { wg.Wait(); close(p.done) }()
 	p.nudge()
 	return p, nil
@@ -111,7 +123,7 @@ func (r *Runner) StartPool(ctx context.Context, size map[string]int) (*Pool, err
 func (p *Pool) Stats() PoolStats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := PoolStats{Hits: p.hits.Load(), Misses: p.misses.Load(), Ready: map[string]int{}}
+	st := PoolStats{Hits: p.hits.Load(), Misses: p.misses.Load(), Retired: p.retired.Load(), Ready: map[string]int{}}
 	for img, ws := range p.ready {
 		st.Ready[img] = len(ws)
 	}
@@ -148,28 +160,136 @@ func (p *Pool) nudge() {
 }
 
 // claim takes a ready sandbox for j's image, or returns nil (the job runs
-// cold).
-func (p *Pool) claim(j *job.Job) *warmSandbox {
+// cold). A sandbox made from another image than the one the name names
+// now (updated by a pull or a tag, or removed) is retired, never claimed.
+func (p *Pool) claim(ctx context.Context, j *job.Job) *warmSandbox {
 	if p == nil {
 		return nil
 	}
 	p.lastClaim.Store(time.Now().UnixNano()) // a job starts: refills wait
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if _, listed := p.want[j.Image]; !listed || p.closed {
+	_, listed := p.want[j.Image]
+	n := len(p.ready[j.Image])
+	closed := p.closed
+	p.mu.Unlock()
+	if !listed || closed {
 		return nil
 	}
+	m := p.r.metrics.Load()
+	if n > 0 {
+		cur, known, err := p.imageNow(ctx, j.Image)
+		if err != nil {
+			// Not knowing which image the name names, run cold.
+			p.log.Warn("cannot tell the image of the warm sandboxes; the job runs cold", "image", j.Image, "error", err)
+			n = 0
+		} else if known {
+			p.retire(j.Image, cur)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	ws := p.ready[j.Image]
-	if len(ws) == 0 {
+	if n == 0 || len(ws) == 0 || p.closed {
 		p.misses.Add(1)
+		m.PoolClaim(j.Image, false)
 		p.nudge()
 		return nil
 	}
 	w := ws[0]
 	p.ready[j.Image] = ws[1:]
 	p.hits.Add(1)
+	m.PoolClaim(j.Image, true)
+	m.PoolReady(j.Image, len(ws)-1)
 	p.nudge()
 	return w
+}
+
+// imageNow is the ID of the image that name names now; known is false
+// when the executor cannot tell (no executors.ImageIdentifier). A name
+// that names nothing any more is known with an empty ID.
+func (p *Pool) imageNow(ctx context.Context, image string) (id string, known bool, err error) {
+	ii, ok := p.r.exec.(executors.ImageIdentifier)
+	if !ok {
+		return "", false, nil
+	}
+	id, err = ii.ImageID(ctx, image)
+	if errors.Is(err, executors.ErrImageNotFound) {
+		return "", true, nil
+	}
+	return id, err == nil, err
+}
+
+// retire removes the ready sandboxes of image not made from the image
+// with ID cur, in the background, and has the pool refill.
+func (p *Pool) retire(image, cur string) {
+	p.mu.Lock()
+	var keep, stale []*warmSandbox
+	for _, w := range p.ready[image] {
+		if w.imageID == "" || w.imageID == cur {
+			keep = append(keep, w)
+		} else {
+			stale = append(stale, w)
+		}
+	}
+	if len(stale) > 0 {
+		p.ready[image] = keep
+	}
+	p.mu.Unlock()
+	if len(stale) == 0 {
+		return
+	}
+	p.retired.Add(int64(len(stale)))
+	m := p.r.metrics.Load()
+	m.PoolRetired(image, len(stale))
+	m.PoolReady(image, len(keep))
+	p.log.Info("retiring warm sandboxes of an updated image", "image", image, "sandboxes", len(stale), "image_id", cur)
+	for _, w := range stale {
+		p.bg.Go(func() {
+			if err := p.destroy(context.Background(), w); err != nil {
+				p.log.Error("removing a retired warm sandbox", "sandbox", w.id, "error", err)
+			}
+		})
+	}
+	p.nudge()
+}
+
+// poolCheckEvery is how often the pool checks its ready sandboxes against
+// their image's name.
+var poolCheckEvery = 15 * time.Second
+
+// watch checks, every checkEvery, that each image's ready sandboxes were
+// made from the image its name names now, and retires the others, so that
+// the pool refills with an updated image before a job asks for it.
+func (p *Pool) watch(ctx context.Context) {
+	t := time.NewTicker(p.checkEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.mu.Lock()
+		var imgs []string
+		for img, ws := range p.ready {
+			if len(ws) > 0 {
+				imgs = append(imgs, img)
+			}
+		}
+		p.mu.Unlock()
+		for _, img := range imgs {
+			cur, known, err := p.imageNow(ctx, img)
+			if err != nil {
+				if ctx.Err() == nil {
+					p.log.Warn("checking the image of warm sandboxes", "image", img, "error", err)
+				}
+				continue
+			}
+			if known {
+				p.retire(img, cur)
+			}
+		}
+	}
 }
 
 // maxRefillers bounds the sandboxes built at once.
@@ -234,6 +354,7 @@ func (p *Pool) refill(ctx context.Context) {
 		closed := p.closed
 		if err == nil && !closed {
 			p.ready[img] = append(p.ready[img], w)
+			p.r.metrics.Load().PoolReady(img, len(p.ready[img]))
 		}
 		p.mu.Unlock()
 		if err == nil && closed {
@@ -321,6 +442,9 @@ func (p *Pool) build(ctx context.Context, image string) (w *warmSandbox, err err
 	if w.ctr, err = r.exec.Create(ctx, spec); err != nil {
 		return w, fmt.Errorf("creating a warm container of %s: %w", image, err)
 	}
+	if ir, ok := w.ctr.(executors.ImageReporter); ok {
+		w.imageID = ir.ImageID()
+	}
 	if r.Network != nil && !joins {
 		if err := p.plumb(ctx, w, w.ctr.NetNS()); err != nil {
 			return w, err
@@ -386,9 +510,14 @@ func (p *Pool) Close(ctx context.Context) error {
 		all = append(all, ws...)
 	}
 	p.ready = map[string][]*warmSandbox{}
+	m := p.r.metrics.Load()
+	for img := range p.want {
+		m.PoolReady(img, 0)
+	}
 	p.mu.Unlock()
 	p.stop()
 	<-p.done
+	p.bg.Wait()
 	var errs []error
 	for _, w := range all {
 		errs = append(errs, p.destroy(ctx, w))

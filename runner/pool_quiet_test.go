@@ -12,7 +12,7 @@ import (
 // claim came for refillQuiet, at most refillMaxDefer, and not past the
 // pool's closing.
 func TestPoolRefillWaitsForQuiet(t *testing.T) {
-	p := &Pool{want: map[string]int{"img": 1}, ready: map[string][]*warmSandbox{}, building: map[string]int{},
+	p := &Pool{r: &Runner{}, want: map[string]int{"img": 1}, ready: map[string][]*warmSandbox{}, building: map[string]int{},
 		kick: make(chan struct{}, 1)}
 	ctx := context.Background()
 
@@ -22,7 +22,7 @@ func TestPoolRefillWaitsForQuiet(t *testing.T) {
 	}
 
 	// Any job's claim counts, of a pooled image or not.
-	if w := p.claim(&job.Job{ID: "j1", Image: "other"}); w != nil || p.lastClaim.Load() == 0 {
+	if w := p.claim(ctx, &job.Job{ID: "j1", Image: "other"}); w != nil || p.lastClaim.Load() == 0 {
 		t.Fatalf("claim of an unpooled image: %v, last claim %d; want nil and the claim noted", w, p.lastClaim.Load())
 	}
 	start = time.Now()
@@ -39,12 +39,12 @@ func TestPoolRefillWaitsForQuiet(t *testing.T) {
 			case <-stop:
 				return
 			case <-time.After(20 * time.Millisecond):
-				p.claim(&job.Job{ID: "j", Image: "img"})
+				p.claim(ctx, &job.Job{ID: "j", Image: "img"})
 			}
 		}
 	}()
 	done := make(chan time.Duration, 1)
-	p.claim(&job.Job{ID: "j0", Image: "img"})
+	p.claim(ctx, &job.Job{ID: "j0", Image: "img"})
 	start = time.Now()
 	go func() { _ = p.waitQuiet(ctx); done <- time.Since(start) }()
 	select {

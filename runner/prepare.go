@@ -113,7 +113,11 @@ func (e *execution) prepareWarm(ctx context.Context, env []string) error {
 		e.net = jn
 		env = append(env, jn.env()...)
 	}
-	return e.ready(ctx, env)
+	if err := e.ready(ctx, env); err != nil {
+		return err
+	}
+	e.r.metrics.Load().PoolClaimed(time.Since(e.warmAt))
+	return nil
 }
 
 // ready completes the steps' environment and copies the job's sources in.

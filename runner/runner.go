@@ -393,6 +393,7 @@ type execution struct {
 	net    *jobNetwork
 	env    []string
 	warm   *warmSandbox // the pooled sandbox the job claimed
+	warmAt time.Time    // when it claimed it
 
 	services  *jobServices
 	svcMounts []executors.Mount // what services mount (hosts, resolv.conf)
@@ -435,11 +436,11 @@ func (e *execution) decide(ctx context.Context) error {
 	var w *warmSandbox
 	if len(j.Services) == 0 {
 		// A warm sandbox's container has no /etc/hosts for services' aliases.
-		w = r.pool.Load().claim(j)
+		w = r.pool.Load().claim(ctx, j)
 	}
 	if w != nil {
 		// Owned by the job from here: finish destroys it.
-		e.warm, e.dir, e.ctr = w, w.dir, w.ctr
+		e.warm, e.warmAt, e.dir, e.ctr = w, time.Now(), w.dir, w.ctr
 		e.log.Debug("claimed a warm sandbox", "sandbox", w.id)
 	} else {
 		dir, err := r.makeRuntimeDir(j.ID)

@@ -1,0 +1,179 @@
+package runner
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/images"
+	"github.com/containerd/errdefs"
+	dockerclient "github.com/docker/docker/client"
+
+	"github.com/airlock-ci/airlock/executors/containerd"
+	"github.com/airlock-ci/airlock/internal/testenv"
+	"github.com/airlock-ci/airlock/runner/config"
+	"github.com/airlock-ci/airlock/runner/job"
+)
+
+// retagImage makes name name the image to, in the store the runner's
+// executor takes images from (Docker's, or its containerd namespace, into
+// which to is imported from Docker), as a pull of an updated image would.
+func retagImage(t *testing.T, cfg *config.Config, name, to string) {
+	t.Helper()
+	if cfg.ExecutorName() != config.ExecutorContainerd {
+		if out, err := exec.Command("docker", "tag", to, name).CombinedOutput(); err != nil {
+			t.Fatalf("docker tag: %v: %s", err, out)
+		}
+		return
+	}
+	cli, ctx, done, err := isoContainerdClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	dc, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	rc, err := dc.ImageSave(ctx, []string{to})
+	if err != nil {
+		t.Fatal(err)
+	}
+	imported, err := cli.Import(ctx, rc)
+	rc.Close()
+	if err != nil || len(imported) == 0 {
+		t.Fatalf("importing %s: %v, %d images", to, err, len(imported))
+	}
+	full, err := containerd.NormalizeImage(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := images.Image{Name: full, Target: imported[0].Target}
+	if _, err := cli.ImageService().Update(ctx, img, "target"); errdefs.IsNotFound(err) {
+		_, err = cli.ImageService().Create(ctx, img)
+	} else if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPoolRetiresUpdatedImage: a warm sandbox made from an image whose
+// name has since been given another image (an admin pulled an update) is
+// never claimed: the job runs cold on the new image, the sandbox is
+// retired and the pool refills with the new one; between jobs, the
+// pool's check retires and replaces them too. The pool's metrics count
+// it all.
+func TestPoolRetiresUpdatedImage(t *testing.T) { isoEachExecutor(t, testPoolRetiresUpdatedImage) }
+
+func testPoolRetiresUpdatedImage(t *testing.T) {
+	env := isoOpen(t)
+	m := NewMetrics()
+	env.r.SetMetrics(m)
+	oldImg := testenv.VariantImage(t, "AIRLOCK_VARIANT=old")
+	newImg := testenv.VariantImage(t, "AIRLOCK_VARIANT=new")
+	pooled := testenv.VariantImage(t, "AIRLOCK_VARIANT=old") // the name jobs use
+	if env.cfg.ExecutorName() == config.ExecutorContainerd {
+		retagImage(t, env.cfg, pooled, oldImg) // imported, as a pull would
+	}
+	start := func(check time.Duration) *Pool {
+		t.Helper()
+		saved := poolCheckEvery
+		poolCheckEvery = check
+		p, err := env.r.StartPool(context.Background(), map[string]int{pooled: 1})
+		poolCheckEvery = saved
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := p.Close(context.Background()); err != nil {
+				t.Errorf("Pool.Close() error = %v", err)
+			}
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := p.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	runJob := func(id, want string) {
+		t.Helper()
+		j := &job.Job{ID: id, Source: job.SourceLocal, Repo: isoRepo, Image: pooled, Timeout: time.Minute,
+			Steps: []job.Step{{Name: "s", When: job.OnSuccess, Script: []string{`echo "variant=$AIRLOCK_VARIANT"`}}}}
+		var out bytes.Buffer
+		res, err := env.r.Run(context.Background(), j, RunOptions{Out: &out})
+		if err != nil || res.State != Success {
+			t.Fatalf("job %s: %v, %+v\n%s", id, err, res, out.String())
+		}
+		if !strings.Contains(out.String(), "variant="+want+"\n") {
+			t.Errorf("job %s ran on the wrong image, want variant=%s:\n%s", id, want, out.String())
+		}
+	}
+
+	// The claim's own check (the pool's is an hour away).
+	p := start(time.Hour)
+	retagImage(t, env.cfg, pooled, newImg)
+	runJob("upd-1", "new")
+	if st := p.Stats(); st.Hits != 0 || st.Misses != 1 || st.Retired != 1 {
+		t.Errorf("after the update: %+v, want the stale sandbox retired and the job cold (1 miss)", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := p.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	runJob("upd-2", "new")
+	if st := p.Stats(); st.Hits != 1 || st.Retired != 1 {
+		t.Errorf("after the refill: %+v, want a hit", st)
+	}
+	if err := p.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+
+	// Between jobs: the pool's own check, with no job asking.
+	p = start(50 * time.Millisecond)
+	retagImage(t, env.cfg, pooled, oldImg)
+	deadline := time.Now().Add(time.Minute)
+	for p.Stats().Retired < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the pool's check never retired the stale sandbox: %+v", p.Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := p.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	runJob("upd-3", "old")
+	if st := p.Stats(); st.Hits != 1 || st.Misses != 0 || st.Retired != 1 {
+		t.Errorf("after the check: %+v, want the refilled sandbox claimed", st)
+	}
+	if err := p.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	metrics := scrapeMetrics(t, m)
+	for _, want := range []string{
+		`airlock_pool_claims_total{image="` + pooled + `",result="hit"} 2`,
+		`airlock_pool_claims_total{image="` + pooled + `",result="miss"} 1`,
+		`airlock_pool_retired_total{image="` + pooled + `"} 2`,
+		`airlock_pool_ready{image="` + pooled + `"} 1`,
+		`airlock_pool_claim_seconds_count 2`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s:\n%s", want, grepLines(metrics, "airlock_pool_"))
+		}
+	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
