@@ -478,7 +478,7 @@ func isoStartPool(t *testing.T, env *isoEnv) *Pool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	p, err := env.r.StartPool(ctx, map[string]int{testenv.TestImage: 1})
+	p, err := env.r.StartPool(ctx, PoolConfig{Sizes: map[string]int{testenv.TestImage: 1}})
 	if err != nil {
 		t.Fatalf("StartPool() error = %v", err)
 	}

@@ -97,7 +97,8 @@ func NewMetrics() *Metrics {
 			Name: "airlock_concurrent",
 			Help: "The configured global job limit (concurrent).",
 		}),
-		// Pool metrics are labelled only by images an admin listed ([pool]).
+		// Pool metrics are labelled only by the images the pool keeps: those
+		// an admin listed ([pool]) and the recent ones it counts (Pool.note).
 		poolClaims: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "airlock_pool_claims_total",
 			Help: "Jobs of a pooled image that looked for a warm sandbox, by image and result (hit: claimed one; miss: none was ready, the job ran cold).",

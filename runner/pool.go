@@ -6,8 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/runner/config"
 	"github.com/airlock-ci/airlock/runner/job"
 	"github.com/airlock-ci/airlock/sandbox"
 )
@@ -37,11 +41,17 @@ import (
 // id is "pool-<hex>"), so recovery after a crash removes them as it removes
 // a crashed job's container, network, namespace and runtime directory.
 type Pool struct {
-	r    *Runner
-	want map[string]int // image -> sandboxes kept ready
-	log  hclog.Logger
+	r   *Runner
+	log hclog.Logger
+
+	// listed are the images an admin listed; recent images are added to
+	// want while they are among the most used (note).
+	listed             map[string]int
+	recent, recentSize int
 
 	mu       sync.Mutex
+	want     map[string]int // image -> sandboxes kept ready
+	history  []string       // the last recentWindow eligible jobs' images, oldest first
 	ready    map[string][]*warmSandbox
 	building map[string]int
 	closed   bool
@@ -80,31 +90,54 @@ type PoolStats struct {
 	Ready   map[string]int
 }
 
-// StartPool starts keeping size[image] warm sandboxes of each image until
-// ClosePool (or Close). Jobs claim them from then on. The pool is not used
-// with pull policy "always" (a pooled container could hold an old image).
-func (r *Runner) StartPool(ctx context.Context, size map[string]int) (*Pool, error) {
+// PoolConfig says which warm sandboxes to keep.
+type PoolConfig struct {
+	// Sizes maps each image an admin listed to its number of sandboxes.
+	Sizes map[string]int
+	// Recent also keeps RecentSize sandboxes (default 1) of each of the
+	// Recent images most used by the last recentWindow jobs (0: none).
+	Recent, RecentSize int
+}
+
+// recentWindow is how many of the last jobs' images Recent counts.
+const recentWindow = 100
+
+// StartPool starts keeping the warm sandboxes cfg names until ClosePool
+// (or Close). Jobs claim them from then on. The pool is not used with pull
+// policy "always" (a pooled container could hold an old image).
+func (r *Runner) StartPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
 	if r.cfg.Pull == executors.PullAlways {
 		return nil, errors.New("pool: not used with pull_policy \"always\": a pooled container would keep the image it was made from")
 	}
-	want := map[string]int{}
-	for img, n := range size {
+	listed := map[string]int{}
+	for img, n := range cfg.Sizes {
 		if n < 0 {
 			return nil, fmt.Errorf("pool: size of %s is negative", img)
 		}
 		if n > 0 {
-			want[img] = n
+			listed[img] = n
 		}
 	}
+	if cfg.Recent < 0 || cfg.Recent > config.MaxPoolRecent {
+		return nil, fmt.Errorf("pool: recent %d must be between 0 and %d", cfg.Recent, config.MaxPoolRecent)
+	}
+	if cfg.RecentSize < 0 {
+		return nil, fmt.Errorf("pool: recent size %d is negative", cfg.RecentSize)
+	}
+	if cfg.RecentSize == 0 {
+		cfg.RecentSize = 1
+	}
+	want := maps.Clone(listed)
 	pctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	p := &Pool{r: r, want: want, log: r.log.Named("pool"), ready: map[string][]*warmSandbox{},
+	p := &Pool{r: r, want: want, listed: listed, recent: cfg.Recent, recentSize: cfg.RecentSize,
+		log: r.log.Named("pool"), ready: map[string][]*warmSandbox{},
 		building: map[string]int{}, kick: make(chan struct{}, 1), stop: stop, done: make(chan struct{}),
 		checkEvery: poolCheckEvery}
 	if !r.pool.CompareAndSwap(nil, p) {
 		stop()
 		return nil, errors.New("pool: already started")
 	}
-	total := 0
+	total := cfg.Recent * cfg.RecentSize
 	for _, n := range want {
 		total += n
 	}
@@ -243,14 +276,90 @@ func (p *Pool) retire(image, cur string) {
 	m.PoolRetired(image, len(stale))
 	m.PoolReady(image, len(keep))
 	p.log.Info("retiring warm sandboxes of an updated image", "image", image, "sandboxes", len(stale), "image_id", cur)
-	for _, w := range stale {
+	p.discard(stale)
+	p.nudge()
+}
+
+// discard removes unclaimed sandboxes in the background (Close waits).
+func (p *Pool) discard(ws []*warmSandbox) {
+	for _, w := range ws {
 		p.bg.Go(func() {
 			if err := p.destroy(context.Background(), w); err != nil {
-				p.log.Error("removing a retired warm sandbox", "sandbox", w.id, "error", err)
+				p.log.Error("removing a warm sandbox", "sandbox", w.id, "error", err)
 			}
 		})
 	}
+}
+
+// note counts j's image among the recent ones, when the pool keeps the
+// most used, and updates which images are kept. Only an image that can be
+// kept without the job is counted: not one of a job with services (those
+// never claim), with registry credentials, or whose name holds a value of
+// its private variables (names end up in logs and metric labels).
+func (p *Pool) note(j *job.Job) {
+	if p == nil || p.recent == 0 || j.Image == "" || len(j.Services) > 0 || len(j.RegistryAuth) > 0 ||
+		slices.ContainsFunc(privateValues(j), func(v string) bool { return strings.Contains(j.Image, v) }) {
+		return
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	if len(p.history) == recentWindow {
+		copy(p.history, p.history[1:])
+		p.history = p.history[:recentWindow-1]
+	}
+	p.history = append(p.history, j.Image)
+	dropped := p.rewantLocked()
+	m := p.r.metrics.Load()
+	var gone []*warmSandbox
+	for img, ws := range dropped {
+		m.PoolReady(img, 0)
+		gone = append(gone, ws...)
+	}
+	p.mu.Unlock()
+	if len(dropped) > 0 {
+		p.log.Debug("images no longer among the most used", "images", slices.Sorted(maps.Keys(dropped)))
+	}
+	p.discard(gone)
 	p.nudge()
+}
+
+// rewantLocked sets want to the listed images and the recent most used
+// ones (used by two jobs at least; ties go to the one used last), and
+// returns the ready sandboxes of the images no longer kept, taken out.
+func (p *Pool) rewantLocked() map[string][]*warmSandbox {
+	count, last := map[string]int{}, map[string]int{}
+	for i, img := range p.history {
+		count[img]++
+		last[img] = i
+	}
+	var imgs []string
+	for img, n := range count {
+		if _, ok := p.listed[img]; !ok && n >= 2 {
+			imgs = append(imgs, img)
+		}
+	}
+	sort.Slice(imgs, func(a, b int) bool {
+		if count[imgs[a]] != count[imgs[b]] {
+			return count[imgs[a]] > count[imgs[b]]
+		}
+		return last[imgs[a]] > last[imgs[b]]
+	})
+	want := maps.Clone(p.listed)
+	for _, img := range imgs[:min(len(imgs), p.recent)] {
+		want[img] = p.recentSize
+	}
+	dropped := map[string][]*warmSandbox{}
+	for img := range p.want {
+		if _, ok := want[img]; !ok {
+			dropped[img] = p.ready[img]
+			delete(p.ready, img)
+		}
+	}
+	p.want = want
+	return dropped
 }
 
 // poolCheckEvery is how often the pool checks its ready sandboxes against
@@ -351,13 +460,14 @@ func (p *Pool) refill(ctx context.Context) {
 		w, err := p.build(ctx, img)
 		p.mu.Lock()
 		p.building[img]--
-		closed := p.closed
-		if err == nil && !closed {
+		// Closed meanwhile, or no longer among the images kept.
+		unwanted := p.closed || p.want[img] == 0
+		if err == nil && !unwanted {
 			p.ready[img] = append(p.ready[img], w)
 			p.r.metrics.Load().PoolReady(img, len(p.ready[img]))
 		}
 		p.mu.Unlock()
-		if err == nil && closed {
+		if err == nil && unwanted {
 			p.destroy(context.Background(), w)
 		}
 		if err != nil {

@@ -112,7 +112,7 @@ func benchWarmStart(b *testing.B) {
 	testenv.RequireTestImage(b)
 	ctx := context.Background()
 	r := openBenchRunner(b, isoLogger())
-	p, err := r.StartPool(ctx, map[string]int{testenv.TestImage: 1})
+	p, err := r.StartPool(ctx, PoolConfig{Sizes: map[string]int{testenv.TestImage: 1}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func BenchmarkAgentThroughputPool(b *testing.B) {
 	b.ResetTimer()
 	off := perMinute()
 	busyOff := busy
-	p, err := r.StartPool(ctx, map[string]int{testenv.TestImage: 4})
+	p, err := r.StartPool(ctx, PoolConfig{Sizes: map[string]int{testenv.TestImage: 4}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -29,7 +29,7 @@ func benchWarmBurst(b *testing.B) {
 	ctx := context.Background()
 	timing, log := newTimingLogger()
 	r := openBenchRunner(b, log)
-	p, err := r.StartPool(ctx, map[string]int{testenv.TestImage: warmBurst})
+	p, err := r.StartPool(ctx, PoolConfig{Sizes: map[string]int{testenv.TestImage: warmBurst}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package runner
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -82,7 +83,7 @@ func testPoolRetiresUpdatedImage(t *testing.T) {
 		t.Helper()
 		saved := poolCheckEvery
 		poolCheckEvery = check
-		p, err := env.r.StartPool(context.Background(), map[string]int{pooled: 1})
+		p, err := env.r.StartPool(context.Background(), PoolConfig{Sizes: map[string]int{pooled: 1}})
 		poolCheckEvery = saved
 		if err != nil {
 			t.Fatal(err)
@@ -176,4 +177,46 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestPoolRecentImages: with recent = 1 and no image listed, an image two
+// jobs used gets a warm sandbox, which the next job of it claims.
+func TestPoolRecentImages(t *testing.T) { isoEachExecutor(t, testPoolRecentImages) }
+
+func testPoolRecentImages(t *testing.T) {
+	env := isoOpen(t)
+	p, err := env.r.StartPool(context.Background(), PoolConfig{Recent: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(context.Background()); err != nil {
+			t.Errorf("Pool.Close() error = %v", err)
+		}
+	})
+	for i := range 3 {
+		if i == 2 {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			err := p.WaitReady(ctx)
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st := p.Stats(); st.Ready[testenv.TestImage] != 1 {
+				t.Fatalf("after two jobs of %s: %+v, want one sandbox of it ready", testenv.TestImage, st)
+			}
+		}
+		j := &job.Job{ID: fmt.Sprintf("recent-%d", i), Source: job.SourceLocal, Repo: isoRepo, Image: testenv.TestImage, Timeout: time.Minute,
+			Steps: []job.Step{{Name: "s", When: job.OnSuccess, Script: []string{`echo "job=$CI_JOB_ID"`}}}}
+		var out bytes.Buffer
+		res, err := env.r.Run(context.Background(), j, RunOptions{Out: &out})
+		if err != nil || res.State != Success || !strings.Contains(out.String(), "job="+j.ID) {
+			t.Fatalf("job %s: %v, %+v\n%s", j.ID, err, res, out.String())
+		}
+	}
+	// The first job's image was not kept yet (not counted), the second's
+	// found none ready (a miss), the third claimed the sandbox.
+	if st := p.Stats(); st.Hits != 1 || st.Misses != 1 {
+		t.Errorf("pool stats = %+v, want 1 hit and 1 miss", st)
+	}
 }

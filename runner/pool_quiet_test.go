@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/airlock-ci/airlock/runner/job"
 )
 
@@ -61,5 +63,68 @@ func TestPoolRefillWaitsForQuiet(t *testing.T) {
 	p.lastClaim.Store(time.Now().UnixNano())
 	if err := p.waitQuiet(cctx); err == nil {
 		t.Error("waitQuiet on a closed pool's context = nil, want its error")
+	}
+}
+
+// With recent = 1, the pool keeps the image most used by the last jobs
+// (used twice at least; ties to the one used last) beside the listed
+// ones, and never counts a job's image that holds a private value or
+// needs the job's registry credentials.
+func TestPoolKeepsTheMostUsedRecently(t *testing.T) {
+	p := &Pool{r: &Runner{}, log: hclog.NewNullLogger(), listed: map[string]int{"listed": 2}, want: map[string]int{"listed": 2}, recent: 1, recentSize: 3,
+		ready: map[string][]*warmSandbox{}, building: map[string]int{}, kick: make(chan struct{}, 1)}
+	use := func(j *job.Job) {
+		if j.ID == "" {
+			j.ID = "j"
+		}
+		p.note(j)
+	}
+	wantKept := func(step string, want map[string]int) {
+		t.Helper()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if len(p.want) != len(want) {
+			t.Fatalf("%s: kept %v, want %v", step, p.want, want)
+		}
+		for img, n := range want {
+			if p.want[img] != n {
+				t.Fatalf("%s: kept %v, want %v", step, p.want, want)
+			}
+		}
+	}
+	use(&job.Job{Image: "a"})
+	wantKept("after one use", map[string]int{"listed": 2})
+	use(&job.Job{Image: "b"})
+	use(&job.Job{Image: "b"})
+	wantKept("b used twice", map[string]int{"listed": 2, "b": 3})
+	use(&job.Job{Image: "a"})
+	wantKept("a used twice too, last", map[string]int{"listed": 2, "a": 3})
+	use(&job.Job{Image: "b"})
+	wantKept("b used three times", map[string]int{"listed": 2, "b": 3})
+
+	// Never counted: an image holding a private value, one needing the
+	// job's registry credentials, a job with services (it never claims).
+	secret := job.Variable{Key: "TOKEN", Value: "s3cr3t-value", Masked: true}
+	for range 5 {
+		use(&job.Job{Image: "registry.example/s3cr3t-value:1", Variables: []job.Variable{secret}})
+		use(&job.Job{Image: "private", RegistryAuth: []job.RegistryAuth{{Registry: "registry.example", Username: "u", Password: "p"}}})
+		use(&job.Job{Image: "svc", Services: []job.Service{{Image: "postgres"}}})
+	}
+	wantKept("after ineligible jobs", map[string]int{"listed": 2, "b": 3})
+	p.mu.Lock()
+	for _, img := range p.history {
+		if img != "a" && img != "b" {
+			t.Errorf("history holds %q", img)
+		}
+	}
+	p.mu.Unlock()
+
+	// The window is bounded: old uses fall out of it.
+	for range recentWindow {
+		use(&job.Job{Image: "c"})
+	}
+	wantKept("after a window of c", map[string]int{"listed": 2, "c": 3})
+	if len(p.history) != recentWindow {
+		t.Errorf("history holds %d images, want %d", len(p.history), recentWindow)
 	}
 }

@@ -37,7 +37,7 @@ func TestPoolCrashChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := r.StartPool(ctx, map[string]int{testenv.TestImage: 2})
+	p, err := r.StartPool(ctx, PoolConfig{Sizes: map[string]int{testenv.TestImage: 2}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -434,6 +434,7 @@ func (e *execution) decide(ctx context.Context) error {
 		e.policy = p
 	}
 	var w *warmSandbox
+	r.pool.Load().note(j)
 	if len(j.Services) == 0 {
 		// A warm sandbox's container has no /etc/hosts for services' aliases.
 		w = r.pool.Load().claim(ctx, j)

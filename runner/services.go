@@ -17,6 +17,7 @@ import (
 
 	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/internal/nsenter"
+	"github.com/airlock-ci/airlock/runner/job"
 )
 
 // DefaultServiceWait is how long a service's ports get to accept a
@@ -60,15 +61,12 @@ func (e *execution) writeHosts() (string, error) {
 // in its configuration.
 func (e *execution) serviceEnv(i int) (public, secret []string) {
 	public = []string{"CI=true", "CI_JOB_ID=" + e.j.ID, "CI_PROJECT_DIR=" + e.r.cfg.WorkDir}
-	var private []string
 	for _, v := range e.j.Variables {
-		switch {
-		case v.Public && !v.Masked && !v.File:
+		if publicVariable(v) {
 			public = append(public, v.Key+"="+v.Value)
-		case v.Masked && v.Value != "", len(v.Value) >= 8:
-			private = append(private, v.Value)
 		}
 	}
+	private := privateValues(e.j)
 	for _, v := range e.j.Services[i].Variables {
 		if v.Masked || slices.ContainsFunc(private, func(p string) bool { return strings.Contains(v.Value, p) }) {
 			secret = append(secret, v.Key+"="+v.Value)
@@ -77,6 +75,23 @@ func (e *execution) serviceEnv(i int) (public, secret []string) {
 		public = append(public, v.Key+"="+v.Value)
 	}
 	return public, secret
+}
+
+// publicVariable reports whether v may be shown: public, neither masked
+// nor a file.
+func publicVariable(v job.Variable) bool { return v.Public && !v.Masked && !v.File }
+
+// privateValues are the values of the job's variables that are not public
+// and could be secrets: every masked one, and the others of 8 bytes or
+// more (shorter ones would match too much by chance).
+func privateValues(j *job.Job) []string {
+	var out []string
+	for _, v := range j.Variables {
+		if !publicVariable(v) && ((v.Masked && v.Value != "") || len(v.Value) >= 8) {
+			out = append(out, v.Value)
+		}
+	}
+	return out
 }
 
 func (e *execution) jobVar(key string) string {

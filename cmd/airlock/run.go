@@ -159,12 +159,13 @@ func runAgent(parent context.Context, cfg *config.Config, log hclog.Logger, jit 
 	if err != nil {
 		return err
 	}
-	if len(cfg.Pool.Images) > 0 {
+	if len(cfg.Pool.Images) > 0 || cfg.Pool.Recent > 0 {
 		// A pool that cannot start leaves jobs to run cold; say why.
-		if _, err := r.StartPool(ctx, cfg.Pool.Sizes()); err != nil {
+		pc := runner.PoolConfig{Sizes: cfg.Pool.Sizes(), Recent: cfg.Pool.Recent, RecentSize: cfg.Pool.Size}
+		if _, err := r.StartPool(ctx, pc); err != nil {
 			log.Error("warm sandboxes are off", "error", err)
 		} else {
-			log.Info("keeping warm sandboxes", "images", cfg.Pool.Images, "size", cfg.Pool.Sizes()[cfg.Pool.Images[0]])
+			log.Info("keeping warm sandboxes", "images", cfg.Pool.Images, "recent", cfg.Pool.Recent, "size", max(cfg.Pool.Size, 1))
 		}
 	}
 

@@ -389,14 +389,20 @@ func (e Egress) validate() []error {
 }
 
 // Pool is the [pool] section: warm sandboxes `airlock run` keeps ready
-// for the images listed, so that a job of one of them starts without a
+// for the images listed (and the most used recently), so that a job of one of them starts without a
 // container or a network being made on its path.
 type Pool struct {
 	// Images are the images to keep warm sandboxes of.
 	Images []string `toml:"images"`
 	// Size is how many warm sandboxes are kept per image (default 1).
 	Size int `toml:"size"`
+	// Recent also keeps sandboxes of the images most used by the last 100
+	// jobs: this many of them (0: none; at most MaxPoolRecent).
+	Recent int `toml:"recent"`
 }
+
+// MaxPoolRecent bounds pool.recent.
+const MaxPoolRecent = 16
 
 // Sizes maps each image to its number of warm sandboxes.
 func (p Pool) Sizes() map[string]int {
@@ -415,6 +421,9 @@ func (p Pool) validate() []error {
 	var errs []error
 	if p.Size < 0 {
 		errs = append(errs, fmt.Errorf("pool.size %d: must not be negative", p.Size))
+	}
+	if p.Recent < 0 || p.Recent > MaxPoolRecent {
+		errs = append(errs, fmt.Errorf("pool.recent %d: must be between 0 and %d", p.Recent, MaxPoolRecent))
 	}
 	for i, img := range p.Images {
 		if strings.TrimSpace(img) == "" {

@@ -87,6 +87,7 @@ firewall = "pf"
 [pool]
 size = -1
 images = [""]
+recent = 99
 [gateway.hosts]
 "db.internal" = "not-an-ip"
 [egress]
@@ -97,7 +98,7 @@ ceiling = ["", "http://x"]
 		t.Fatal("Load accepted a bad configuration")
 	}
 	for _, want := range []string{"config.toml", "concurrent", "check_interval", "log_format", `unknown key "bogus"`,
-		"docker.pull_policy", "docker.memory", "network.pool", "network.firewall", "pool.size", "pool.images[0]", "gateway.hosts", "egress.ceiling"} {
+		"docker.pull_policy", "docker.memory", "network.pool", "network.firewall", "pool.size", "pool.images[0]", "pool.recent", "gateway.hosts", "egress.ceiling"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q:\n%v", want, err)
 		}
