@@ -143,6 +143,14 @@ type ImageIdentifier interface {
 	ImageID(ctx context.Context, ref string) (string, error)
 }
 
+// ImagePuller is an optional Executor capability: pull ref now, as pull
+// policy "always" does for Create (with the job's credentials for its
+// registry), and return the pulled image's ID in ImageIdentifier's terms.
+// The warm pool pulls so for a job that claims a sandbox under "always".
+type ImagePuller interface {
+	PullImage(ctx context.Context, ref string, auths []RegistryAuth) (string, error)
+}
+
 // ImageReporter is an optional Container capability: the ID of the image
 // the container was made from, in ImageIdentifier's terms.
 type ImageReporter interface {

@@ -55,10 +55,19 @@ type isoEnv struct {
 // carrying the runner's id is left on the host.
 func isoOpen(t *testing.T, ceiling ...string) *isoEnv {
 	t.Helper()
+	return isoOpenWith(t, nil, ceiling...)
+}
+
+// isoOpenWith is isoOpen with the configuration changed by mod first.
+func isoOpenWith(t *testing.T, mod func(*config.Config), ceiling ...string) *isoEnv {
+	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireTestImage(t)
 	fake := testenv.NewFakeInternet(t)
 	cfg := isoConfig(t, fake, ceiling...)
+	if mod != nil {
+		mod(cfg)
+	}
 	ctx := context.Background()
 	r, err := openWired(ctx, cfg, isoLogger())
 	if err != nil {

@@ -103,11 +103,12 @@ type PoolConfig struct {
 const recentWindow = 100
 
 // StartPool starts keeping the warm sandboxes cfg names until ClosePool
-// (or Close). Jobs claim them from then on. The pool is not used with pull
-// policy "always" (a pooled container could hold an old image).
+// (or Close). Jobs claim them from then on. With pull policy "always", a
+// job that would claim one pulls its image first, as its Create would, and
+// claims it only if it was made from the image pulled.
 func (r *Runner) StartPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
-	if r.cfg.Pull == executors.PullAlways {
-		return nil, errors.New("pool: not used with pull_policy \"always\": a pooled container would keep the image it was made from")
+	if _, ok := r.exec.(executors.ImagePuller); r.cfg.Pull == executors.PullAlways && !ok {
+		return nil, errors.New("pool: not used with pull_policy \"always\" with an executor that cannot pull for a job: a pooled container would keep the image it was made from")
 	}
 	listed := map[string]int{}
 	for img, n := range cfg.Sizes {
@@ -210,7 +211,7 @@ func (p *Pool) claim(ctx context.Context, j *job.Job) *warmSandbox {
 	}
 	m := p.r.metrics.Load()
 	if n > 0 {
-		cur, known, err := p.imageNow(ctx, j.Image)
+		cur, known, err := p.imageNow(ctx, j)
 		if err != nil {
 			// Not knowing which image the name names, run cold.
 			p.log.Warn("cannot tell the image of the warm sandboxes; the job runs cold", "image", j.Image, "error", err)
@@ -237,10 +238,28 @@ func (p *Pool) claim(ctx context.Context, j *job.Job) *warmSandbox {
 	return w
 }
 
-// imageNow is the ID of the image that name names now; known is false
-// when the executor cannot tell (no executors.ImageIdentifier). A name
-// that names nothing any more is known with an empty ID.
-func (p *Pool) imageNow(ctx context.Context, image string) (id string, known bool, err error) {
+// imageNow is the ID of the image j's would be made from now: under pull
+// policy "always", the one pulled for it now with its credentials (a
+// failed pull is an error: the job runs cold and its Create reports it);
+// else the one its name names here (imageHere).
+func (p *Pool) imageNow(ctx context.Context, j *job.Job) (id string, known bool, err error) {
+	if p.r.cfg.Pull != executors.PullAlways {
+		return p.imageHere(ctx, j.Image)
+	}
+	t0 := time.Now()
+	id, err = p.r.exec.(executors.ImagePuller).PullImage(ctx, j.Image, registryAuth(j))
+	if err != nil {
+		return "", false, err
+	}
+	p.log.Debug("pulled the image of a job that claims a warm sandbox", "image", j.Image, "took", time.Since(t0))
+	return id, true, nil
+}
+
+// imageHere is the ID of the image that name names in the executor's
+// store now; known is false when the executor cannot tell (no
+// executors.ImageIdentifier). A name that names nothing any more is known
+// with an empty ID.
+func (p *Pool) imageHere(ctx context.Context, image string) (id string, known bool, err error) {
 	ii, ok := p.r.exec.(executors.ImageIdentifier)
 	if !ok {
 		return "", false, nil
@@ -387,7 +406,7 @@ func (p *Pool) watch(ctx context.Context) {
 		}
 		p.mu.Unlock()
 		for _, img := range imgs {
-			cur, known, err := p.imageNow(ctx, img)
+			cur, known, err := p.imageHere(ctx, img)
 			if err != nil {
 				if ctx.Err() == nil {
 					p.log.Warn("checking the image of warm sandboxes", "image", img, "error", err)

@@ -13,8 +13,10 @@ import (
 	"github.com/containerd/errdefs"
 	dockerclient "github.com/docker/docker/client"
 
+	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/executors/containerd"
 	"github.com/airlock-ci/airlock/internal/testenv"
+	"github.com/airlock-ci/airlock/internal/testenv/registry"
 	"github.com/airlock-ci/airlock/runner/config"
 	"github.com/airlock-ci/airlock/runner/job"
 )
@@ -218,5 +220,69 @@ func testPoolRecentImages(t *testing.T) {
 	// found none ready (a miss), the third claimed the sandbox.
 	if st := p.Stats(); st.Hits != 1 || st.Misses != 1 {
 		t.Errorf("pool stats = %+v, want 1 hit and 1 miss", st)
+	}
+}
+
+// TestPoolPullAlways: under pull policy "always" a job that would claim a
+// warm sandbox pulls its image first, as its Create would: while the
+// registry has the image the sandbox was made from, the job claims it;
+// once an update was pushed under the same name, the job runs cold on
+// the update, the stale sandbox is retired and the pool refills with it.
+func TestPoolPullAlways(t *testing.T) { isoEachExecutor(t, testPoolPullAlways) }
+
+func testPoolPullAlways(t *testing.T) {
+	reg := registry.RequireOpen(t)
+	oldImg := testenv.VariantImage(t, "AIRLOCK_VARIANT=old")
+	newImg := testenv.VariantImage(t, "AIRLOCK_VARIANT=new")
+	ref := reg.Push(t, oldImg, "ci/build:1")
+	env := isoOpenWith(t, func(cfg *config.Config) {
+		cfg.Docker.Pull = string(executors.PullAlways)
+		cfg.Containerd.Pull = string(executors.PullAlways)
+	})
+	p, err := env.r.StartPool(context.Background(), PoolConfig{Sizes: map[string]int{ref: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(context.Background()); err != nil {
+			t.Errorf("Pool.Close() error = %v", err)
+		}
+	})
+	waitReady := func() {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := p.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runJob := func(id, want string) {
+		t.Helper()
+		j := &job.Job{ID: id, Source: job.SourceLocal, Repo: isoRepo, Image: ref, Timeout: time.Minute,
+			Steps: []job.Step{{Name: "s", When: job.OnSuccess, Script: []string{`echo "variant=$AIRLOCK_VARIANT"`}}}}
+		var out bytes.Buffer
+		res, err := env.r.Run(context.Background(), j, RunOptions{Out: &out})
+		if err != nil || res.State != Success {
+			t.Fatalf("job %s: %v, %+v\n%s", id, err, res, out.String())
+		}
+		if !strings.Contains(out.String(), "variant="+want+"\n") {
+			t.Errorf("job %s ran on the wrong image, want variant=%s:\n%s", id, want, out.String())
+		}
+	}
+	waitReady()
+	runJob("always-1", "old")
+	if st := p.Stats(); st.Hits != 1 || st.Retired != 0 {
+		t.Errorf("with the registry unchanged: %+v, want a hit", st)
+	}
+	waitReady()
+	reg.Push(t, newImg, "ci/build:1")
+	runJob("always-2", "new")
+	if st := p.Stats(); st.Hits != 1 || st.Misses != 1 || st.Retired != 1 {
+		t.Errorf("after an update was pushed: %+v, want the stale sandbox retired and the job cold", st)
+	}
+	waitReady()
+	runJob("always-3", "new")
+	if st := p.Stats(); st.Hits != 2 {
+		t.Errorf("after the refill: %+v, want a hit", st)
 	}
 }

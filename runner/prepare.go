@@ -11,6 +11,7 @@ import (
 
 	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/netpolicy"
+	"github.com/airlock-ci/airlock/runner/job"
 )
 
 // prepare makes the job's container and network — cold, or in the warm
@@ -285,9 +286,12 @@ func (e *execution) variables() ([]string, error) {
 }
 
 // registryAuth are the job's registry credentials, for the executor.
-func (e *execution) registryAuth() []executors.RegistryAuth {
+func (e *execution) registryAuth() []executors.RegistryAuth { return registryAuth(e.j) }
+
+// registryAuth are j's registry credentials, as executors take them.
+func registryAuth(j *job.Job) []executors.RegistryAuth {
 	var out []executors.RegistryAuth
-	for _, a := range e.j.RegistryAuth {
+	for _, a := range j.RegistryAuth {
 		out = append(out, executors.RegistryAuth(a))
 	}
 	return out

@@ -12,6 +12,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 
 	"github.com/airlock-ci/airlock/executors"
@@ -37,9 +38,15 @@ func makeServiceImage(t *testing.T) {
 		t.Fatalf("creating a container to commit: %v", err)
 	}
 	defer cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true})
-	if _, err := cli.ContainerCommit(ctx, c.ID, container.CommitOptions{Reference: serviceImage,
-		Changes: []string{"EXPOSE 5432/tcp", `CMD ["/bin/sh"]`}}); err != nil {
+	prev, _ := cli.ImageInspect(ctx, serviceImage)
+	made, err := cli.ContainerCommit(ctx, c.ID, container.CommitOptions{Reference: serviceImage,
+		Changes: []string{"EXPOSE 5432/tcp", `CMD ["/bin/sh"]`}})
+	if err != nil {
 		t.Fatalf("committing %s: %v", serviceImage, err)
+	}
+	if prev.ID != "" && prev.ID != made.ID {
+		// The one an earlier test made, untagged now: not left dangling.
+		_, _ = cli.ImageRemove(ctx, prev.ID, image.RemoveOptions{})
 	}
 }
 

@@ -204,6 +204,7 @@ var (
 	_ executors.NamespaceJoiner = (*Executor)(nil)
 	_ executors.Reaper          = (*Executor)(nil)
 	_ executors.ImageIdentifier = (*Executor)(nil)
+	_ executors.ImagePuller     = (*Executor)(nil)
 )
 
 // New connects to containerd and checks that it answers.

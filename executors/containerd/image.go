@@ -162,6 +162,21 @@ func (e *Executor) ImageID(ctx context.Context, ref string) (string, error) {
 	return img.Target().Digest.String(), nil
 }
 
+// PullImage implements executors.ImagePuller.
+func (e *Executor) PullImage(ctx context.Context, ref string, auths []executors.RegistryAuth) (string, error) {
+	ctx = e.ctx(ctx)
+	lctx, done, err := e.withLease(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = done(context.WithoutCancel(ctx)) }()
+	img, err := e.image(lctx, ref, executors.PullAlways, auths)
+	if err != nil {
+		return "", err
+	}
+	return img.Target().Digest.String(), nil
+}
+
 func (e *Executor) fetchImage(ctx context.Context, ref, name string, pull executors.PullPolicy, auths []executors.RegistryAuth) (containerd.Image, error) {
 	if pull != executors.PullAlways {
 		img, err := e.cli.GetImage(ctx, name)

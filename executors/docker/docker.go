@@ -175,6 +175,7 @@ type Executor struct {
 var (
 	_ executors.Executor        = (*Executor)(nil)
 	_ executors.ImageIdentifier = (*Executor)(nil)
+	_ executors.ImagePuller     = (*Executor)(nil)
 )
 
 // New connects to the engine (negotiating the API version: the engine may
@@ -403,6 +404,14 @@ func (e *Executor) ImageID(ctx context.Context, ref string) (string, error) {
 		return "", fmt.Errorf("inspecting image %s: %w", ref, err)
 	}
 	return info.ID, nil
+}
+
+// PullImage implements executors.ImagePuller.
+func (e *Executor) PullImage(ctx context.Context, ref string, auths []executors.RegistryAuth) (string, error) {
+	if err := e.ensureImage(ctx, ref, executors.PullAlways, auths); err != nil {
+		return "", err
+	}
+	return e.ImageID(ctx, ref)
 }
 
 // ensureImage makes ref available as the pull policy allows ("": the

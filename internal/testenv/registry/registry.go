@@ -47,7 +47,15 @@ func Require(t testing.TB) *Registry {
 	return RequireUser(t, "puller", "pw-"+hex.EncodeToString(b))
 }
 
-// RequireUser is Require with the one user the registry accepts.
+// RequireOpen is Require for a registry anyone may pull from and push to
+// (Username and Password are empty).
+func RequireOpen(t testing.TB) *Registry {
+	t.Helper()
+	return RequireUser(t, "", "")
+}
+
+// RequireUser is Require with the one user the registry accepts ("": no
+// authentication at all).
 func RequireUser(t testing.TB, username, password string) *Registry {
 	t.Helper()
 	bin := os.Getenv("REGISTRY_BIN")
@@ -65,13 +73,18 @@ func RequireUser(t testing.TB, username, password string) *Registry {
 		return nil
 	}
 	dir := t.TempDir()
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	htpasswd := filepath.Join(dir, "htpasswd")
-	if err := os.WriteFile(htpasswd, []byte(username+":"+string(hash)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
+	auth, ready := "", http.StatusOK
+	if username != "" {
+		hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		htpasswd := filepath.Join(dir, "htpasswd")
+		if err := os.WriteFile(htpasswd, []byte(username+":"+string(hash)+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		auth = fmt.Sprintf("auth:\n  htpasswd:\n    realm: airlock-test\n    path: %s\n", htpasswd)
+		ready = http.StatusUnauthorized // it wants a password
 	}
 	addr := testenv.ServeOnLoopback(t, "registry", func(ctx context.Context, addr string) *exec.Cmd {
 		cfg := filepath.Join(dir, "config.yml")
@@ -85,17 +98,13 @@ storage:
     enabled: true
 http:
   addr: %s
-auth:
-  htpasswd:
-    realm: airlock-test
-    path: %s
-`, filepath.Join(dir, "data"), addr, htpasswd)), 0o600); err != nil {
+%s`, filepath.Join(dir, "data"), addr, auth)), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		cmd := exec.CommandContext(ctx, bin, "serve", cfg)
 		cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none")
 		return cmd
-	}, "/v2/", http.StatusUnauthorized) // it wants a password
+	}, "/v2/", ready)
 	return &Registry{Host: addr, Username: username, Password: password}
 }
 
