@@ -56,10 +56,12 @@ func retagImage(t *testing.T, cfg *config.Config, name, to string) {
 		t.Fatal(err)
 	}
 	img := images.Image{Name: full, Target: imported[0].Target}
-	if _, err := cli.ImageService().Update(ctx, img, "target"); errdefs.IsNotFound(err) {
+	_, err = cli.ImageService().Update(ctx, img, "target")
+	if errdefs.IsNotFound(err) {
 		_, err = cli.ImageService().Create(ctx, img)
-	} else if err != nil {
-		t.Fatal(err)
+	}
+	if err != nil {
+		t.Fatalf("naming %s %s in containerd: %v", to, name, err)
 	}
 }
 
