@@ -18,7 +18,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/airlock-ci/airlock/executors"
-	"github.com/airlock-ci/airlock/runner/config"
 	"github.com/airlock-ci/airlock/runner/job"
 	"github.com/airlock-ci/airlock/sandbox"
 )
@@ -119,11 +118,8 @@ func (r *Runner) StartPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
 			listed[img] = n
 		}
 	}
-	if cfg.Recent < 0 || cfg.Recent > config.MaxPoolRecent {
-		return nil, fmt.Errorf("pool: recent %d must be between 0 and %d", cfg.Recent, config.MaxPoolRecent)
-	}
-	if cfg.RecentSize < 0 {
-		return nil, fmt.Errorf("pool: recent size %d is negative", cfg.RecentSize)
+	if cfg.Recent < 0 || cfg.RecentSize < 0 {
+		return nil, fmt.Errorf("pool: recent %d, recent size %d: must not be negative", cfg.Recent, cfg.RecentSize)
 	}
 	if cfg.RecentSize == 0 {
 		cfg.RecentSize = 1
