@@ -539,3 +539,32 @@ func TestImageUpdatedUnderItsName(t *testing.T) {
 		t.Errorf("ImageID(missing) = %v, want ErrImageNotFound", err)
 	}
 }
+
+// A Create cancelled at any moment leaves nothing: no container, snapshot
+// or task, and no cgroup (the namespace's strict cleanup checks them).
+func TestCreateCancelledLeavesNothing(t *testing.T) {
+	e := newTestExecutor(t, nil)
+	create(t, e, testSpec("cancel-warm")) // the image is unpacked first
+	for i, d := range []time.Duration{0, time.Millisecond, 3 * time.Millisecond, 6 * time.Millisecond, 10 * time.Millisecond,
+		15 * time.Millisecond, 20 * time.Millisecond, 30 * time.Millisecond, 45 * time.Millisecond, 70 * time.Millisecond, 100 * time.Millisecond} {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		spec := testSpec(fmt.Sprintf("cancel-%d", i))
+		c, cerr := e.Create(ctx, spec)
+		cancel()
+		if cerr == nil {
+			if err := c.Destroy(context.Background()); err != nil {
+				t.Errorf("Destroy after %s: %v", d, err)
+			}
+		}
+		id := ContainerID(spec.RunnerID, spec.JobID)
+		for _, dir := range e.cgroupDirs(id) {
+			if _, err := os.Stat(dir); err == nil {
+				t.Errorf("Create cancelled after %s (%v): cgroup %s left", d, cerr, dir)
+				break
+			}
+		}
+		if _, err := e.cli.LoadContainer(e.ctx(context.Background()), id); err == nil {
+			t.Errorf("Create cancelled after %s (%v): container %s left", d, cerr, id)
+		}
+	}
+}

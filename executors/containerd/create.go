@@ -60,7 +60,12 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 
 	c := &Container{e: e, id: id, job: spec.JobID, netns: spec.NetNS, user: spec.User, pidfd: -1,
 		image: img.Target().Digest.String()}
-	ctr, err := e.cli.NewContainer(lctx, id,
+	// Made whole or not at all, like the task (start): a cancellation in
+	// the middle of the call can leave the record made after the cleanup
+	// below ran.
+	nctx, cancel := context.WithTimeout(context.WithoutCancel(lctx), time.Minute)
+	defer cancel()
+	ctr, err := e.cli.NewContainer(nctx, id,
 		containerd.WithImage(img),
 		containerd.WithSnapshotter(e.cfg.Snapshotter),
 		containerd.WithNewSnapshot(id, img),
@@ -81,6 +86,9 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	}
 	c.ctr = ctr
 	t2 := time.Now()
+	if err := ctx.Err(); err != nil {
+		return nil, errors.Join(fmt.Errorf("creating container for job %s: %w", spec.JobID, err), c.Destroy(context.WithoutCancel(ctx)))
+	}
 	if err := c.start(ctx); err != nil {
 		return nil, errors.Join(fmt.Errorf("starting task of job %s: %w", spec.JobID, err), c.Destroy(context.WithoutCancel(ctx)))
 	}
@@ -113,17 +121,28 @@ func (c *Container) start(ctx context.Context) error {
 		}, c.job)
 		go c.step.Run(outR, diag.String)
 	}
-	task, err := c.ctr.NewTask(ctx, creator)
+	// The task is made whole or not at all: a cancellation in the middle
+	// of NewTask leaves containerd making a task (and its cgroups) that
+	// the caller never hears of. Its exit is awaited for the container's
+	// life, not the caller's context's. A cancellation is honoured once
+	// the task is known, so that Destroy removes it.
+	life := context.WithoutCancel(ctx)
+	tctx, cancel := context.WithTimeout(life, time.Minute)
+	defer cancel()
+	task, err := c.ctr.NewTask(tctx, creator)
 	if err != nil {
 		return err
 	}
 	c.task = task
-	exited, err := task.Wait(ctx)
+	exited, err := task.Wait(life)
 	if err != nil {
 		return err
 	}
 	c.exited = exited
-	if err := task.Start(ctx); err != nil {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := task.Start(tctx); err != nil {
 		return err
 	}
 	c.pid = int(task.Pid())
