@@ -197,8 +197,10 @@ func TestServiceSecretVariableNotInConfig(t *testing.T) {
 
 // A service whose health check the job waits for (GitHub's services): the
 // steps start only once the engine calls it healthy, and the log says
-// how the wait went.
-func TestServiceHealthWaited(t *testing.T) {
+// how the wait went; with both executors.
+func TestServiceHealthWaited(t *testing.T) { isoEachExecutor(t, testServiceHealthWaited) }
+
+func testServiceHealthWaited(t *testing.T) {
 	env := isoOpen(t)
 	j := isoJob("svc-health", nil, []isoProbe{{cmd: "echo STEP-RAN"}})
 	j.Services = []job.Service{{
@@ -225,7 +227,9 @@ func TestServiceHealthWaited(t *testing.T) {
 
 // A service that turns unhealthy fails the job before any step, with
 // its logs.
-func TestServiceUnhealthyFailsJob(t *testing.T) {
+func TestServiceUnhealthyFailsJob(t *testing.T) { isoEachExecutor(t, testServiceUnhealthyFailsJob) }
+
+func testServiceUnhealthyFailsJob(t *testing.T) {
 	env := isoOpen(t)
 	j := isoJob("svc-unhealthy", nil, []isoProbe{{cmd: "echo STEP-RAN"}})
 	j.Services = []job.Service{{

@@ -26,7 +26,10 @@ const LabelService = "io.airlock.service"
 // serviceLogCap bounds the output a service keeps for Logs.
 const serviceLogCap = 1 << 20
 
-var _ executors.ServiceStarter = (*Container)(nil)
+var (
+	_ executors.ServiceStarter = (*Container)(nil)
+	_ executors.HealthReporter = (*service)(nil)
+)
 
 // service is a service container in a job's network namespace.
 type service struct {
@@ -34,6 +37,9 @@ type service struct {
 	id    string
 	ports []int
 	log   *serviceLog
+	task  containerd.Task
+	// health runs its health check (nil: it has none).
+	health *healthMonitor
 
 	mu      sync.Mutex
 	removed bool
@@ -46,13 +52,11 @@ type service struct {
 // environment, user and working directory, and its entrypoint and command
 // as the engine would pick them. Its output is kept in memory (the first
 // MiB) for Logs, never on disk. Secret variables reach its process over
-// stdin through the step server (exec-env). A health check is refused:
-// containerd runs none.
+// stdin through the step server (exec-env). Its health check (its own
+// options over its image's HEALTHCHECK) runs as the engine runs it
+// (health.go).
 func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec) (executors.Service, error) {
 	e := c.e
-	if spec.Health != nil {
-		return nil, fmt.Errorf("service %s: health checks (--health-cmd and the like) are not run by the containerd executor", spec.Name)
-	}
 	var stdin []byte
 	if len(spec.SecretEnv) > 0 {
 		if e.stepd == "" {
@@ -90,6 +94,14 @@ func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec
 		}
 	}
 	sort.Ints(ports)
+	imgHealth, err := imageHealth(lctx, img)
+	if err != nil {
+		return nil, fmt.Errorf("service %s: %w", spec.Name, err)
+	}
+	hc, err := effectiveHealth(imgHealth, spec.Health)
+	if err != nil {
+		return nil, fmt.Errorf("service %s: %w", spec.Name, err)
+	}
 	argv := executors.ServiceArgv(spec, ociImg.Config.Entrypoint, ociImg.Config.Cmd)
 	if len(argv) == 0 {
 		return nil, fmt.Errorf("service %s: neither it nor its image %s names a command", spec.Name, spec.Image)
@@ -133,6 +145,7 @@ func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec
 	if err != nil {
 		return fail(err)
 	}
+	s.task = task
 	if err := task.Start(ctx); err != nil {
 		return fail(err)
 	}
@@ -146,7 +159,10 @@ func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec
 	if err := task.CloseIO(ctx, containerd.WithStdinCloser); err != nil {
 		return fail(fmt.Errorf("closing its stdin: %w", err))
 	}
-	e.log.Debug("service started", "job", c.job, "service", spec.Name, "container", id)
+	if hc != nil {
+		startHealth(ctx, e, s, hc)
+	}
+	e.log.Debug("service started", "job", c.job, "service", spec.Name, "container", id, "health_check", hc != nil)
 	return s, nil
 }
 
@@ -166,6 +182,7 @@ func (s *service) Destroy(ctx context.Context) error {
 	if s.removed {
 		return nil
 	}
+	s.stopHealth()
 	if err := s.e.remove(ctx, s.id); err != nil {
 		return err
 	}

@@ -60,13 +60,82 @@ func TestServiceInJobNamespace(t *testing.T) {
 	}
 }
 
-// A health check is refused by name: containerd runs none.
-func TestServiceHealthRefused(t *testing.T) {
+// waitHealth polls the service's health until it is want (or fails).
+func waitHealth(t *testing.T, s executors.Service, want string, within time.Duration) {
+	t.Helper()
+	hr := s.(executors.HealthReporter)
+	deadline := time.Now().Add(within)
+	last := ""
+	for time.Now().Before(deadline) {
+		st, err := hr.Health(context.Background())
+		if err != nil {
+			t.Fatalf("Health() = %v", err)
+		}
+		if st == want {
+			return
+		}
+		last = st
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("health is %q after %s, want %q", last, within, want)
+}
+
+// Health checks run as the engine runs them: a service's own check
+// (starting until it passes, unhealthy after its retries fail), its
+// image's HEALTHCHECK when it has none, ["NONE"] switching that off, a
+// malformed one refused, and an exited service reported so.
+func TestServiceHealth(t *testing.T) {
 	e := newTestExecutor(t, nil)
 	c := create(t, e, testSpec("svc-health"))
-	_, err := c.StartService(context.Background(), executors.ServiceSpec{Name: "db-0", Image: testenv.TestImage,
-		Cmd: []string{"sleep", "60"}, Health: &executors.HealthCheck{Test: []string{"CMD-SHELL", "true"}}})
-	if err == nil || !strings.Contains(err.Error(), "health checks") {
-		t.Fatalf("StartService with a health check = %v, want a refusal", err)
+	ctx := context.Background()
+	start := func(spec executors.ServiceSpec) executors.Service {
+		t.Helper()
+		if spec.Image == "" {
+			spec.Image = testenv.TestImage
+		}
+		s, err := c.StartService(ctx, spec)
+		if err != nil {
+			t.Fatalf("StartService(%s): %v", spec.Name, err)
+		}
+		t.Cleanup(func() {
+			if err := s.Destroy(ctx); err != nil {
+				t.Errorf("Destroy(%s): %v", spec.Name, err)
+			}
+		})
+		return s
+	}
+
+	ready := start(executors.ServiceSpec{Name: "ready-0", Cmd: []string{"sh", "-c", "sleep 1; touch /tmp/ready; exec sleep 600"},
+		Health: &executors.HealthCheck{Test: []string{"CMD-SHELL", "test -f /tmp/ready"}, Interval: 100 * time.Millisecond, Retries: 50}})
+	if st, _ := ready.(executors.HealthReporter).Health(ctx); st != executors.HealthStarting {
+		t.Errorf("health right after the start = %q, want starting", st)
+	}
+	waitHealth(t, ready, executors.HealthHealthy, 20*time.Second)
+
+	failing := start(executors.ServiceSpec{Name: "failing-0", Cmd: []string{"sleep", "600"},
+		Health: &executors.HealthCheck{Test: []string{"CMD", "false"}, Interval: 100 * time.Millisecond, Retries: 2}})
+	waitHealth(t, failing, executors.HealthUnhealthy, 20*time.Second)
+
+	// A probe that outlives its timeout fails (and is killed).
+	slow := start(executors.ServiceSpec{Name: "slow-0", Cmd: []string{"sleep", "600"},
+		Health: &executors.HealthCheck{Test: []string{"CMD", "sleep", "30"}, Interval: 100 * time.Millisecond, Timeout: 200 * time.Millisecond, Retries: 1}})
+	waitHealth(t, slow, executors.HealthUnhealthy, 20*time.Second)
+
+	img := testenv.VariantImageWith(t, "HEALTHCHECK --interval=100ms --retries=50 CMD test -f /tmp/img-ready")
+	fromImage := start(executors.ServiceSpec{Name: "image-0", Image: img, Cmd: []string{"sh", "-c", "sleep 1; touch /tmp/img-ready; exec sleep 600"}})
+	waitHealth(t, fromImage, executors.HealthHealthy, 20*time.Second)
+	off := start(executors.ServiceSpec{Name: "off-0", Image: img, Cmd: []string{"sleep", "600"},
+		Health: &executors.HealthCheck{Test: []string{"NONE"}}})
+	if st, err := off.(executors.HealthReporter).Health(ctx); err != nil || st != executors.HealthNone {
+		t.Errorf("health of a service whose check is switched off = %q, %v; want none", st, err)
+	}
+
+	exits := start(executors.ServiceSpec{Name: "exits-0", Cmd: []string{"true"},
+		Health: &executors.HealthCheck{Test: []string{"CMD", "true"}, Interval: time.Hour}})
+	waitHealth(t, exits, executors.HealthExited, 20*time.Second)
+
+	if _, err := c.StartService(ctx, executors.ServiceSpec{Name: "bad-0", Image: testenv.TestImage, Cmd: []string{"sleep", "60"},
+		Health: &executors.HealthCheck{Test: []string{"PING", "x"}}}); err == nil || !strings.Contains(err.Error(), "CMD, CMD-SHELL or NONE") {
+		t.Errorf("StartService with a malformed health check = %v, want a refusal naming the forms", err)
 	}
 }

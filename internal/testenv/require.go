@@ -190,6 +190,13 @@ var variantCounter atomic.Int64
 // removed at cleanup.
 func VariantImage(t testing.TB, env string) string {
 	t.Helper()
+	return VariantImageWith(t, "ENV "+env)
+}
+
+// VariantImageWith is VariantImage with the Dockerfile instructions
+// changes (ENV, HEALTHCHECK, EXPOSE, CMD…) applied instead.
+func VariantImageWith(t testing.TB, changes ...string) string {
+	t.Helper()
 	RequireTestImage(t)
 	name := fmt.Sprintf("airlock-test:variant-%d-%d", os.Getpid(), variantCounter.Add(1))
 	out, err := exec.Command("docker", "create", "--pull", "never", TestImage, "true").CombinedOutput()
@@ -198,7 +205,11 @@ func VariantImage(t testing.TB, env string) string {
 	}
 	id := strings.TrimSpace(string(out))
 	defer exec.Command("docker", "rm", id).Run()
-	out, err = exec.Command("docker", "commit", "--change", "ENV "+env, id, name).Output()
+	args := []string{"commit"}
+	for _, c := range changes {
+		args = append(args, "--change", c)
+	}
+	out, err = exec.Command("docker", append(args, id, name)...).Output()
 	if err != nil {
 		t.Fatalf("docker commit: %v", err)
 	}
