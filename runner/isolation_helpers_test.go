@@ -485,9 +485,16 @@ func isoHostAddrs(t *testing.T, pool netip.Prefix) []netip.Addr {
 // policy is registered for it yet).
 func isoStartPool(t *testing.T, env *isoEnv) *Pool {
 	t.Helper()
+	return isoStartPoolWith(t, env, PoolConfig{Sizes: map[string]int{testenv.TestImage: 1}}, testenv.TestImage)
+}
+
+// isoStartPoolWith is isoStartPool for the pool cfg, probing the first
+// ready sandbox of key (an image, or poolNetworks).
+func isoStartPoolWith(t *testing.T, env *isoEnv, cfg PoolConfig, key string) *Pool {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	p, err := env.r.StartPool(ctx, PoolConfig{Sizes: map[string]int{testenv.TestImage: 1}})
+	p, err := env.r.StartPool(ctx, cfg)
 	if err != nil {
 		t.Fatalf("StartPool() error = %v", err)
 	}
@@ -500,8 +507,12 @@ func isoStartPool(t *testing.T, env *isoEnv) *Pool {
 		t.Fatal(err)
 	}
 	p.mu.Lock()
-	w := p.ready[testenv.TestImage][0]
+	w := p.ready[key][0]
 	p.mu.Unlock()
+	netns := w.netns
+	if w.ctr != nil {
+		netns = w.ctr.NetNS()
+	}
 	probe := testenv.BuildProbe(t)
 	for _, target := range []string{
 		netip.AddrPortFrom(w.sb.GatewayIP, netpolicy.ProxyPort).String(),
@@ -509,7 +520,7 @@ func isoStartPool(t *testing.T, env *isoEnv) *Pool {
 		netip.AddrPortFrom(testenv.AllowedAddr, testenv.FakeEchoPort).String(),
 		netip.AddrPortFrom(testenv.MetadataAddr, 80).String(),
 	} {
-		if res := testenv.RunProbe(ctx, t, w.ctr.NetNS(), probe, nil, "tcp", target); res.OK {
+		if res := testenv.RunProbe(ctx, t, netns, probe, nil, "tcp", target); res.OK {
 			t.Errorf("an unclaimed warm sandbox reached %s: %s", target, res.Line)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/airlock-ci/airlock/audit"
 	"github.com/airlock-ci/airlock/internal/testenv"
 	"github.com/airlock-ci/airlock/netpolicy"
+	"github.com/airlock-ci/airlock/runner/config"
 	"github.com/airlock-ci/airlock/secrets"
 )
 
@@ -117,17 +118,27 @@ func isoFailCases() []isoCase {
 // anything.
 func TestIsolationFromJob(t *testing.T) {
 	isoEachExecutor(t, func(t *testing.T) {
-		t.Run("cold", func(t *testing.T) { testIsolationFromJob(t, false) })
+		t.Run("cold", func(t *testing.T) { testIsolationFromJob(t, "cold") })
 		// The same suite in a sandbox the job claimed from the warm pool.
-		t.Run("warm", func(t *testing.T) { testIsolationFromJob(t, true) })
+		t.Run("warm", func(t *testing.T) { testIsolationFromJob(t, "warm") })
+		if isoExecutor(t) == config.ExecutorContainerd {
+			// And in a cold container in a namespace the pool plumbed
+			// ahead ([pool] networks).
+			t.Run("pooled-network", func(t *testing.T) { testIsolationFromJob(t, "network") })
+		}
 	})
 }
 
-func testIsolationFromJob(t *testing.T, warm bool) {
+// testIsolationFromJob runs the suite in a job that runs cold, claims a
+// warm sandbox ("warm") or a pooled network ("network").
+func testIsolationFromJob(t *testing.T, mode string) {
 	env := isoOpen(t, isoEgress...)
 	var warmPool *Pool
-	if warm {
+	switch mode {
+	case "warm":
 		warmPool = isoStartPool(t, env)
+	case "network":
+		warmPool = isoStartPoolWith(t, env, PoolConfig{Networks: 1}, poolNetworks)
 	}
 
 	// Listeners of the host the job must never reach: loopback, and every
@@ -159,7 +170,12 @@ func testIsolationFromJob(t *testing.T, warm bool) {
 	}
 	run := env.run(t, env.withCA(isoJob("iso-probe", isoEgress, probes)), nil)
 	if warmPool != nil {
-		if st := warmPool.Stats(); st.Hits != 1 || st.Misses != 0 {
+		st := warmPool.Stats()
+		hits, misses := st.Hits, st.Misses
+		if mode == "network" {
+			hits, misses = st.NetHits, st.NetMisses
+		}
+		if hits != 1 || misses != 0 {
 			t.Errorf("pool stats after the job: %+v, want 1 hit and no miss", st)
 		}
 	}

@@ -60,6 +60,7 @@ type Pool struct {
 	bg       sync.WaitGroup // retired sandboxes being removed
 
 	hits, misses, retired atomic.Int64
+	netHits, netMisses    atomic.Int64 // claims of network-only sandboxes
 	lastClaim             atomic.Int64 // unix ns of the last claim, hit or miss
 	// checkEvery is how often ready sandboxes are checked against their
 	// image's name (an update retires them before a job finds them).
@@ -86,7 +87,11 @@ type PoolStats struct {
 	// Retired counts ready sandboxes removed because their image's name
 	// came to name another image (or none).
 	Retired int64
-	Ready   map[string]int
+	// NetHits and NetMisses count jobs that found a network-only sandbox
+	// (PoolConfig.Networks) ready or none; Ready["(network)"] is how many
+	// are ready.
+	NetHits, NetMisses int64
+	Ready              map[string]int
 }
 
 // PoolConfig says which warm sandboxes to keep.
@@ -96,7 +101,16 @@ type PoolConfig struct {
 	// Recent also keeps RecentSize sandboxes (default 1) of each of the
 	// Recent images most used by the last recentWindow jobs (0: none).
 	Recent, RecentSize int
+	// Networks keeps this many network namespaces plumbed and firewalled
+	// (no container) for jobs of any image that claim no warm sandbox,
+	// with an executor that joins a namespace it is given (containerd):
+	// their network is then off their path too.
+	Networks int
 }
+
+// poolNetworks is the pool's key for its network-only sandboxes; no
+// image reference has parentheses.
+const poolNetworks = "(network)"
 
 // recentWindow is how many of the last jobs' images Recent counts.
 const recentWindow = 100
@@ -118,8 +132,14 @@ func (r *Runner) StartPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
 			listed[img] = n
 		}
 	}
-	if cfg.Recent < 0 || cfg.RecentSize < 0 {
-		return nil, fmt.Errorf("pool: recent %d, recent size %d: must not be negative", cfg.Recent, cfg.RecentSize)
+	if cfg.Recent < 0 || cfg.RecentSize < 0 || cfg.Networks < 0 {
+		return nil, fmt.Errorf("pool: recent %d, recent size %d, networks %d: must not be negative", cfg.Recent, cfg.RecentSize, cfg.Networks)
+	}
+	if cfg.Networks > 0 {
+		if r.Network == nil || !r.joinsNetNS() {
+			return nil, errors.New("pool: networks are kept only for an executor that starts its containers in a namespace it is given (containerd), with the network sandbox on")
+		}
+		listed[poolNetworks] = cfg.Networks
 	}
 	if cfg.RecentSize == 0 {
 		cfg.RecentSize = 1
@@ -153,7 +173,8 @@ func (r *Runner) StartPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
 func (p *Pool) Stats() PoolStats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := PoolStats{Hits: p.hits.Load(), Misses: p.misses.Load(), Retired: p.retired.Load(), Ready: map[string]int{}}
+	st := PoolStats{Hits: p.hits.Load(), Misses: p.misses.Load(), Retired: p.retired.Load(),
+		NetHits: p.netHits.Load(), NetMisses: p.netMisses.Load(), Ready: map[string]int{}}
 	for img, ws := range p.ready {
 		st.Ready[img] = len(ws)
 	}
@@ -197,6 +218,9 @@ func (p *Pool) claim(ctx context.Context, j *job.Job) *warmSandbox {
 		return nil
 	}
 	p.lastClaim.Store(time.Now().UnixNano()) // a job starts: refills wait
+	if j.Image == poolNetworks {
+		return nil
+	}
 	p.mu.Lock()
 	_, listed := p.want[j.Image]
 	n := len(p.ready[j.Image])
@@ -230,6 +254,36 @@ func (p *Pool) claim(ctx context.Context, j *job.Job) *warmSandbox {
 	p.hits.Add(1)
 	m.PoolClaim(j.Image, true)
 	m.PoolReady(j.Image, len(ws)-1)
+	p.nudge()
+	return w
+}
+
+// claimNet takes a network-only sandbox (PoolConfig.Networks) for a job
+// that claimed no warm sandbox, or returns nil (its network is made on
+// its path).
+func (p *Pool) claimNet() *warmSandbox {
+	if p == nil {
+		return nil
+	}
+	p.lastClaim.Store(time.Now().UnixNano())
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.want[poolNetworks] == 0 {
+		return nil
+	}
+	m := p.r.metrics.Load()
+	ws := p.ready[poolNetworks]
+	if len(ws) == 0 {
+		p.netMisses.Add(1)
+		m.PoolClaim(poolNetworks, false)
+		p.nudge()
+		return nil
+	}
+	w := ws[0]
+	p.ready[poolNetworks] = ws[1:]
+	p.netHits.Add(1)
+	m.PoolClaim(poolNetworks, true)
+	m.PoolReady(poolNetworks, len(ws)-1)
 	p.nudge()
 	return w
 }
@@ -396,7 +450,7 @@ func (p *Pool) watch(ctx context.Context) {
 		p.mu.Lock()
 		var imgs []string
 		for img, ws := range p.ready {
-			if len(ws) > 0 {
+			if len(ws) > 0 && img != poolNetworks {
 				imgs = append(imgs, img)
 			}
 		}
@@ -537,6 +591,16 @@ func (p *Pool) build(ctx context.Context, image string) (w *warmSandbox, err err
 			w = nil
 		}
 	}()
+	if image == poolNetworks {
+		// A namespace for a cold job: plumbed and firewalled, no container.
+		if w.netns, err = r.Network.Sandbox.CreateNetNS(w.id); err != nil {
+			return w, fmt.Errorf("a pooled network: %w", err)
+		}
+		if w.sb, err = r.Network.Sandbox.Setup(ctx, w.id, w.netns); err != nil {
+			return w, fmt.Errorf("plumbing a pooled network: %w", err)
+		}
+		return w, nil
+	}
 	if w.dir, err = r.makeRuntimeDir(w.id); err != nil {
 		return w, err
 	}

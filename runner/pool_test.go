@@ -37,7 +37,11 @@ func TestPoolCrashChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := r.StartPool(ctx, PoolConfig{Sizes: map[string]int{testenv.TestImage: 2}})
+	pc := PoolConfig{Sizes: map[string]int{testenv.TestImage: 2}}
+	if cfg.ExecutorName() == config.ExecutorContainerd {
+		pc.Networks = 2 // namespaces plumbed for cold jobs too
+	}
+	p, err := r.StartPool(ctx, pc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,13 +92,14 @@ func testPoolRecoveredAfterSIGKILL(t *testing.T) {
 	}
 	id := strings.TrimSpace(string(b))
 	left := strings.Join(isoLeftovers(t, id, cfg), "\n")
-	kinds := []string{"container ", "pool entry ", "runtime directory ", "ip: "}
+	kinds := map[string]int{"container ": 2, "pool entry ": 2, "runtime directory ": 2, "ip: ": 2}
 	if cfg.ExecutorName() == config.ExecutorContainerd {
-		kinds = append(kinds, "network namespace ")
+		// And the two pooled networks' namespaces and addresses.
+		kinds["network namespace "], kinds["pool entry "] = 4, 4
 	}
-	for _, want := range kinds {
-		if strings.Count(left, want) < 2 {
-			t.Fatalf("the child's two warm sandboxes are not both visible as %q:\n%s", want, left)
+	for want, n := range kinds {
+		if strings.Count(left, want) < n {
+			t.Fatalf("the child's warm sandboxes are not all visible as %q (want %d):\n%s", want, n, left)
 		}
 	}
 	if err := child.Process.Kill(); err != nil { // SIGKILL

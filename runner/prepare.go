@@ -71,7 +71,7 @@ func (e *execution) prepare(ctx context.Context) error {
 	// firewalled before any process of the job exists.
 	joins := e.r.Network != nil && e.r.joinsNetNS()
 	if joins {
-		if err := isolated(e.r.Network.attachNew(ctx, e.j.ID, e.policy, e.masker.MaskFold, e.netEvents())); err != nil {
+		if err := isolated(e.attachNew(ctx)); err != nil {
 			return err
 		}
 		spec.NetNS = e.net.netns
@@ -89,6 +89,44 @@ func (e *execution) prepare(ctx context.Context) error {
 	return e.ready(ctx, env)
 }
 
+// attachNew gives the job of an executor that joins a namespace its
+// network before any of its processes exists: a namespace the pool
+// plumbed and firewalled ahead ([pool] networks), its policy registered
+// now, else one made now.
+func (e *execution) attachNew(ctx context.Context) (*jobNetwork, error) {
+	if w := e.r.pool.Load().claimNet(); w != nil {
+		return e.registerPooled(ctx, w)
+	}
+	t0 := time.Now()
+	jn, err := e.r.Network.attachNew(ctx, e.j.ID, e.policy, e.masker.MaskFold, e.netEvents())
+	if err == nil {
+		e.log.Debug("job network attached", "job", e.j.ID, "took", time.Since(t0))
+	}
+	return jn, err
+}
+
+// registerPooled registers the job's policy with the gateway on the
+// network of a pooled sandbox, which the job's network owns from then on
+// (its namespace too, made under the sandbox's id), also on error.
+func (e *execution) registerPooled(ctx context.Context, w *warmSandbox) (*jobNetwork, error) {
+	t0 := time.Now()
+	jn, err := e.r.Network.register(ctx, e.j.ID, w.sb, e.policy, e.masker.MaskFold, e.netEvents())
+	w.sb = nil
+	if w.netns != "" {
+		if jn != nil {
+			jn.netns, jn.netnsID = w.netns, w.id
+		} else if derr := e.r.Network.Sandbox.DeleteNetNS(w.id); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		w.netns = ""
+	}
+	if err != nil {
+		return nil, err
+	}
+	e.log.Debug("warm network registered", "job", e.j.ID, "took", time.Since(t0))
+	return jn, nil
+}
+
 // prepareWarm readies a claimed warm sandbox: the container and its
 // firewalled network exist; the job's policy is registered with the
 // gateway (from now on its gateway answers), then sources are copied in.
@@ -96,21 +134,10 @@ func (e *execution) prepareWarm(ctx context.Context, env []string) error {
 	w := e.warm
 	if w.sb != nil {
 		// The only network work left on a warm job's path.
-		t0 := time.Now()
-		jn, err := e.r.Network.register(ctx, e.j.ID, w.sb, e.policy, e.masker.MaskFold, e.netEvents())
-		w.sb = nil // the job network owns it now, also on error
-		if w.netns != "" {
-			if jn != nil {
-				jn.netns, jn.netnsID = w.netns, w.id
-				w.netns = ""
-			} else if derr := e.r.Network.Sandbox.DeleteNetNS(w.id); derr != nil {
-				err = errors.Join(err, derr)
-			}
-		}
+		jn, err := e.registerPooled(ctx, w)
 		if err != nil {
 			return fmt.Errorf("isolating the job's network: %w", err)
 		}
-		e.log.Debug("warm network registered", "job", e.j.ID, "took", time.Since(t0))
 		e.net = jn
 		env = append(env, jn.env()...)
 	}

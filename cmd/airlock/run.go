@@ -159,13 +159,14 @@ func runAgent(parent context.Context, cfg *config.Config, log hclog.Logger, jit 
 	if err != nil {
 		return err
 	}
-	if len(cfg.Pool.Images) > 0 || cfg.Pool.Recent > 0 {
+	if len(cfg.Pool.Images) > 0 || cfg.Pool.Recent > 0 || cfg.Pool.Networks > 0 {
 		// A pool that cannot start leaves jobs to run cold; say why.
-		pc := runner.PoolConfig{Sizes: cfg.Pool.Sizes(), Recent: cfg.Pool.Recent, RecentSize: cfg.Pool.Size}
+		pc := runner.PoolConfig{Sizes: cfg.Pool.Sizes(), Recent: cfg.Pool.Recent, RecentSize: cfg.Pool.Size, Networks: cfg.Pool.Networks}
 		if _, err := r.StartPool(ctx, pc); err != nil {
 			log.Error("warm sandboxes are off", "error", err)
 		} else {
-			log.Info("keeping warm sandboxes", "images", cfg.Pool.Images, "recent", cfg.Pool.Recent, "size", max(cfg.Pool.Size, 1))
+			log.Info("keeping warm sandboxes", "images", cfg.Pool.Images, "recent", cfg.Pool.Recent, "size", max(cfg.Pool.Size, 1),
+				"networks", cfg.Pool.Networks)
 		}
 	}
 

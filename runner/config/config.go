@@ -163,6 +163,9 @@ func (c *Config) Validate() []error {
 	errs = append(errs, c.validateExecutor()...)
 	errs = append(errs, c.Network.validate()...)
 	errs = append(errs, c.Pool.validate()...)
+	if c.Pool.Networks > 0 && c.ExecutorName() != ExecutorContainerd {
+		errs = append(errs, fmt.Errorf("pool.networks %d: only with executor = %q (the Docker engine makes each container's network namespace itself)", c.Pool.Networks, ExecutorContainerd))
+	}
 	errs = append(errs, c.Gateway.validate()...)
 	errs = append(errs, c.Egress.validate()...)
 	errs = append(errs, c.Cache.validate()...)
@@ -399,6 +402,10 @@ type Pool struct {
 	// Recent also keeps sandboxes of the images most used by the last 100
 	// jobs: this many of them (0: none; at most MaxPoolRecent).
 	Recent int `toml:"recent"`
+	// Networks keeps this many job network namespaces plumbed and
+	// firewalled ahead for jobs of any other image (containerd only: the
+	// Docker engine makes each container's namespace itself).
+	Networks int `toml:"networks"`
 }
 
 // MaxPoolRecent bounds pool.recent.
@@ -421,6 +428,9 @@ func (p Pool) validate() []error {
 	var errs []error
 	if p.Size < 0 {
 		errs = append(errs, fmt.Errorf("pool.size %d: must not be negative", p.Size))
+	}
+	if p.Networks < 0 {
+		errs = append(errs, fmt.Errorf("pool.networks %d: must not be negative", p.Networks))
 	}
 	if p.Recent < 0 || p.Recent > MaxPoolRecent {
 		errs = append(errs, fmt.Errorf("pool.recent %d: must be between 0 and %d", p.Recent, MaxPoolRecent))

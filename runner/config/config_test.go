@@ -88,6 +88,7 @@ firewall = "pf"
 size = -1
 images = [""]
 recent = 99
+networks = 2
 [gateway.hosts]
 "db.internal" = "not-an-ip"
 [egress]
@@ -98,7 +99,7 @@ ceiling = ["", "http://x"]
 		t.Fatal("Load accepted a bad configuration")
 	}
 	for _, want := range []string{"config.toml", "concurrent", "check_interval", "log_format", `unknown key "bogus"`,
-		"docker.pull_policy", "docker.memory", "network.pool", "network.firewall", "pool.size", "pool.images[0]", "pool.recent", "gateway.hosts", "egress.ceiling"} {
+		"docker.pull_policy", "docker.memory", "network.pool", "network.firewall", "pool.size", "pool.images[0]", "pool.recent", "pool.networks", "gateway.hosts", "egress.ceiling"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q:\n%v", want, err)
 		}
