@@ -104,19 +104,7 @@ func testPoolRetiresUpdatedImage(t *testing.T) {
 		}
 		return p
 	}
-	runJob := func(id, want string) {
-		t.Helper()
-		j := &job.Job{ID: id, Source: job.SourceLocal, Repo: isoRepo, Image: pooled, Timeout: time.Minute,
-			Steps: []job.Step{{Name: "s", When: job.OnSuccess, Script: []string{`echo "variant=$AIRLOCK_VARIANT"`}}}}
-		var out bytes.Buffer
-		res, err := env.r.Run(context.Background(), j, RunOptions{Out: &out})
-		if err != nil || res.State != Success {
-			t.Fatalf("job %s: %v, %+v\n%s", id, err, res, out.String())
-		}
-		if !strings.Contains(out.String(), "variant="+want+"\n") {
-			t.Errorf("job %s ran on the wrong image, want variant=%s:\n%s", id, want, out.String())
-		}
-	}
+	runJob := func(id, want string) { t.Helper(); runVariantJob(t, env, pooled, id, want) }
 
 	// The claim's own check (the pool's is an hour away).
 	p := start(time.Hour)
@@ -169,6 +157,22 @@ func testPoolRetiresUpdatedImage(t *testing.T) {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %s:\n%s", want, grepLines(metrics, "airlock_pool_"))
 		}
+	}
+}
+
+// runVariantJob runs job id of image and checks that it ran on the
+// VariantImage whose AIRLOCK_VARIANT is want.
+func runVariantJob(t *testing.T, env *isoEnv, image, id, want string) {
+	t.Helper()
+	j := &job.Job{ID: id, Source: job.SourceLocal, Repo: isoRepo, Image: image, Timeout: time.Minute,
+		Steps: []job.Step{{Name: "s", When: job.OnSuccess, Script: []string{`echo "variant=$AIRLOCK_VARIANT"`}}}}
+	var out bytes.Buffer
+	res, err := env.r.Run(context.Background(), j, RunOptions{Out: &out})
+	if err != nil || res.State != Success {
+		t.Fatalf("job %s: %v, %+v\n%s", id, err, res, out.String())
+	}
+	if !strings.Contains(out.String(), "variant="+want+"\n") {
+		t.Errorf("job %s ran on the wrong image, want variant=%s:\n%s", id, want, out.String())
 	}
 }
 
@@ -258,19 +262,7 @@ func testPoolPullAlways(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	runJob := func(id, want string) {
-		t.Helper()
-		j := &job.Job{ID: id, Source: job.SourceLocal, Repo: isoRepo, Image: ref, Timeout: time.Minute,
-			Steps: []job.Step{{Name: "s", When: job.OnSuccess, Script: []string{`echo "variant=$AIRLOCK_VARIANT"`}}}}
-		var out bytes.Buffer
-		res, err := env.r.Run(context.Background(), j, RunOptions{Out: &out})
-		if err != nil || res.State != Success {
-			t.Fatalf("job %s: %v, %+v\n%s", id, err, res, out.String())
-		}
-		if !strings.Contains(out.String(), "variant="+want+"\n") {
-			t.Errorf("job %s ran on the wrong image, want variant=%s:\n%s", id, want, out.String())
-		}
-	}
+	runJob := func(id, want string) { t.Helper(); runVariantJob(t, env, ref, id, want) }
 	waitReady()
 	runJob("always-1", "old")
 	if st := p.Stats(); st.Hits != 1 || st.Retired != 0 {
