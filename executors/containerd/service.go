@@ -23,9 +23,6 @@ import (
 // LabelService marks a service container (its value: the service's name).
 const LabelService = "io.airlock.service"
 
-// serviceLogCap bounds the output a service keeps for Logs.
-const serviceLogCap = 1 << 20
-
 var (
 	_ executors.ServiceStarter = (*Container)(nil)
 	_ executors.HealthReporter = (*service)(nil)
@@ -36,7 +33,7 @@ type service struct {
 	e     *Executor
 	id    string
 	ports []int
-	log   *serviceLog
+	log   *executors.ServiceLog
 	task  containerd.Task
 	// health runs its health check (nil: it has none).
 	health *healthMonitor
@@ -136,7 +133,7 @@ func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("creating service %s for job %s: %w", spec.Name, c.job, err), e.remove(context.WithoutCancel(ctx), id))
 	}
-	s := &service{e: e, id: id, ports: ports, log: &serviceLog{}}
+	s := &service{e: e, id: id, ports: ports, log: &executors.ServiceLog{}}
 	fail := func(err error) (executors.Service, error) {
 		return nil, errors.Join(fmt.Errorf("starting service %s for job %s: %w", spec.Name, c.job, err), s.Destroy(context.WithoutCancel(ctx)))
 	}
@@ -171,7 +168,7 @@ func (s *service) Ports() []int { return append([]int(nil), s.ports...) }
 
 // Logs implements executors.Service.
 func (s *service) Logs(ctx context.Context, w io.Writer, follow bool) error {
-	return s.log.copyTo(ctx, w, follow)
+	return s.log.CopyTo(ctx, w, follow)
 }
 
 // Destroy implements executors.Service: the task is killed and the
@@ -187,71 +184,6 @@ func (s *service) Destroy(ctx context.Context) error {
 		return err
 	}
 	s.removed = true
-	s.log.close()
+	s.log.Close()
 	return nil
-}
-
-// serviceLog keeps the first serviceLogCap bytes of a service's output
-// and wakes followers.
-type serviceLog struct {
-	mu     sync.Mutex
-	b      bytes.Buffer
-	closed bool
-	wake   chan struct{}
-}
-
-func (l *serviceLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if room := serviceLogCap - l.b.Len(); room > 0 {
-		l.b.Write(p[:min(len(p), room)])
-	}
-	l.notify()
-	return len(p), nil
-}
-
-// notify wakes the followers; l.mu is held.
-func (l *serviceLog) notify() {
-	if l.wake != nil {
-		close(l.wake)
-		l.wake = nil
-	}
-}
-
-func (l *serviceLog) close() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.closed = true
-	l.notify()
-}
-
-// copyTo writes what the service wrote, then (follow) what it writes
-// until ctx ends or the service is removed.
-func (l *serviceLog) copyTo(ctx context.Context, w io.Writer, follow bool) error {
-	off := 0
-	for {
-		l.mu.Lock()
-		chunk := append([]byte(nil), l.b.Bytes()[off:]...)
-		closed := l.closed
-		if l.wake == nil {
-			l.wake = make(chan struct{})
-		}
-		wake := l.wake
-		l.mu.Unlock()
-		if len(chunk) > 0 {
-			if _, err := w.Write(chunk); err != nil {
-				return err
-			}
-			off += len(chunk)
-		}
-		if !follow || closed {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-wake:
-		case <-time.After(time.Second):
-		}
-	}
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/pkg/stdcopy"
@@ -27,6 +28,11 @@ type service struct {
 	id    string
 	job   string
 	ports []int
+	// log holds its output, copied from the attach stream (copied is
+	// closed when the copy ends): the engine keeps none on disk.
+	log    *executors.ServiceLog
+	attach *types.HijackedResponse
+	copied chan struct{}
 
 	mu      sync.Mutex
 	removed bool
@@ -36,6 +42,9 @@ type service struct {
 // job container's network namespace (NetworkMode container:ID), so the
 // job's firewall and gateway apply to it, with the job container's
 // hardening (no capabilities, no-new-privileges, limits, no restart).
+// Its output is kept in memory (the first MiB) for Logs and never written
+// by the engine (log driver "none"): a service may print what its secret
+// variables hold.
 func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec) (executors.Service, error) {
 	e := c.e
 	if err := e.ensureImage(ctx, spec.Image, spec.Pull, spec.RegistryAuth); err != nil {
@@ -77,6 +86,7 @@ func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec
 
 	lim := e.limits(spec.Limits)
 	hc := e.hardened(container.NetworkMode("container:"+c.id), lim, spec.Mounts)
+	hc.LogConfig = container.LogConfig{Type: "none"}
 	if lim.ReadOnly {
 		hc.Tmpfs = map[string]string{"/tmp": "rw,nosuid,nodev,size=1g"}
 	}
@@ -123,31 +133,35 @@ func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec
 		}
 		return nil, err
 	}
-	s := &service{e: e, id: resp.ID, job: c.job, ports: ports}
-	if secretEnv != nil {
-		if err := e.startWithStdin(ctx, resp.ID, secretEnv); err != nil {
-			return nil, errors.Join(fmt.Errorf("starting service %s for job %s: %w", spec.Name, c.job, err), s.Destroy(context.WithoutCancel(ctx)))
-		}
-	} else if err := e.cli.ContainerStart(ctx, resp.ID, container.StartOptions{}); err != nil {
+	s := &service{e: e, id: resp.ID, job: c.job, ports: ports, log: &executors.ServiceLog{}}
+	if err := s.start(ctx, secretEnv); err != nil {
 		return nil, errors.Join(fmt.Errorf("starting service %s for job %s: %w", spec.Name, c.job, err), s.Destroy(context.WithoutCancel(ctx)))
 	}
 	e.log.Debug("service started", "job", c.job, "service", spec.Name, "container", shortID(resp.ID))
 	return s, nil
 }
 
-// startWithStdin starts a created container whose stdin is open once
-// (StdinOnce), writes data to it and closes it: the process reads data
-// and then EOF.
-func (e *Executor) startWithStdin(ctx context.Context, id string, data []byte) error {
-	hj, err := e.cli.ContainerAttach(ctx, id, container.AttachOptions{Stream: true, Stdin: true})
+// start attaches to the created service's output (and, with stdin, its
+// input, opened once: StdinOnce), starts it, and writes stdin to it and
+// closes it, so that the process reads stdin and then EOF. The output is
+// copied into s.log until the stream ends.
+func (s *service) start(ctx context.Context, stdin []byte) error {
+	hj, err := s.e.cli.ContainerAttach(ctx, s.id, container.AttachOptions{Stream: true, Stdout: true, Stderr: true, Stdin: stdin != nil})
 	if err != nil {
 		return fmt.Errorf("attaching: %w", err)
 	}
-	defer hj.Close()
-	if err := e.cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+	s.attach, s.copied = &hj, make(chan struct{})
+	go func() {
+		defer close(s.copied)
+		_, _ = stdcopy.StdCopy(s.log, s.log, hj.Reader)
+	}()
+	if err := s.e.cli.ContainerStart(ctx, s.id, container.StartOptions{}); err != nil {
 		return err
 	}
-	if _, err := hj.Conn.Write(data); err != nil {
+	if stdin == nil {
+		return nil
+	}
+	if _, err := hj.Conn.Write(stdin); err != nil {
 		return fmt.Errorf("writing its variables: %w", err)
 	}
 	if err := hj.CloseWrite(); err != nil {
@@ -169,18 +183,9 @@ func sanitizeName(s string) string {
 func (s *service) ID() string   { return s.id }
 func (s *service) Ports() []int { return append([]int(nil), s.ports...) }
 
-// Logs implements executors.Service.
+// Logs implements executors.Service: what it wrote, from memory.
 func (s *service) Logs(ctx context.Context, w io.Writer, follow bool) error {
-	rc, err := s.e.cli.ContainerLogs(ctx, s.id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Follow: follow})
-	if err != nil {
-		return fmt.Errorf("reading service logs: %w", err)
-	}
-	defer rc.Close()
-	_, err = stdcopy.StdCopy(w, w, rc)
-	if err != nil && ctx.Err() != nil {
-		return nil
-	}
-	return err
+	return s.log.CopyTo(ctx, w, follow)
 }
 
 // Health implements executors.HealthReporter: the engine's state of the
@@ -215,5 +220,10 @@ func (s *service) Destroy(ctx context.Context) error {
 		return err
 	}
 	s.removed = true
+	if s.attach != nil {
+		s.attach.Close()
+		<-s.copied
+	}
+	s.log.Close()
 	return nil
 }

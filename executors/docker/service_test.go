@@ -5,6 +5,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -47,6 +51,74 @@ func TestServiceSecretEnv(t *testing.T) {
 	// service's stdin is at EOF (nothing of the variables is left on it).
 	if err != nil || code != 0 || !strings.Contains(out.String(), secret+" overridden 0") {
 		t.Errorf("the service's answer = %d %v %q, want its secret, the overriding value and an empty stdin", code, err, out.String())
+	}
+}
+
+// What a service prints — here its secret variable — is kept in memory
+// for Logs and never by the engine: no log driver, no file under the
+// engine's container directory.
+func TestServiceOutputNotOnDisk(t *testing.T) {
+	e, runner := newTestExecutor(t)
+	c := create(t, e, runner, "svc-output")
+	ctx := context.Background()
+	const secret = "tok-printed-7c6b5a4f3e2d"
+	s, err := c.(executors.ServiceStarter).StartService(ctx, executors.ServiceSpec{Name: "talker-0", Image: testenv.TestImage,
+		Pull: executors.PullNever, SecretEnv: []string{"TOKEN=" + secret},
+		Cmd: []string{"sh", "-c", `echo "starting with $TOKEN"; echo to-stderr >&2; exec sleep 600`}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Destroy(ctx)
+	var logs strings.Builder
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) && !strings.Contains(logs.String(), "to-stderr") {
+		logs.Reset()
+		if err := s.Logs(ctx, &logs, false); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "starting with "+secret) || !strings.Contains(logs.String(), "to-stderr") {
+		t.Fatalf("Logs = %q, want its stdout and stderr", logs.String())
+	}
+	info, err := e.cli.ContainerInspect(ctx, s.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.HostConfig.LogConfig.Type != "none" || info.LogPath != "" {
+		t.Errorf("the engine logs the service: driver %q, log path %q", info.HostConfig.LogConfig.Type, info.LogPath)
+	}
+	sys, err := e.cli.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dir := filepath.Join(sys.DockerRootDir, "containers", s.ID()); sys.DockerRootDir != "" {
+		err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return nil
+			}
+			if b, rerr := os.ReadFile(path); rerr == nil && bytes.Contains(b, []byte(secret)) {
+				t.Errorf("%s on the host holds what the service printed", path)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Following ends when the service goes.
+	done := make(chan error, 1)
+	go func() { done <- s.Logs(ctx, io.Discard, true) }()
+	if err := s.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("following Logs = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("following Logs did not end with the service")
 	}
 }
 
