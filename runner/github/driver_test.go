@@ -400,19 +400,20 @@ func TestDriverStepEnvironment(t *testing.T) {
 func TestDriverContainerEnv(t *testing.T) {
 	testenv.RequireDocker(t)
 	m := testMessage(testenv.TestImage,
-		runStep("plain", "Plain", exprTok(`format('echo "fc=$FROM_CONTAINER shared=$SHARED ctx={0}. key=$KEY"', env.FROM_CONTAINER)`)),
+		runStep("plain", "Plain", exprTok(`format('echo "fc=$FROM_CONTAINER shared=$SHARED ctx={0}. key=$KEY fo=$FROM_OPTIONS"', env.FROM_CONTAINER)`)),
 		runStep("own", "Own", lit(`echo "own fc=$FROM_CONTAINER"`), func(s *Step) {
 			s.Environment = mapping("FROM_CONTAINER", "step")
 		}),
 	)
 	m.JobContainer = mapping("image", testenv.TestImage,
-		"env", mapping("FROM_CONTAINER", "container", "SHARED", "container", "KEY", exprTok("secrets.DEPLOY_KEY")))
+		"env", mapping("FROM_CONTAINER", "container", "SHARED", "container", "KEY", exprTok("secrets.DEPLOY_KEY")),
+		"options", "--init -e FROM_OPTIONS=opt")
 	m.EnvironmentVariables = []*TemplateToken{mapping("SHARED", "job")}
 	res, _, log := runDriven(t, m, nil, DriverOptions{})
 	if res.State != runner.Success {
 		t.Fatalf("result = %s (%v)\n%s", res.State, res.Err, log)
 	}
-	for _, w := range []string{"fc=container shared=job ctx=. key=[MASKED]", "own fc=step"} {
+	for _, w := range []string{"fc=container shared=job ctx=. key=[MASKED] fo=opt", "own fc=step"} {
 		if !strings.Contains(log, w) {
 			t.Errorf("log lacks %q:\n%s", w, log)
 		}

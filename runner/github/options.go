@@ -70,16 +70,19 @@ func splitOptions(s string) ([]string, error) {
 	return words, nil
 }
 
-// applyServiceOptions sets what a service's options say on svc. Every
-// problem is reported, naming the flag.
-func applyServiceOptions(svc *job.Service, options string) error {
+// flag is one flag of an options string with its value.
+type flag struct{ name, val string }
+
+// parseFlags splits options into the flags allowed names, with their
+// values (as "--name=value" or "--name value"; those in bare take none).
+// Every problem is reported, naming the flag.
+func parseFlags(options string, allowed, bare []string) ([]flag, []error) {
 	words, err := splitOptions(options)
 	if err != nil {
-		return err
+		return nil, []error{err}
 	}
+	var flags []flag
 	var errs []error
-	health := job.HealthCheck{}
-	var healthSet, noHealth bool
 	for i := 0; i < len(words); i++ {
 		w := words[i]
 		name, val, inline := strings.Cut(w, "=")
@@ -87,18 +90,18 @@ func applyServiceOptions(svc *job.Service, options string) error {
 			errs = append(errs, fmt.Errorf("%q: not a flag", w))
 			continue
 		}
-		if !slices.Contains(serviceOptionNames, name) {
-			errs = append(errs, fmt.Errorf("%s is not supported by Airlock (supported: %s)", name, strings.Join(serviceOptionNames, ", ")))
+		if !slices.Contains(allowed, name) {
+			errs = append(errs, fmt.Errorf("%s is not supported by Airlock (supported: %s)", name, strings.Join(allowed, ", ")))
 			if !inline && i+1 < len(words) && !strings.HasPrefix(words[i+1], "-") {
 				i++ // its value, most likely
 			}
 			continue
 		}
-		if name == "--no-healthcheck" {
+		if slices.Contains(bare, name) {
 			if inline {
 				errs = append(errs, fmt.Errorf("%s takes no value", name))
 			}
-			noHealth = true
+			flags = append(flags, flag{name: name})
 			continue
 		}
 		if !inline {
@@ -108,6 +111,59 @@ func applyServiceOptions(svc *job.Service, options string) error {
 			}
 			i++
 			val = words[i]
+		}
+		flags = append(flags, flag{name, val})
+	}
+	return flags, errs
+}
+
+// envFlag reads the KEY=VALUE of an -e/--env flag (a bare KEY, which
+// `docker create` fills from its own environment, is refused).
+func envFlag(f flag) (string, string, error) {
+	k, v, ok := strings.Cut(f.val, "=")
+	if !ok || !job.ValidVarName(k) {
+		return "", "", fmt.Errorf("%s %q: want KEY=VALUE", f.name, k)
+	}
+	return k, v, nil
+}
+
+// jobContainerOptionNames are the flags a job container's options may
+// hold: its environment, and --init, which changes nothing (the job's
+// processes always run under an init as PID 1). Anything else is
+// refused by name.
+var jobContainerOptionNames = []string{"-e", "--env", "--init"}
+
+// jobContainerOptions returns the variables a job container's options
+// set (-e/--env), delivered like container.env: at each step's exec,
+// never in the container's configuration.
+func jobContainerOptions(options string) ([]job.KV, error) {
+	flags, errs := parseFlags(options, jobContainerOptionNames, []string{"--init"})
+	var env []job.KV
+	for _, f := range flags {
+		if f.name == "--init" {
+			continue
+		}
+		k, v, err := envFlag(f)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		env = append(env, job.KV{Key: k, Value: v})
+	}
+	return env, errors.Join(errs...)
+}
+
+// applyServiceOptions sets what a service's options say on svc. Every
+// problem is reported, naming the flag.
+func applyServiceOptions(svc *job.Service, options string) error {
+	flags, errs := parseFlags(options, serviceOptionNames, []string{"--no-healthcheck"})
+	health := job.HealthCheck{}
+	var healthSet, noHealth bool
+	for _, f := range flags {
+		name, val := f.name, f.val
+		if name == "--no-healthcheck" {
+			noHealth = true
+			continue
 		}
 		duration := func(d *time.Duration) {
 			v, err := time.ParseDuration(val)
@@ -139,9 +195,9 @@ func applyServiceOptions(svc *job.Service, options string) error {
 		case "--entrypoint":
 			svc.Entrypoint = []string{val}
 		case "-e", "--env":
-			k, v, ok := strings.Cut(val, "=")
-			if !ok || !job.ValidVarName(k) {
-				errs = append(errs, fmt.Errorf("%s %q: want KEY=VALUE", name, k))
+			k, v, err := envFlag(f)
+			if err != nil {
+				errs = append(errs, err)
 				continue
 			}
 			svc.Variables = append(svc.Variables, job.Variable{Key: k, Value: v, Raw: true})

@@ -425,8 +425,9 @@ func tokenTypeName(t TokenType) string {
 }
 
 // containerImage reads a container: a string (the image) or a mapping
-// with image, env and credentials (returned without a registry: the
-// caller knows the image); anything else it could say is refused by name.
+// with image, env, options (their -e/--env join env) and credentials
+// (returned without a registry: the caller knows the image); anything
+// else it could say is refused by name.
 func containerImage(c *TemplateToken, env *expr.Env) (string, []job.KV, *job.RegistryAuth, error) {
 	if c.Type != TokenMapping {
 		v, err := evalToken(c, env)
@@ -465,6 +466,16 @@ func containerImage(c *TemplateToken, env *expr.Env) (string, []job.KV, *job.Reg
 				return "", nil, nil, err
 			}
 			cred = a
+		case "options":
+			v, err := evalToken(e.Value, env)
+			if err != nil {
+				return "", nil, nil, fmt.Errorf("container.options: %w", err)
+			}
+			oenv, err := jobContainerOptions(expr.String(v))
+			if err != nil {
+				return "", nil, nil, fmt.Errorf("container.options: %w", err)
+			}
+			cenv = append(cenv, oenv...)
 		default:
 			if e.Value != nil && e.Value.Type != TokenNull {
 				return "", nil, nil, fmt.Errorf("container.%s is not supported by Airlock", k)
