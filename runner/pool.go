@@ -593,13 +593,7 @@ func (p *Pool) build(ctx context.Context, image string) (w *warmSandbox, err err
 	}()
 	if image == poolNetworks {
 		// A namespace for a cold job: plumbed and firewalled, no container.
-		if w.netns, err = r.Network.Sandbox.CreateNetNS(w.id); err != nil {
-			return w, fmt.Errorf("a pooled network: %w", err)
-		}
-		if w.sb, err = r.Network.Sandbox.Setup(ctx, w.id, w.netns); err != nil {
-			return w, fmt.Errorf("plumbing a pooled network: %w", err)
-		}
-		return w, nil
+		return w, p.setupNet(ctx, w, "")
 	}
 	if w.dir, err = r.makeRuntimeDir(w.id); err != nil {
 		return w, err
@@ -620,10 +614,7 @@ func (p *Pool) build(ctx context.Context, image string) (w *warmSandbox, err err
 	// come first and their namespace is plumbed after.
 	joins := r.Network != nil && r.joinsNetNS()
 	if joins {
-		if w.netns, err = r.Network.Sandbox.CreateNetNS(w.id); err != nil {
-			return w, fmt.Errorf("a warm sandbox of %s: %w", image, err)
-		}
-		if err := p.plumb(ctx, w, w.netns); err != nil {
+		if err := p.plumb(ctx, w, ""); err != nil {
 			return w, err
 		}
 		spec.NetNS = w.netns
@@ -643,14 +634,29 @@ func (p *Pool) build(ctx context.Context, image string) (w *warmSandbox, err err
 	return w, nil
 }
 
-// plumb sets up the warm sandbox's network in the namespace netns and
-// points its resolv.conf at its gateway.
-func (p *Pool) plumb(ctx context.Context, w *warmSandbox, netns string) (err error) {
-	if w.sb, err = p.r.Network.Sandbox.Setup(ctx, w.id, netns); err != nil {
-		return fmt.Errorf("plumbing a warm sandbox of %s: %w", w.image, err)
+// plumb sets up the warm sandbox's network (setupNet) and points its
+// resolv.conf at its gateway.
+func (p *Pool) plumb(ctx context.Context, w *warmSandbox, netns string) error {
+	if err := p.setupNet(ctx, w, netns); err != nil {
+		return err
 	}
 	if err := rewriteInPlace(w.resolv, resolvConf(w.sb.GatewayIP)); err != nil {
 		return fmt.Errorf("writing resolv.conf: %w", err)
+	}
+	return nil
+}
+
+// setupNet sets up the sandbox's network in the namespace netns, or ("")
+// in a named namespace made for it first.
+func (p *Pool) setupNet(ctx context.Context, w *warmSandbox, netns string) (err error) {
+	if netns == "" {
+		if w.netns, err = p.r.Network.Sandbox.CreateNetNS(w.id); err != nil {
+			return fmt.Errorf("a warm sandbox of %s: %w", w.image, err)
+		}
+		netns = w.netns
+	}
+	if w.sb, err = p.r.Network.Sandbox.Setup(ctx, w.id, netns); err != nil {
+		return fmt.Errorf("plumbing a warm sandbox of %s: %w", w.image, err)
 	}
 	return nil
 }
