@@ -488,13 +488,10 @@ func isoStartPool(t *testing.T, env *isoEnv) *Pool {
 	return isoStartPoolWith(t, env, PoolConfig{Sizes: map[string]int{testenv.TestImage: 1}}, testenv.TestImage)
 }
 
-// isoStartPoolWith is isoStartPool for the pool cfg, probing the first
-// ready sandbox of key (an image, or poolNetworks).
-func isoStartPoolWith(t *testing.T, env *isoEnv, cfg PoolConfig, key string) *Pool {
+// isoPool starts the pool cfg on the runner, closed at cleanup.
+func isoPool(t *testing.T, env *isoEnv, cfg PoolConfig) *Pool {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	p, err := env.r.StartPool(ctx, cfg)
+	p, err := env.r.StartPool(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("StartPool() error = %v", err)
 	}
@@ -503,6 +500,26 @@ func isoStartPoolWith(t *testing.T, env *isoEnv, cfg PoolConfig, key string) *Po
 			t.Errorf("Pool.Close() error = %v", err)
 		}
 	})
+	return p
+}
+
+// isoWaitReady waits a minute at most for the pool to have every sandbox.
+func isoWaitReady(t *testing.T, p *Pool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := p.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// isoStartPoolWith is isoStartPool for the pool cfg, probing the first
+// ready sandbox of key (an image, or poolNetworks).
+func isoStartPoolWith(t *testing.T, env *isoEnv, cfg PoolConfig, key string) *Pool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := isoPool(t, env, cfg)
 	if err := p.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -87,21 +87,9 @@ func testPoolRetiresUpdatedImage(t *testing.T) {
 		t.Helper()
 		saved := poolCheckEvery
 		poolCheckEvery = check
-		p, err := env.r.StartPool(context.Background(), PoolConfig{Sizes: map[string]int{pooled: 1}})
-		poolCheckEvery = saved
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			if err := p.Close(context.Background()); err != nil {
-				t.Errorf("Pool.Close() error = %v", err)
-			}
-		})
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := p.WaitReady(ctx); err != nil {
-			t.Fatal(err)
-		}
+		defer func() { poolCheckEvery = saved }()
+		p := isoPool(t, env, PoolConfig{Sizes: map[string]int{pooled: 1}})
+		isoWaitReady(t, p)
 		return p
 	}
 	runJob := func(id, want string) { t.Helper(); runVariantJob(t, env, pooled, id, want) }
@@ -113,11 +101,7 @@ func testPoolRetiresUpdatedImage(t *testing.T) {
 	if st := p.Stats(); st.Hits != 0 || st.Misses != 1 || st.Retired != 1 {
 		t.Errorf("after the update: %+v, want the stale sandbox retired and the job cold (1 miss)", st)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := p.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	isoWaitReady(t, p)
 	runJob("upd-2", "new")
 	if st := p.Stats(); st.Hits != 1 || st.Retired != 1 {
 		t.Errorf("after the refill: %+v, want a hit", st)
@@ -136,16 +120,12 @@ func testPoolRetiresUpdatedImage(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err := p.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	isoWaitReady(t, p)
 	runJob("upd-3", "old")
 	if st := p.Stats(); st.Hits != 1 || st.Misses != 0 || st.Retired != 1 {
 		t.Errorf("after the check: %+v, want the refilled sandbox claimed", st)
 	}
-	if err := p.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
+	isoWaitReady(t, p)
 	metrics := scrapeMetrics(t, m)
 	for _, want := range []string{
 		`airlock_pool_claims_total{image="` + pooled + `",result="hit"} 2`,
@@ -193,23 +173,10 @@ func TestPoolRecentImages(t *testing.T) { isoEachExecutor(t, testPoolRecentImage
 
 func testPoolRecentImages(t *testing.T) {
 	env := isoOpen(t)
-	p, err := env.r.StartPool(context.Background(), PoolConfig{Recent: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := p.Close(context.Background()); err != nil {
-			t.Errorf("Pool.Close() error = %v", err)
-		}
-	})
+	p := isoPool(t, env, PoolConfig{Recent: 1})
 	for i := range 3 {
 		if i == 2 {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			err := p.WaitReady(ctx)
-			cancel()
-			if err != nil {
-				t.Fatal(err)
-			}
+			isoWaitReady(t, p)
 			if st := p.Stats(); st.Ready[testenv.TestImage] != 1 {
 				t.Fatalf("after two jobs of %s: %+v, want one sandbox of it ready", testenv.TestImage, st)
 			}
@@ -245,23 +212,8 @@ func testPoolPullAlways(t *testing.T) {
 		cfg.Docker.Pull = string(executors.PullAlways)
 		cfg.Containerd.Pull = string(executors.PullAlways)
 	})
-	p, err := env.r.StartPool(context.Background(), PoolConfig{Sizes: map[string]int{ref: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := p.Close(context.Background()); err != nil {
-			t.Errorf("Pool.Close() error = %v", err)
-		}
-	})
-	waitReady := func() {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := p.WaitReady(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	p := isoPool(t, env, PoolConfig{Sizes: map[string]int{ref: 1}})
+	waitReady := func() { t.Helper(); isoWaitReady(t, p) }
 	runJob := func(id, want string) { t.Helper(); runVariantJob(t, env, ref, id, want) }
 	waitReady()
 	runJob("always-1", "old")
