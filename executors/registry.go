@@ -1,6 +1,9 @@
 package executors
 
 import (
+	"encoding/json"
+	"errors"
+	"io"
 	"strings"
 
 	"github.com/distribution/reference"
@@ -60,4 +63,25 @@ func AuthFor(host string, auths []RegistryAuth) *RegistryAuth {
 		}
 	}
 	return found
+}
+
+// DrainProgress reads a Docker engine's pull or push progress stream to
+// its end and returns the error the engine reports in it, if any (the
+// call itself succeeds even when the pull fails).
+func DrainProgress(rc io.ReadCloser) error {
+	defer rc.Close()
+	dec := json.NewDecoder(rc)
+	for {
+		var m struct {
+			Error string `json:"error"`
+		}
+		if err := dec.Decode(&m); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if m.Error != "" {
+			return errors.New(m.Error)
+		}
+	}
 }

@@ -8,7 +8,6 @@ package docker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -457,7 +456,7 @@ func (e *Executor) ensureImage(ctx context.Context, ref string, pull executors.P
 	}
 	rc, err := e.cli.ImagePull(ctx, ref, opts)
 	if err == nil {
-		err = drainPull(rc)
+		err = executors.DrainProgress(rc)
 	}
 	if err != nil {
 		with := "without credentials for " + host
@@ -467,26 +466,6 @@ func (e *Executor) ensureImage(ctx context.Context, ref string, pull executors.P
 		return fmt.Errorf("image %s: %w and pulling it %s failed: %v", ref, executors.ErrImageNotFound, with, err)
 	}
 	return nil
-}
-
-// drainPull reads a pull progress stream to its end, returning the error
-// the engine reports in it, if any.
-func drainPull(rc io.ReadCloser) error {
-	defer rc.Close()
-	dec := json.NewDecoder(rc)
-	for {
-		var m struct {
-			Error string `json:"error"`
-		}
-		if err := dec.Decode(&m); err == io.EOF {
-			return nil
-		} else if err != nil {
-			return err
-		}
-		if m.Error != "" {
-			return errors.New(m.Error)
-		}
-	}
 }
 
 // Leftovers lists the containers labelled with runnerID (executors.Reaper).

@@ -8,10 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,6 +21,7 @@ import (
 	"github.com/docker/docker/client"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/internal/testenv"
 )
 
@@ -126,7 +124,7 @@ func (r *Registry) Push(t testing.TB, src, name string) string {
 	auth, _ := dreg.EncodeAuthConfig(dreg.AuthConfig{Username: r.Username, Password: r.Password, ServerAddress: r.Host})
 	rc, err := cli.ImagePush(ctx, ref, image.PushOptions{RegistryAuth: auth})
 	if err == nil {
-		err = drain(rc)
+		err = executors.DrainProgress(rc)
 	}
 	if err != nil {
 		t.Fatalf("pushing %s: %v", ref, err)
@@ -155,25 +153,4 @@ func missing(t testing.TB, why string) {
 		t.Fatalf("required capability %q is missing (AIRLOCK_TEST_REQUIRE): %s", "registry", why)
 	}
 	t.Skipf("skipping: %s (set AIRLOCK_TEST_REQUIRE=registry to fail instead)", why)
-}
-
-// drain reads a push progress stream to its end, returning the error the
-// engine reports in it, if any (executors/docker reads pulls alike; a
-// test helper it imports cannot share its code).
-func drain(rc io.ReadCloser) error {
-	defer rc.Close()
-	dec := json.NewDecoder(rc)
-	for {
-		var m struct {
-			Error string `json:"error"`
-		}
-		if err := dec.Decode(&m); err == io.EOF {
-			return nil
-		} else if err != nil {
-			return err
-		}
-		if m.Error != "" {
-			return errors.New(m.Error)
-		}
-	}
 }
