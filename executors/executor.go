@@ -70,6 +70,11 @@ type Spec struct {
 	// NamespaceJoiner starts every process of the job in it. Executors
 	// that create the namespace themselves (Docker) require it empty.
 	NetNS string
+	// NetHolder is the ID of a holder (NetworkHolder.HoldNetwork) whose
+	// namespace the caller plumbed and firewalled: the job's container
+	// joins that namespace instead of getting a new one. Only for an
+	// executor that implements NetworkHolder.
+	NetHolder string
 }
 
 // Exec is one command run in a job's container.
@@ -132,6 +137,30 @@ const (
 // only an idle entrypoint until the caller has plumbed it (Docker).
 type NamespaceJoiner interface {
 	JoinsNetNS() bool
+}
+
+// NetworkHolder is an optional Executor capability of an executor that
+// makes each container's network namespace itself (Docker): HoldNetwork
+// starts a holder, a container that runs nothing and keeps a new network
+// namespace alive, so that the caller can plumb and firewall a job's
+// namespace before the job exists; a job container created with
+// Spec.NetHolder joins it (as a pod's containers join its pause
+// container's). The caller destroys the holder after the job's container.
+type NetworkHolder interface {
+	// HoldsNetworks is nil when HoldNetwork can work here, else why not.
+	HoldsNetworks() error
+	// HoldNetwork starts a holder labelled like a job's container
+	// (runnerID, id, labels), so recovery finds it as it finds a job's.
+	HoldNetwork(ctx context.Context, runnerID, id string, labels map[string]string) (Holder, error)
+}
+
+// Holder keeps a network namespace alive for a job (NetworkHolder).
+type Holder interface {
+	ID() string
+	// NetNS is the path of its network namespace.
+	NetNS() string
+	// Destroy removes it; a second call does nothing.
+	Destroy(ctx context.Context) error
 }
 
 // ImageIdentifier is an optional Executor capability: the ID of the image

@@ -4,7 +4,8 @@
 // mounted read-only into every job container and must be static. As
 // `airlock-stepd exec-env CMD...` it is instead the entrypoint of a
 // service container with secret variables: it reads them from stdin and
-// execs the service's own command with them.
+// execs the service's own command with them. As `airlock-stepd hold` it
+// is a network holder's only process: it waits to be stopped.
 package main
 
 import (
@@ -23,6 +24,14 @@ func main() {
 		err := stepd.ExecEnv(os.Stdin, os.Args[2:])
 		fmt.Fprintln(os.Stderr, "airlock-stepd:", err)
 		os.Exit(127)
+	}
+	if len(os.Args) == 2 && os.Args[1] == stepd.HoldArg {
+		// PID 1 of a holder: the kernel delivers it only the signals it
+		// handles, so it ends on these and ignores the rest.
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+		<-sig
+		os.Exit(0)
 	}
 	// Not dumpable: job code running as the same user cannot open this
 	// process's stdin or stdout through /proc, nor read its memory.

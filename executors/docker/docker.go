@@ -169,6 +169,9 @@ type Executor struct {
 	// hostsFile is the read-only /etc/hosts of every job that mounts none.
 	hostsFile string
 	private   *executors.PrivateImages
+
+	holderMu sync.Mutex
+	holderID string // HolderImage's ID, once known
 }
 
 var (
@@ -263,15 +266,25 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	labels[executors.LabelRunner] = spec.RunnerID
 	labels[executors.LabelJob] = spec.JobID
 
+	if spec.NetNS != "" {
+		return nil, fmt.Errorf("creating container for job %s: the Docker engine makes the container's network namespace; it cannot join %s", spec.JobID, spec.NetNS)
+	}
 	lim := e.limits(spec.Limits)
-	hc := e.hardened("none", lim, spec.Mounts)
+	network := container.NetworkMode("none")
+	holderPid := 0
+	if spec.NetHolder != "" {
+		pid, err := e.holderPid(ctx, spec.RunnerID, spec.NetHolder)
+		if err != nil {
+			return nil, fmt.Errorf("creating container for job %s: %w", spec.JobID, err)
+		}
+		holderPid, network = pid, container.NetworkMode("container:"+spec.NetHolder)
+	}
+	hc := e.hardened(network, lim, spec.Mounts)
 	if !executors.MountsHosts(spec.Mounts) {
 		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: e.hostsFile, Target: "/etc/hosts", ReadOnly: true})
 	}
-	hc.Sysctls = map[string]string{
-		"net.ipv6.conf.all.disable_ipv6":     "1",
-		"net.ipv6.conf.default.disable_ipv6": "1",
-		"net.ipv4.ping_group_range":          "1 0",
+	if holderPid == 0 {
+		hc.Sysctls = netSysctls() // a holder's namespace has them already
 	}
 	if lim.ReadOnly {
 		tmpSize, workSize := lim.TmpSize, lim.WorkDirSize
@@ -311,7 +324,10 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 		// and made and bind-mounted a namespace libnetwork then keeps:
 		// create and start took 268 ms against 146 ms here. The engine
 		// then writes no /etc/hosts: the executor mounts Docker's lines.
-		NetworkDisabled: true,
+		//
+		// With a network holder, runc is given the holder's namespace
+		// (no engine network either: the engine only looks its pid up).
+		NetworkDisabled: holderPid == 0,
 		AttachStdin:     e.stepd != "",
 		AttachStdout:    e.stepd != "",
 		AttachStderr:    e.stepd != "",
@@ -378,6 +394,11 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	// no engine hands the job the host's.
 	if err := ownNetNS(c.pid); err != nil {
 		return fail("isolating", err)
+	}
+	if holderPid != 0 {
+		if err := sameNetNS(c.pid, holderPid); err != nil {
+			return fail("isolating", err)
+		}
 	}
 	if c.idle, err = findIdle(c.pid, c.pidns, 10*time.Second); err != nil {
 		return fail("starting", err)
@@ -739,6 +760,16 @@ func (e *Executor) limits(l executors.Limits) executors.Limits {
 		}
 	}
 	return l
+}
+
+// netSysctls are set in every network namespace the engine makes for a
+// job (a job container's, a holder's): no IPv6, and unprivileged ping.
+func netSysctls() map[string]string {
+	return map[string]string{
+		"net.ipv6.conf.all.disable_ipv6":     "1",
+		"net.ipv6.conf.default.disable_ipv6": "1",
+		"net.ipv4.ping_group_range":          "1 0",
+	}
 }
 
 // hardened is the host configuration every container Airlock makes gets

@@ -24,6 +24,11 @@ const ServerName = "airlock-stepd"
 // Target is where the step server is mounted in a job container.
 const Target = "/.airlock-stepd"
 
+// HoldArg is the step server's only argument in a network holder (the
+// Docker executor's HoldNetwork): it does nothing until SIGTERM or
+// SIGINT, keeping the holder's network namespace alive for a job.
+const HoldArg = "hold"
+
 // Resolve returns the host path of the step server an executor mounts
 // into job containers, or "" and why for an engine exec per step. An
 // explicit path must be a static executable; "off" turns it off; empty
