@@ -527,8 +527,11 @@ func isoStartPoolWith(t *testing.T, env *isoEnv, cfg PoolConfig, key string) *Po
 	w := p.ready[key][0]
 	p.mu.Unlock()
 	netns := w.netns
-	if w.ctr != nil {
+	switch {
+	case w.ctr != nil:
 		netns = w.ctr.NetNS()
+	case w.holder != nil:
+		netns = w.holder.NetNS()
 	}
 	probe := testenv.BuildProbe(t)
 	for _, target := range []string{

@@ -17,7 +17,6 @@ import (
 	"github.com/airlock-ci/airlock/audit"
 	"github.com/airlock-ci/airlock/internal/testenv"
 	"github.com/airlock-ci/airlock/netpolicy"
-	"github.com/airlock-ci/airlock/runner/config"
 	"github.com/airlock-ci/airlock/secrets"
 )
 
@@ -121,11 +120,10 @@ func TestIsolationFromJob(t *testing.T) {
 		t.Run("cold", func(t *testing.T) { testIsolationFromJob(t, "cold") })
 		// The same suite in a sandbox the job claimed from the warm pool.
 		t.Run("warm", func(t *testing.T) { testIsolationFromJob(t, "warm") })
-		if isoExecutor(t) == config.ExecutorContainerd {
-			// And in a cold container in a namespace the pool plumbed
-			// ahead ([pool] networks).
-			t.Run("pooled-network", func(t *testing.T) { testIsolationFromJob(t, "network") })
-		}
+		// And in a cold container in a namespace the pool plumbed ahead
+		// ([pool] networks): made by Airlock (containerd) or held by a
+		// holder (Docker).
+		t.Run("pooled-network", func(t *testing.T) { testIsolationFromJob(t, "network") })
 	})
 }
 

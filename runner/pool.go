@@ -76,6 +76,9 @@ type warmSandbox struct {
 	ctr    executors.Container
 	sb     *sandbox.Network // nil when the runner gives jobs no network
 	netns  string           // the named namespace made for it ("" when the executor made one)
+	// holder keeps a network-only sandbox's namespace with an executor
+	// that makes namespaces itself (executors.NetworkHolder).
+	holder executors.Holder
 	// imageID is the image it was made from ("" when the executor cannot
 	// tell): when the name names another image, it is retired.
 	imageID string
@@ -102,9 +105,11 @@ type PoolConfig struct {
 	// Recent images most used by the last recentWindow jobs (0: none).
 	Recent, RecentSize int
 	// Networks keeps this many network namespaces plumbed and firewalled
-	// (no container) for jobs of any image that claim no warm sandbox,
-	// with an executor that joins a namespace it is given (containerd):
-	// their network is then off their path too.
+	// (no container of a job) for jobs of any image that claim no warm
+	// sandbox: made by Airlock with an executor that joins a namespace it
+	// is given (containerd), or held by a holder the job's container
+	// joins (Docker, executors.NetworkHolder). Their network is then off
+	// their path too.
 	Networks int
 }
 
@@ -136,8 +141,13 @@ func (r *Runner) StartPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
 		return nil, fmt.Errorf("pool: recent %d, recent size %d, networks %d: must not be negative", cfg.Recent, cfg.RecentSize, cfg.Networks)
 	}
 	if cfg.Networks > 0 {
-		if r.Network == nil || !r.joinsNetNS() {
-			return nil, errors.New("pool: networks are kept only for an executor that starts its containers in a namespace it is given (containerd), with the network sandbox on")
+		if r.Network == nil {
+			return nil, errors.New("pool: networks are kept only with the network sandbox on")
+		}
+		if !r.joinsNetNS() {
+			if _, err := r.holdsNetworks(); err != nil {
+				return nil, fmt.Errorf("pool: networks cannot be kept: %w", err)
+			}
 		}
 		listed[poolNetworks] = cfg.Networks
 	}
@@ -592,8 +602,20 @@ func (p *Pool) build(ctx context.Context, image string) (w *warmSandbox, err err
 		}
 	}()
 	if image == poolNetworks {
-		// A namespace for a cold job: plumbed and firewalled, no container.
-		return w, p.setupNet(ctx, w, "")
+		// A namespace for a cold job: plumbed and firewalled, no container
+		// of the job. An executor that makes namespaces itself makes it in
+		// a holder, which the job's container joins.
+		if r.joinsNetNS() {
+			return w, p.setupNet(ctx, w, "")
+		}
+		nh, err := r.holdsNetworks()
+		if err != nil {
+			return w, err
+		}
+		if w.holder, err = nh.HoldNetwork(ctx, r.cfg.RunnerID, w.id, map[string]string{labelOwner: r.owner.String()}); err != nil {
+			return w, err
+		}
+		return w, p.setupNet(ctx, w, w.holder.NetNS())
 	}
 	if w.dir, err = r.makeRuntimeDir(w.id); err != nil {
 		return w, err
@@ -666,6 +688,9 @@ func (p *Pool) destroy(ctx context.Context, w *warmSandbox) error {
 	var errs []error
 	if w.ctr != nil {
 		errs = append(errs, w.ctr.Destroy(ctx))
+	}
+	if w.holder != nil {
+		errs = append(errs, w.holder.Destroy(ctx))
 	}
 	errs = append(errs, w.closeNet(ctx, p.r.Network))
 	if w.dir != "" {

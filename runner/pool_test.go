@@ -37,10 +37,8 @@ func TestPoolCrashChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc := PoolConfig{Sizes: map[string]int{testenv.TestImage: 2}}
-	if cfg.ExecutorName() == config.ExecutorContainerd {
-		pc.Networks = 2 // namespaces plumbed for cold jobs too
-	}
+	// And two namespaces plumbed for cold jobs.
+	pc := PoolConfig{Sizes: map[string]int{testenv.TestImage: 2}, Networks: 2}
 	p, err := r.StartPool(ctx, pc)
 	if err != nil {
 		t.Fatal(err)
@@ -92,10 +90,11 @@ func testPoolRecoveredAfterSIGKILL(t *testing.T) {
 	}
 	id := strings.TrimSpace(string(b))
 	left := strings.Join(isoLeftovers(t, id, cfg), "\n")
-	kinds := map[string]int{"container ": 2, "pool entry ": 2, "runtime directory ": 2, "ip: ": 2}
+	// And the two pooled networks' addresses, and their namespaces
+	// (containerd) or holders (Docker).
+	kinds := map[string]int{"container ": 4, "pool entry ": 4, "runtime directory ": 2, "ip: ": 2}
 	if cfg.ExecutorName() == config.ExecutorContainerd {
-		// And the two pooled networks' namespaces and addresses.
-		kinds["network namespace "], kinds["pool entry "] = 4, 4
+		kinds["network namespace "], kinds["container "] = 2, 2
 	}
 	for want, n := range kinds {
 		if strings.Count(left, want) < n {

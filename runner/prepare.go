@@ -75,14 +75,26 @@ func (e *execution) prepare(ctx context.Context) error {
 			return err
 		}
 		spec.NetNS = e.net.netns
+	} else if w := e.r.pool.Load().claimNet(); w != nil {
+		// A pooled network held by a holder the container joins.
+		e.holder, w.holder = w.holder, nil
+		if err := isolated(e.registerPooled(ctx, w)); err != nil {
+			return err
+		}
+		spec.NetHolder = e.holder.ID()
 	}
 	ctr, err := e.r.exec.Create(ctx, spec)
 	if err != nil {
 		return fmt.Errorf("preparing container: %w", err)
 	}
 	e.ctr = ctr
-	if e.r.Network != nil && !joins {
-		if err := isolated(e.r.Network.attach(ctx, e.j.ID, ctr.NetNS(), e.policy, e.masker.MaskFold, e.netEvents())); err != nil {
+	if e.r.Network != nil && e.net == nil {
+		t0 := time.Now()
+		jn, err := e.r.Network.attach(ctx, e.j.ID, ctr.NetNS(), e.policy, e.masker.MaskFold, e.netEvents())
+		if err == nil {
+			e.log.Debug("job network attached", "job", e.j.ID, "took", time.Since(t0))
+		}
+		if err := isolated(jn, err); err != nil {
 			return err
 		}
 	}

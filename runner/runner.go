@@ -101,6 +101,16 @@ func (r *Runner) OnClose(f func() error) {
 	r.closers = append(r.closers, f)
 }
 
+// holdsNetworks reports whether the executor can make a network holder
+// (executors.NetworkHolder) for a pooled network, else why not.
+func (r *Runner) holdsNetworks() (executors.NetworkHolder, error) {
+	nh, ok := r.exec.(executors.NetworkHolder)
+	if !ok {
+		return nil, errors.New("the executor can neither start a container in a namespace it is given nor join a network holder's")
+	}
+	return nh, nh.HoldsNetworks()
+}
+
 // joinsNetNS reports whether the executor starts containers in a network
 // namespace it is given (executors.NamespaceJoiner) rather than making one.
 func (r *Runner) joinsNetNS() bool {
@@ -394,6 +404,9 @@ type execution struct {
 	env    []string
 	warm   *warmSandbox // the pooled sandbox the job claimed
 	warmAt time.Time    // when it claimed it
+	// holder keeps the namespace of the pooled network the job claimed
+	// (executors.NetworkHolder); removed after the job's container.
+	holder executors.Holder
 
 	services  *jobServices
 	svcMounts []executors.Mount // what services mount (hosts, resolv.conf)
@@ -603,6 +616,11 @@ func (e *execution) finish(ctx context.Context, res *Result) error {
 	}
 	if err := <-destroyed; err != nil {
 		errs = append(errs, fmt.Errorf("removing container of job %s: %w", e.j.ID, err))
+	}
+	if e.holder != nil {
+		if err := e.holder.Destroy(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("removing the network holder of job %s: %w", e.j.ID, err))
+		}
 	}
 	if e.dir != "" {
 		if err := removeRuntimeDir(e.dir); err != nil {

@@ -53,50 +53,66 @@ func makeServiceImage(t *testing.T) {
 // A service runs in the job's own network namespace, with either
 // executor: the job reaches it by its alias and by the name derived from
 // its image, and the service reaches nothing the job may not (a forbidden
-// host of the fake internet).
+// host of the fake internet). The same in a namespace the pool plumbed
+// ahead ([pool] networks), where with Docker the job's container joins a
+// holder's namespace and its services join the job's.
 func TestServicesShareTheJobsNetwork(t *testing.T) {
 	isoEachExecutor(t, func(t *testing.T) {
-		env := isoOpen(t)
-		makeServiceImage(t)
-		forbidden := testenv.ForbiddenAddr.String() + ":7" // not 80/443: those go to the transparent proxy
-		j := isoJob("svc-job", nil, []isoProbe{
-			// The service's nc restarts between connections: retry a gap.
-			{name: "alias", cmd: "for i in 1 2 3 4 5 6 7 8 9 10; do probe tcp db:5432 && break; sleep 0.3; done"},
-			{name: "derived", cmd: "for i in 1 2 3 4 5 6 7 8 9 10; do probe tcp airlock-test:5432 && break; sleep 0.3; done"},
-		})
-		j.Variables = append(j.Variables, job.Variable{Key: "CI_DEBUG_SERVICES", Value: "true", Public: true},
-			job.Variable{Key: "SECRET_TOKEN", Value: "s3cr3t-never-in-a-service", Masked: true})
-		j.Services = []job.Service{{
-			Image:     serviceImage,
-			Aliases:   []string{"db", "airlock-test"},
-			Command:   []string{"sh", "-c", `echo "egress $(probe tcp ` + forbidden + `)"; env | grep -c s3cr3t-never; while true; do echo pong | nc -l -p 5432; done`},
-			Variables: []job.Variable{{Key: "POSTGRES_DB", Value: "test", Public: true}},
-		}}
-		run := env.run(t, j, nil)
-		if run.res.State != Success {
-			t.Fatalf("job: state %s (%s), err %v; output:\n%s", run.res.State, run.res.Reason, run.res.Err, run.out)
-		}
-		for _, p := range []string{"alias", "derived"} {
-			if got := run.probe(t, p); got != "ok connected pong" {
-				t.Errorf("probe %s = %q, want ok connected pong; output:\n%s", p, got, run.out)
-			}
-		}
-		var egress string
-		for _, l := range strings.Split(run.out, "\n") {
-			if i := strings.Index(l, "egress "); i >= 0 && strings.HasPrefix(l, "[service:") {
-				egress = l[i:]
-			}
-		}
-		if !strings.HasPrefix(egress, "egress fail") {
-			t.Errorf("the service's probe of %s = %q, want a failure; output:\n%s", forbidden, egress, run.out)
-		}
-		if !strings.Contains(run.out, "] 0\n") {
-			t.Errorf("the service's environment held the masked variable; output:\n%s", run.out)
-		}
-		if strings.Contains(run.out, "probably didn't start properly") {
-			t.Errorf("health check warned for a service that listens; output:\n%s", run.out)
-		}
+		t.Run("cold", func(t *testing.T) { testServicesShareTheJobsNetwork(t, false) })
+		t.Run("pooled-network", func(t *testing.T) { testServicesShareTheJobsNetwork(t, true) })
 	})
+}
+
+func testServicesShareTheJobsNetwork(t *testing.T, pooled bool) {
+	env := isoOpen(t)
+	makeServiceImage(t)
+	var p *Pool
+	if pooled {
+		p = isoStartPoolWith(t, env, PoolConfig{Networks: 1}, poolNetworks)
+	}
+	forbidden := testenv.ForbiddenAddr.String() + ":7" // not 80/443: those go to the transparent proxy
+	j := isoJob("svc-job", nil, []isoProbe{
+		// The service's nc restarts between connections: retry a gap.
+		{name: "alias", cmd: "for i in 1 2 3 4 5 6 7 8 9 10; do probe tcp db:5432 && break; sleep 0.3; done"},
+		{name: "derived", cmd: "for i in 1 2 3 4 5 6 7 8 9 10; do probe tcp airlock-test:5432 && break; sleep 0.3; done"},
+	})
+	j.Variables = append(j.Variables, job.Variable{Key: "CI_DEBUG_SERVICES", Value: "true", Public: true},
+		job.Variable{Key: "SECRET_TOKEN", Value: "s3cr3t-never-in-a-service", Masked: true})
+	j.Services = []job.Service{{
+		Image:     serviceImage,
+		Aliases:   []string{"db", "airlock-test"},
+		Command:   []string{"sh", "-c", `echo "egress $(probe tcp ` + forbidden + `)"; env | grep -c s3cr3t-never; while true; do echo pong | nc -l -p 5432; done`},
+		Variables: []job.Variable{{Key: "POSTGRES_DB", Value: "test", Public: true}},
+	}}
+	run := env.run(t, j, nil)
+	if run.res.State != Success {
+		t.Fatalf("job: state %s (%s), err %v; output:\n%s", run.res.State, run.res.Reason, run.res.Err, run.out)
+	}
+	for _, p := range []string{"alias", "derived"} {
+		if got := run.probe(t, p); got != "ok connected pong" {
+			t.Errorf("probe %s = %q, want ok connected pong; output:\n%s", p, got, run.out)
+		}
+	}
+	var egress string
+	for _, l := range strings.Split(run.out, "\n") {
+		if i := strings.Index(l, "egress "); i >= 0 && strings.HasPrefix(l, "[service:") {
+			egress = l[i:]
+		}
+	}
+	if !strings.HasPrefix(egress, "egress fail") {
+		t.Errorf("the service's probe of %s = %q, want a failure; output:\n%s", forbidden, egress, run.out)
+	}
+	if !strings.Contains(run.out, "] 0\n") {
+		t.Errorf("the service's environment held the masked variable; output:\n%s", run.out)
+	}
+	if strings.Contains(run.out, "probably didn't start properly") {
+		t.Errorf("health check warned for a service that listens; output:\n%s", run.out)
+	}
+	if pooled {
+		if st := p.Stats(); st.NetHits != 1 {
+			t.Errorf("pool stats %+v: the job claimed no pooled network", st)
+		}
+	}
 }
 
 // Through GitLab: a service that never listens only warns (with its

@@ -163,8 +163,8 @@ func (c *Config) Validate() []error {
 	errs = append(errs, c.validateExecutor()...)
 	errs = append(errs, c.Network.validate()...)
 	errs = append(errs, c.Pool.validate()...)
-	if c.Pool.Networks > 0 && c.ExecutorName() != ExecutorContainerd {
-		errs = append(errs, fmt.Errorf("pool.networks %d: only with executor = %q (the Docker engine makes each container's network namespace itself)", c.Pool.Networks, ExecutorContainerd))
+	if c.Pool.Networks > 0 && c.ExecutorName() == ExecutorDocker && c.Docker.StepServer == "off" {
+		errs = append(errs, fmt.Errorf("pool.networks %d: with the Docker executor a pooled network is held by a container running the step server, and docker.step_server is \"off\"", c.Pool.Networks))
 	}
 	errs = append(errs, c.Gateway.validate()...)
 	errs = append(errs, c.Egress.validate()...)

@@ -88,7 +88,7 @@ firewall = "pf"
 size = -1
 images = [""]
 recent = 99
-networks = 2
+networks = -2
 [gateway.hosts]
 "db.internal" = "not-an-ip"
 [egress]
@@ -172,5 +172,24 @@ func TestDockerReadOnlyKeys(t *testing.T) {
 	}
 	if c, err := Load(write(t, ""), false); err != nil || c.Docker.Limits().ReadOnly {
 		t.Errorf("default read_only = %v, %v; want false", c.Docker.Limits().ReadOnly, err)
+	}
+}
+
+func TestPoolNetworksKey(t *testing.T) {
+	for _, tc := range []struct{ conf, wantErr string }{
+		{"[pool]\nnetworks = 4\n", ""},                            // Docker: held by holders
+		{"executor = \"containerd\"\n[pool]\nnetworks = 4\n", ""}, // made by Airlock
+		{"[docker]\nstep_server = \"off\"\n[pool]\nnetworks = 4\n", `pool.networks 4: with the Docker executor a pooled network is held by a container running the step server, and docker.step_server is "off"`},
+		{"[pool]\nnetworks = -1\n", "pool.networks -1: must not be negative"},
+	} {
+		c, err := Load(write(t, tc.conf), false)
+		switch {
+		case tc.wantErr == "" && err != nil:
+			t.Errorf("%q: %v", tc.conf, err)
+		case tc.wantErr == "" && c.Pool.Networks != 4:
+			t.Errorf("%q: pool.networks = %d, want 4", tc.conf, c.Pool.Networks)
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("%q: error %v, want one containing %q", tc.conf, err, tc.wantErr)
+		}
 	}
 }
