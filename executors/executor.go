@@ -154,6 +154,15 @@ type NetworkHolder interface {
 	HoldNetwork(ctx context.Context, runnerID, id string, labels map[string]string) (Holder, error)
 }
 
+// Liveness is an optional Container and Holder capability: Alive reports,
+// without a call to the engine, whether its idle entrypoint (a holder's
+// process) still runs. The warm pool never hands a job a sandbox that
+// died before a claim (the engine restarted, an admin removed it, the
+// kernel killed it). An executor that cannot tell says true.
+type Liveness interface {
+	Alive() bool
+}
+
 // Holder keeps a network namespace alive for a job (NetworkHolder).
 type Holder interface {
 	ID() string

@@ -53,7 +53,16 @@ var (
 	_ executors.Container     = (*Container)(nil)
 	_ executors.Uploader      = (*Container)(nil)
 	_ executors.ImageReporter = (*Container)(nil)
+	_ executors.Liveness      = (*Container)(nil)
 )
+
+// Alive implements executors.Liveness: the task's init (the idle
+// entrypoint) still runs, by its pidfd (true without one: cannot tell).
+func (c *Container) Alive() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.removed && executors.PidfdAlive(c.pidfd)
+}
 
 // ID implements executors.Container.
 func (c *Container) ID() string { return c.id }

@@ -110,10 +110,11 @@ func (e *Executor) initArgs() []string {
 // client writes, stdout read by the client, stderr kept as diagnostics.
 func (c *Container) start(ctx context.Context) error {
 	creator := cio.NullIO
+	var diag *stepd.Diag
 	if c.e.stepd != "" {
 		inR, inW := io.Pipe()
 		outR, outW := io.Pipe()
-		diag := &stepd.Diag{Limit: 4096}
+		diag = &stepd.Diag{Limit: 4096}
 		creator = cio.NewCreator(cio.WithStreams(inR, outW, diag))
 		c.step = stepd.NewClient(inW, func() error {
 			inW.Close()
@@ -139,6 +140,9 @@ func (c *Container) start(ctx context.Context) error {
 		return err
 	}
 	c.exited = exited
+	if c.step != nil {
+		c.exited = c.endStepOnExit(exited, diag)
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -155,6 +159,30 @@ func (c *Container) start(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// stepDrain is how long the step server's last output is given to be
+// copied after its task ended, before its stream is closed.
+const stepDrain = 100 * time.Millisecond
+
+// endStepOnExit forwards the task's exit and, once the task has ended,
+// ends the step server's stream: the shim keeps the task's stdout open
+// until the task is deleted, so an exec in a task whose init ended (a job
+// that stopped its step server, the kernel's OOM killer) would otherwise
+// wait for the job's timeout.
+func (c *Container) endStepOnExit(exited <-chan containerd.ExitStatus, diag *stepd.Diag) <-chan containerd.ExitStatus {
+	ch := make(chan containerd.ExitStatus, 1)
+	go func() {
+		st, ok := <-exited
+		if ok {
+			ch <- st
+		}
+		close(ch)
+		time.Sleep(stepDrain)
+		fmt.Fprintf(diag, "the job's container stopped (its init exited with status %d)", st.ExitCode())
+		_ = c.step.Close()
+	}()
+	return ch
 }
 
 // specOpts builds the hardened spec: no capabilities, no new privileges,

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -543,12 +544,27 @@ type Container struct {
 
 	mu      sync.Mutex
 	removed bool
+	gone    atomic.Bool // removed, for Alive
+	fdMu    sync.Mutex  // guards idleFD's close against Alive
 }
 
 var (
 	_ executors.Container     = (*Container)(nil)
 	_ executors.ImageReporter = (*Container)(nil)
+	_ executors.Liveness      = (*Container)(nil)
 )
+
+// Alive implements executors.Liveness: the idle entrypoint (the step
+// server) still runs, by its pidfd (true without one: cannot tell).
+// It does not wait for a Destroy in progress.
+func (c *Container) Alive() bool {
+	if c.gone.Load() {
+		return false
+	}
+	c.fdMu.Lock()
+	defer c.fdMu.Unlock()
+	return executors.PidfdAlive(c.idleFD)
+}
 
 // ID implements executors.Container.
 func (c *Container) ID() string { return c.id }
@@ -563,6 +579,10 @@ func (c *Container) NetNS() string { return fmt.Sprintf("/proc/%d/ns/net", c.pid
 // runs through the step server when there is one; another user's needs
 // the engine (the server has no capability to switch users).
 func (c *Container) Exec(ctx context.Context, x executors.Exec) (int, error) {
+	if !c.Alive() {
+		// The engine would still exec in a container that is stopping.
+		return -1, fmt.Errorf("exec in job %s: the job's container stopped (its idle entrypoint ended)", c.job)
+	}
 	if c.step != nil && (x.User == "" || x.User == c.user) {
 		return c.step.Exec(ctx, x, c.e.grace, c.stopProcesses)
 	}
@@ -696,13 +716,16 @@ func (c *Container) Destroy(ctx context.Context) error {
 		errs = append(errs, err)
 	} else {
 		c.removed = true
+		c.gone.Store(true)
 		if c.step != nil {
 			_ = c.step.Close()
 		}
+		c.fdMu.Lock()
 		if c.idleFD >= 0 {
 			_ = unix.Close(c.idleFD)
 			c.idleFD = -1
 		}
+		c.fdMu.Unlock()
 		c.e.log.Debug("container removed", "job", c.job, "container", shortID(c.id), "stop", t1.Sub(t0), "remove", time.Since(t1))
 	}
 	return errors.Join(errs...)

@@ -12,6 +12,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/mount"
+	"golang.org/x/sys/unix"
 
 	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/executors/stepd"
@@ -29,7 +30,10 @@ const LabelHolder = "io.airlock.netns-holder"
 // threads: the pids limit counts the Go runtime's).
 var holderLimits = executors.Limits{Pids: 16, Memory: 16 << 20, CPUs: 0.1, ReadOnly: true}
 
-var _ executors.NetworkHolder = (*Executor)(nil)
+var (
+	_ executors.NetworkHolder = (*Executor)(nil)
+	_ executors.Liveness      = (*holder)(nil)
+)
 
 // HoldsNetworks implements executors.NetworkHolder: a holder's process is
 // the step server.
@@ -82,7 +86,7 @@ func (e *Executor) HoldNetwork(ctx context.Context, runnerID, id string, labels 
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("creating network holder %s: %w", id, err), e.Remove(context.WithoutCancel(ctx), name))
 	}
-	h := &holder{e: e, id: resp.ID}
+	h := &holder{e: e, id: resp.ID, pidfd: -1}
 	fail := func(what string, err error) (executors.Holder, error) {
 		return nil, errors.Join(fmt.Errorf("%s network holder %s: %w", what, id, err), h.Destroy(context.WithoutCancel(ctx)))
 	}
@@ -97,6 +101,9 @@ func (e *Executor) HoldNetwork(ctx context.Context, runnerID, id string, labels 
 	}
 	if err := ownNetNS(h.pid); err != nil {
 		return fail("isolating", err)
+	}
+	if fd, err := unix.PidfdOpen(h.pid, 0); err == nil {
+		h.pidfd = fd
 	}
 	return h, nil
 }
@@ -169,9 +176,10 @@ func holderLayer() []byte {
 
 // holder is a running network holder.
 type holder struct {
-	e   *Executor
-	id  string
-	pid int
+	e     *Executor
+	id    string
+	pid   int
+	pidfd int // of its process (-1: none)
 
 	mu      sync.Mutex
 	removed bool
@@ -180,6 +188,13 @@ type holder struct {
 func (h *holder) ID() string { return h.id }
 
 func (h *holder) NetNS() string { return fmt.Sprintf("/proc/%d/ns/net", h.pid) }
+
+// Alive implements executors.Liveness.
+func (h *holder) Alive() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return !h.removed && executors.PidfdAlive(h.pidfd)
+}
 
 // Destroy force-removes the holder (SIGKILL: it holds nothing to save).
 func (h *holder) Destroy(ctx context.Context) error {
@@ -192,6 +207,10 @@ func (h *holder) Destroy(ctx context.Context) error {
 		return err
 	}
 	h.removed = true
+	if h.pidfd >= 0 {
+		_ = unix.Close(h.pidfd)
+		h.pidfd = -1
+	}
 	return nil
 }
 

@@ -393,6 +393,57 @@ func (s *suite) testDestroyRunning(t *testing.T) {
 	}
 }
 
+// A container whose idle entrypoint ended (a job that signalled it, the
+// kernel's OOM killer) ends the exec running in it and fails the next at
+// once, instead of leaving them to the job's timeout; it is not alive
+// (executors.Liveness), and Destroy still removes it.
+func (s *suite) testInitEnded(t *testing.T) {
+	e := s.env(t)
+	spec := e.spec("init-ended")
+	if joins(e.ex) {
+		spec.NetNS = s.opts.NetNS(t)
+	}
+	c, err := e.ex.Create(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Destroy(context.Background())
+	if l, ok := c.(executors.Liveness); ok && !l.Alive() {
+		t.Error("a running container is not alive")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(ctx, executors.Exec{Cmd: []string{"/bin/sh", "-c", "kill -TERM 1; sleep 300"}})
+		done <- err
+	}()
+	select {
+	case <-done:
+	case <-time.After(s.bound()):
+		t.Fatalf("Exec did not return within %v of the container's init ending", s.bound())
+	}
+	next := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(ctx, executors.Exec{Cmd: []string{"true"}})
+		next <- err
+	}()
+	select {
+	case err := <-next:
+		if err == nil {
+			t.Error("Exec in a container whose init ended succeeded, want an error")
+		}
+	case <-time.After(s.bound()):
+		t.Fatalf("the next Exec did not return within %v", s.bound())
+	}
+	if l, ok := c.(executors.Liveness); ok && l.Alive() {
+		t.Error("a container whose init ended is alive")
+	}
+	if err := c.Destroy(context.Background()); err != nil {
+		t.Errorf("Destroy: %v", err)
+	}
+}
+
 // Destroy twice: the second is a no-op; concurrent Destroys are safe.
 func (s *suite) testDestroyTwice(t *testing.T) {
 	e := s.env(t)

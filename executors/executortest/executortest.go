@@ -79,6 +79,7 @@ func Run(t *testing.T, newExecutor func(t *testing.T) executors.Executor, image 
 		{"CancelSendsTERMFirst", s.testCancelTermFirst},
 		{"DestroyStopsRunningExec", s.testDestroyRunning},
 		{"DestroyTwice", s.testDestroyTwice},
+		{"InitEndedEndsExecs", s.testInitEnded},
 		{"FailedCreateLeavesNothing", s.testFailedCreate},
 		{"CancelledCreateLeavesNothing", s.testCancelledCreate},
 		{"Leftovers", s.testLeftovers},
