@@ -42,6 +42,7 @@ type Metrics struct {
 	poolClaims  *prometheus.CounterVec
 	poolReady   *prometheus.GaugeVec
 	poolRetired *prometheus.CounterVec
+	poolDead    *prometheus.CounterVec
 	poolClaim   prometheus.Histogram
 }
 
@@ -111,6 +112,10 @@ func NewMetrics() *Metrics {
 			Name: "airlock_pool_retired_total",
 			Help: "Warm sandboxes removed unclaimed because their image's name came to name another image (or none), by image.",
 		}, []string{"image"}),
+		poolDead: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "airlock_pool_dead_total",
+			Help: "Warm sandboxes found dead before a claim (their container or network holder had stopped) and removed, by image.",
+		}, []string{"image"}),
 		poolClaim: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "airlock_pool_claim_seconds",
 			Help:    "From a job claiming a warm sandbox to the sandbox ready for its first step (credentials delivered, policy registered, sources copied).",
@@ -118,7 +123,7 @@ func NewMetrics() *Metrics {
 		}),
 	}
 	m.reg.MustRegister(m.jobs, m.running, m.duration, m.api, m.egressDenied, m.dropped, m.leaks, m.minted, m.revoked,
-		m.revokeFailed, m.concurrent, m.poolClaims, m.poolReady, m.poolRetired, m.poolClaim,
+		m.revokeFailed, m.concurrent, m.poolClaims, m.poolReady, m.poolRetired, m.poolDead, m.poolClaim,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -270,6 +275,13 @@ func (m *Metrics) PoolReady(image string, n int) {
 func (m *Metrics) PoolRetired(image string, n int) {
 	if m != nil {
 		m.poolRetired.WithLabelValues(image).Add(float64(n))
+	}
+}
+
+// PoolDead counts n warm sandboxes of image found dead unclaimed.
+func (m *Metrics) PoolDead(image string, n int) {
+	if m != nil {
+		m.poolDead.WithLabelValues(image).Add(float64(n))
 	}
 }
 

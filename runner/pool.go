@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -60,6 +61,7 @@ type Pool struct {
 	bg       sync.WaitGroup // retired sandboxes being removed
 
 	hits, misses, retired atomic.Int64
+	dead                  atomic.Int64 // ready sandboxes found dead
 	netHits, netMisses    atomic.Int64 // claims of network-only sandboxes
 	lastClaim             atomic.Int64 // unix ns of the last claim, hit or miss
 	// checkEvery is how often ready sandboxes are checked against their
@@ -90,6 +92,9 @@ type PoolStats struct {
 	// Retired counts ready sandboxes removed because their image's name
 	// came to name another image (or none).
 	Retired int64
+	// Dead counts ready sandboxes found dead (their container or holder
+	// had stopped) and removed unclaimed.
+	Dead int64
 	// NetHits and NetMisses count jobs that found a network-only sandbox
 	// (PoolConfig.Networks) ready or none; Ready["(network)"] is how many
 	// are ready.
@@ -183,7 +188,7 @@ func (r *Runner) StartPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
 func (p *Pool) Stats() PoolStats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := PoolStats{Hits: p.hits.Load(), Misses: p.misses.Load(), Retired: p.retired.Load(),
+	st := PoolStats{Hits: p.hits.Load(), Misses: p.misses.Load(), Retired: p.retired.Load(), Dead: p.dead.Load(),
 		NetHits: p.netHits.Load(), NetMisses: p.netMisses.Load(), Ready: map[string]int{}}
 	for img, ws := range p.ready {
 		st.Ready[img] = len(ws)
@@ -252,20 +257,90 @@ func (p *Pool) claim(ctx context.Context, j *job.Job) *warmSandbox {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	ws := p.ready[j.Image]
-	if n == 0 || len(ws) == 0 || p.closed {
+	var w *warmSandbox
+	if n > 0 && !p.closed {
+		w = p.takeLocked(j.Image)
+	}
+	if w == nil {
 		p.misses.Add(1)
 		m.PoolClaim(j.Image, false)
 		p.nudge()
 		return nil
 	}
-	w := ws[0]
-	p.ready[j.Image] = ws[1:]
 	p.hits.Add(1)
 	m.PoolClaim(j.Image, true)
-	m.PoolReady(j.Image, len(ws)-1)
+	m.PoolReady(j.Image, len(p.ready[j.Image]))
 	p.nudge()
 	return w
+}
+
+// takeLocked takes the first ready sandbox of key that is alive
+// (warmSandbox.alive); the dead ones before it are dropped and removed
+// in the background. p.mu is held.
+func (p *Pool) takeLocked(key string) *warmSandbox {
+	ws := p.ready[key]
+	var dead []*warmSandbox
+	for len(ws) > 0 && !ws[0].alive() {
+		dead, ws = append(dead, ws[0]), ws[1:]
+	}
+	var w *warmSandbox
+	if len(ws) > 0 {
+		w, ws = ws[0], ws[1:]
+	}
+	p.ready[key] = ws
+	p.dropDeadLocked(key, dead)
+	return w
+}
+
+// dropDeadLocked removes sandboxes of key found dead, unclaimed, in the
+// background. p.mu is held.
+func (p *Pool) dropDeadLocked(key string, dead []*warmSandbox) {
+	if len(dead) == 0 {
+		return
+	}
+	p.dead.Add(int64(len(dead)))
+	m := p.r.metrics.Load()
+	m.PoolDead(key, len(dead))
+	m.PoolReady(key, len(p.ready[key]))
+	p.log.Warn("warm sandboxes died before a job claimed them; removing them", "image", key, "sandboxes", len(dead))
+	p.discard(dead)
+	p.nudge()
+}
+
+// sweepDead drops every ready sandbox found dead.
+func (p *Pool) sweepDead() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for key, ws := range p.ready {
+		var keep, dead []*warmSandbox
+		for _, w := range ws {
+			if w.alive() {
+				keep = append(keep, w)
+			} else {
+				dead = append(dead, w)
+			}
+		}
+		if len(dead) > 0 {
+			p.ready[key] = keep
+			p.dropDeadLocked(key, dead)
+		}
+	}
+}
+
+// alive reports whether the sandbox can still serve a job: its container
+// or its holder runs (executors.Liveness), its namespace is there.
+func (w *warmSandbox) alive() bool {
+	for _, x := range []any{w.ctr, w.holder} {
+		if l, ok := x.(executors.Liveness); ok && !l.Alive() {
+			return false
+		}
+	}
+	if w.netns != "" {
+		if _, err := os.Stat(w.netns); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // claimNet takes a network-only sandbox (PoolConfig.Networks) for a job
@@ -282,18 +357,16 @@ func (p *Pool) claimNet() *warmSandbox {
 		return nil
 	}
 	m := p.r.metrics.Load()
-	ws := p.ready[poolNetworks]
-	if len(ws) == 0 {
+	w := p.takeLocked(poolNetworks)
+	if w == nil {
 		p.netMisses.Add(1)
 		m.PoolClaim(poolNetworks, false)
 		p.nudge()
 		return nil
 	}
-	w := ws[0]
-	p.ready[poolNetworks] = ws[1:]
 	p.netHits.Add(1)
 	m.PoolClaim(poolNetworks, true)
-	m.PoolReady(poolNetworks, len(ws)-1)
+	m.PoolReady(poolNetworks, len(p.ready[poolNetworks]))
 	p.nudge()
 	return w
 }
@@ -442,12 +515,12 @@ func (p *Pool) rewantLocked() map[string][]*warmSandbox {
 }
 
 // poolCheckEvery is how often the pool checks its ready sandboxes against
-// their image's name.
+// their image's name, and that they are alive.
 var poolCheckEvery = 15 * time.Second
 
-// watch checks, every checkEvery, that each image's ready sandboxes were
-// made from the image its name names now, and retires the others, so that
-// the pool refills with an updated image before a job asks for it.
+// watch checks, every checkEvery, that the ready sandboxes are alive and
+// that each image's were made from the image its name names now, and
+// retires the others, so that the pool refills before a job asks.
 func (p *Pool) watch(ctx context.Context) {
 	t := time.NewTicker(p.checkEvery)
 	defer t.Stop()
@@ -457,6 +530,7 @@ func (p *Pool) watch(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		p.sweepDead()
 		p.mu.Lock()
 		var imgs []string
 		for img, ws := range p.ready {
