@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,11 +55,17 @@ type Pool struct {
 	history  []string       // the last recentWindow eligible jobs' images, oldest first
 	ready    map[string][]*warmSandbox
 	building map[string]int
+	inBuild  int // builds past waitRoom, counted against concurrent
 	closed   bool
 	kick     chan struct{}
 	stop     context.CancelFunc
 	done     chan struct{}
 	bg       sync.WaitGroup // retired sandboxes being removed
+
+	concurrent   int
+	minAvailable int64
+	// held is why refills wait now (nil when they do not), for Stats.
+	held atomic.Pointer[string]
 
 	hits, misses, retired atomic.Int64
 	dead                  atomic.Int64 // ready sandboxes found dead
@@ -99,7 +106,11 @@ type PoolStats struct {
 	// (PoolConfig.Networks) ready or none; Ready["(network)"] is how many
 	// are ready.
 	NetHits, NetMisses int64
-	Ready              map[string]int
+	// Held says why refills wait ("" when they do not): the jobs running
+	// and builds in progress are at Concurrent, or the host's available
+	// memory is below MinAvailable.
+	Held  string
+	Ready map[string]int
 }
 
 // PoolConfig says which warm sandboxes to keep.
@@ -116,6 +127,14 @@ type PoolConfig struct {
 	// joins (Docker, executors.NetworkHolder). Their network is then off
 	// their path too.
 	Networks int
+	// Concurrent bounds the work of jobs and refills together: a sandbox
+	// is built only while the jobs running plus the sandboxes being built
+	// are no more than it (the agent's concurrent; 0: no bound).
+	Concurrent int
+	// MinAvailable is the memory the host must have available
+	// (MemAvailable) for a sandbox to be built, since a claimed sandbox
+	// becomes a job that may use its memory limit (0: no bound).
+	MinAvailable int64
 }
 
 // poolNetworks is the pool's key for its network-only sandboxes; no
@@ -159,12 +178,15 @@ func (r *Runner) StartPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
 	if cfg.RecentSize == 0 {
 		cfg.RecentSize = 1
 	}
+	if cfg.Concurrent < 0 || cfg.MinAvailable < 0 {
+		return nil, fmt.Errorf("pool: concurrent %d, minimum available memory %d: must not be negative", cfg.Concurrent, cfg.MinAvailable)
+	}
 	want := maps.Clone(listed)
 	pctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	p := &Pool{r: r, want: want, listed: listed, recent: cfg.Recent, recentSize: cfg.RecentSize,
 		log: r.log.Named("pool"), ready: map[string][]*warmSandbox{},
 		building: map[string]int{}, kick: make(chan struct{}, 1), stop: stop, done: make(chan struct{}),
-		checkEvery: poolCheckEvery}
+		checkEvery: poolCheckEvery, concurrent: cfg.Concurrent, minAvailable: cfg.MinAvailable}
 	if !r.pool.CompareAndSwap(nil, p) {
 		stop()
 		return nil, errors.New("pool: already started")
@@ -190,6 +212,9 @@ func (p *Pool) Stats() PoolStats {
 	defer p.mu.Unlock()
 	st := PoolStats{Hits: p.hits.Load(), Misses: p.misses.Load(), Retired: p.retired.Load(), Dead: p.dead.Load(),
 		NetHits: p.netHits.Load(), NetMisses: p.netMisses.Load(), Ready: map[string]int{}}
+	if h := p.held.Load(); h != nil {
+		st.Held = *h
+	}
 	for img, ws := range p.ready {
 		st.Ready[img] = len(ws)
 	}
@@ -592,6 +617,84 @@ func (p *Pool) waitQuiet(ctx context.Context) error {
 	}
 }
 
+// roomEvery is how often a refill held back by waitRoom looks again.
+const roomEvery = 100 * time.Millisecond
+
+// waitRoom waits until a build fits (reserve) and reserves it: the
+// caller calls p.built() when it is done. Stats.Held says why it waits.
+func (p *Pool) waitRoom(ctx context.Context) error {
+	defer p.held.Store(nil)
+	logged := ""
+	for {
+		why := p.reserve()
+		if why == "" {
+			return nil
+		}
+		p.held.Store(&why)
+		if kind, _, _ := strings.Cut(why, ":"); kind != logged {
+			// Waiting for memory is worth an admin's look; for jobs to
+			// end, only while debugging.
+			if kind == "memory" {
+				p.log.Warn("refills wait", "reason", why)
+			} else {
+				p.log.Debug("refills wait", "reason", why)
+			}
+			logged = kind
+		}
+		t := time.NewTimer(roomEvery)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// reserve reserves a build and returns "", or says why a build does not
+// fit now: with it, the jobs running plus the builds in progress would be
+// more than Concurrent, or the host has less than MinAvailable memory.
+func (p *Pool) reserve() string {
+	if p.minAvailable > 0 {
+		avail, err := memAvailable()
+		if err != nil {
+			return "" // a host that cannot say is not held back
+		}
+		if avail < p.minAvailable {
+			return fmt.Sprintf("memory: %d MiB available, a job may use %d MiB", avail>>20, p.minAvailable>>20)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if running := int(p.r.running.Load()); p.concurrent > 0 && running+p.inBuild+1 > p.concurrent {
+		return fmt.Sprintf("concurrent: %d jobs running and %d sandboxes being built, concurrent = %d", running, p.inBuild, p.concurrent)
+	}
+	p.inBuild++
+	return ""
+}
+
+// memInfo is where the host's memory is read (tests point it elsewhere).
+var memInfo = "/proc/meminfo"
+
+// memAvailable is the host's MemAvailable, in bytes.
+func memAvailable() (int64, error) {
+	b, err := os.ReadFile(memInfo)
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
+			v := strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB"))
+			kb, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s: MemAvailable %q: %w", memInfo, v, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("%s: no MemAvailable", memInfo)
+}
+
 // refill builds sandboxes until each image has its count, with a back-off
 // after failures; several refillers run at once (maxRefillers).
 func (p *Pool) refill(ctx context.Context) {
@@ -607,12 +710,16 @@ func (p *Pool) refill(ctx context.Context) {
 			}
 		}
 		p.nudge() // wake another refiller: more may be missing
-		if p.waitQuiet(ctx) != nil {
+		if p.waitQuiet(ctx) != nil || p.waitRoom(ctx) != nil {
+			p.mu.Lock()
+			p.building[img]--
+			p.mu.Unlock()
 			return
 		}
 		w, err := p.build(ctx, img)
 		p.mu.Lock()
 		p.building[img]--
+		p.inBuild--
 		// Closed meanwhile, or no longer among the images kept.
 		unwanted := p.closed || p.want[img] == 0
 		if err == nil && !unwanted {

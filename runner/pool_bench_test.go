@@ -212,7 +212,8 @@ func benchAgentThroughputPool(b *testing.B) {
 	b.ResetTimer()
 	off := perMinute()
 	busyOff := busy
-	p, err := r.StartPool(ctx, PoolConfig{Sizes: map[string]int{testenv.TestImage: 4}})
+	// As `airlock run` starts it: refills within concurrent.
+	p, err := r.StartPool(ctx, PoolConfig{Sizes: map[string]int{testenv.TestImage: 4}, Concurrent: 4})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -88,6 +88,9 @@ type Runner struct {
 	closers []func() error
 	metrics atomic.Pointer[Metrics]
 	pool    atomic.Pointer[Pool] // warm sandboxes, when StartPool was called
+	// running counts the jobs in Run, which the pool's refills count
+	// against PoolConfig.Concurrent.
+	running atomic.Int64
 }
 
 // ID is the runner id that labels everything the runner creates.
@@ -246,6 +249,8 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 	for _, h := range r.Hooks {
 		h.JobStarted(j)
 	}
+	r.running.Add(1)
+	defer r.running.Add(-1)
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.CleanupTimeout)
 		defer cancel()

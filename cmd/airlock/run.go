@@ -161,7 +161,9 @@ func runAgent(parent context.Context, cfg *config.Config, log hclog.Logger, jit 
 	}
 	if len(cfg.Pool.Images) > 0 || cfg.Pool.Recent > 0 || cfg.Pool.Networks > 0 {
 		// A pool that cannot start leaves jobs to run cold; say why.
-		pc := runner.PoolConfig{Sizes: cfg.Pool.Sizes(), Recent: cfg.Pool.Recent, RecentSize: cfg.Pool.Size, Networks: cfg.Pool.Networks}
+		// Refills stay within concurrent and leave a job's memory free.
+		pc := runner.PoolConfig{Sizes: cfg.Pool.Sizes(), Recent: cfg.Pool.Recent, RecentSize: cfg.Pool.Size, Networks: cfg.Pool.Networks,
+			Concurrent: cfg.Concurrent, MinAvailable: cfg.JobMemory()}
 		if _, err := r.StartPool(ctx, pc); err != nil {
 			log.Error("warm sandboxes are off", "error", err)
 		} else {

@@ -226,6 +226,20 @@ func (c *Config) ExecutorName() string {
 	return ExecutorDocker
 }
 
+// JobMemory is the memory limit of the selected executor's job
+// containers, in bytes (its default when unset or unparsable: Validate
+// reports that).
+func (c *Config) JobMemory() int64 {
+	s := c.Docker.Memory
+	if c.ExecutorName() == ExecutorContainerd {
+		s = c.Containerd.Memory
+	}
+	if n, err := docker.ParseBytes(s); err == nil && s != "" {
+		return n
+	}
+	return docker.DefaultMemory
+}
+
 // DefaultImage is the selected executor's image for jobs that name none.
 func (c *Config) DefaultImage() string {
 	if c.ExecutorName() == ExecutorContainerd {

@@ -193,3 +193,20 @@ func TestPoolNetworksKey(t *testing.T) {
 		}
 	}
 }
+
+func TestJobMemory(t *testing.T) {
+	for conf, want := range map[string]int64{
+		"":                              2 << 30,
+		"[docker]\nmemory = \"512m\"\n": 512 << 20,
+		"executor = \"containerd\"\n[containerd]\nmemory = \"1g\"\n": 1 << 30,
+		"executor = \"containerd\"\n[docker]\nmemory = \"1g\"\n":     2 << 30,
+	} {
+		c, err := Load(write(t, conf), false)
+		if err != nil {
+			t.Fatalf("%q: %v", conf, err)
+		}
+		if got := c.JobMemory(); got != want {
+			t.Errorf("%q: JobMemory() = %d, want %d", conf, got, want)
+		}
+	}
+}
