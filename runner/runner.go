@@ -511,8 +511,13 @@ func (e *execution) runSteps(ctx, jobCtx context.Context, res *Result) {
 			failed = true
 			res.Err = sr.Err
 			res.State, res.Reason = Failed, RunnerSystemFailure
-			if errors.Is(sr.Err, ErrTimeout) {
+			switch {
+			case errors.Is(sr.Err, ErrTimeout):
 				res.Reason = JobTimeout // the step's own timeout
+			case errors.Is(sr.Err, executors.ErrContainerStopped):
+				// Its code stopped its container's init, or used memory
+				// until the kernel killed it: the job's failure.
+				res.Reason = ScriptFailure
 			}
 			if jobCtx.Err() != nil {
 				e.r.endState(res, ctx, jobCtx)

@@ -105,12 +105,16 @@ func (c *Container) process(ctx context.Context) (specs.Process, error) {
 // user's is a task exec (the server cannot switch users).
 func (c *Container) Exec(ctx context.Context, x executors.Exec) (int, error) {
 	ctx = c.e.ctx(ctx)
+	var code int
+	var err error
 	if c.step != nil && (x.User == "" || x.User == c.user) {
-		return c.step.Exec(ctx, x, c.e.cfg.Grace, func(grace time.Duration) error {
+		code, err = c.step.Exec(ctx, x, c.e.cfg.Grace, func(grace time.Duration) error {
 			return c.stopProcesses(context.WithoutCancel(ctx), grace)
 		})
+	} else {
+		code, err = c.taskExec(ctx, x)
 	}
-	return c.taskExec(ctx, x)
+	return code, executors.ContainerStopped(ctx, err, &c.mu, &c.pidfd)
 }
 
 // taskExec runs x as an exec of the task.

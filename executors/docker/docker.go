@@ -581,12 +581,16 @@ func (c *Container) NetNS() string { return fmt.Sprintf("/proc/%d/ns/net", c.pid
 func (c *Container) Exec(ctx context.Context, x executors.Exec) (int, error) {
 	if !c.Alive() {
 		// The engine would still exec in a container that is stopping.
-		return -1, fmt.Errorf("exec in job %s: the job's container stopped (its idle entrypoint ended)", c.job)
+		return -1, fmt.Errorf("exec in job %s: %w (its idle entrypoint ended)", c.job, executors.ErrContainerStopped)
 	}
+	var code int
+	var err error
 	if c.step != nil && (x.User == "" || x.User == c.user) {
-		return c.step.Exec(ctx, x, c.e.grace, c.stopProcesses)
+		code, err = c.step.Exec(ctx, x, c.e.grace, c.stopProcesses)
+	} else {
+		code, err = c.engineExec(ctx, x)
 	}
-	return c.engineExec(ctx, x)
+	return code, executors.ContainerStopped(ctx, err, &c.fdMu, &c.idleFD)
 }
 
 // engineExec runs x as an engine exec (create, attach, inspect).

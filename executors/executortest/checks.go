@@ -430,8 +430,8 @@ func (s *suite) testInitEnded(t *testing.T) {
 	}()
 	select {
 	case err := <-next:
-		if err == nil {
-			t.Error("Exec in a container whose init ended succeeded, want an error")
+		if !errors.Is(err, executors.ErrContainerStopped) {
+			t.Errorf("Exec in a container whose init ended: %v, want an error wrapping ErrContainerStopped", err)
 		}
 	case <-time.After(s.bound()):
 		t.Fatalf("the next Exec did not return within %v", s.bound())
