@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -20,6 +22,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/internal/atomicfile"
 	"github.com/airlock-ci/airlock/runner/job"
 	"github.com/airlock-ci/airlock/sandbox"
 )
@@ -50,17 +53,19 @@ type Pool struct {
 	listed             map[string]int
 	recent, recentSize int
 
-	mu       sync.Mutex
-	want     map[string]int // image -> sandboxes kept ready
-	history  []string       // the last recentWindow eligible jobs' images, oldest first
-	ready    map[string][]*warmSandbox
-	building map[string]int
-	inBuild  int // builds past waitRoom, counted against concurrent
-	closed   bool
-	kick     chan struct{}
-	stop     context.CancelFunc
-	done     chan struct{}
-	bg       sync.WaitGroup // retired sandboxes being removed
+	mu           sync.Mutex
+	want         map[string]int // image -> sandboxes kept ready
+	history      []string       // the last recentWindow eligible jobs' images, oldest first
+	historyFile  string
+	historyDirty bool // history changed since it was last saved
+	ready        map[string][]*warmSandbox
+	building     map[string]int
+	inBuild      int // builds past waitRoom, counted against concurrent
+	closed       bool
+	kick         chan struct{}
+	stop         context.CancelFunc
+	done         chan struct{}
+	bg           sync.WaitGroup // retired sandboxes being removed
 
 	concurrent   int
 	minAvailable int64
@@ -131,6 +136,10 @@ type PoolConfig struct {
 	// is built only while the jobs running plus the sandboxes being built
 	// are no more than it (the agent's concurrent; 0: no bound).
 	Concurrent int
+	// HistoryFile keeps the images the last jobs used (Recent's count)
+	// across restarts: read at the start, written every check and at
+	// Close ("" : counts start empty).
+	HistoryFile string
 	// MinAvailable is the memory the host must have available
 	// (MemAvailable) for a sandbox to be built, since a claimed sandbox
 	// becomes a job that may use its memory limit (0: no bound).
@@ -187,6 +196,20 @@ func (r *Runner) StartPool(ctx context.Context, cfg PoolConfig) (*Pool, error) {
 		log: r.log.Named("pool"), ready: map[string][]*warmSandbox{},
 		building: map[string]int{}, kick: make(chan struct{}, 1), stop: stop, done: make(chan struct{}),
 		checkEvery: poolCheckEvery, concurrent: cfg.Concurrent, minAvailable: cfg.MinAvailable}
+	if cfg.Recent > 0 && cfg.HistoryFile != "" {
+		p.historyFile = cfg.HistoryFile
+		h, err := loadHistory(cfg.HistoryFile)
+		if err != nil {
+			// Counts are a hint: start empty, keep the file for a look.
+			aside := cfg.HistoryFile + ".corrupt"
+			p.log.Warn("the recent images file is unreadable; counting from none, the file is kept aside", "file", cfg.HistoryFile, "kept", aside, "error", err)
+			if rerr := os.Rename(cfg.HistoryFile, aside); rerr != nil {
+				p.log.Warn("keeping the recent images file aside", "error", rerr)
+			}
+		}
+		p.history = h
+		p.rewantLocked()
+	}
 	if !r.pool.CompareAndSwap(nil, p) {
 		stop()
 		return nil, errors.New("pool: already started")
@@ -488,6 +511,7 @@ func (p *Pool) note(j *job.Job) {
 		p.history = p.history[:recentWindow-1]
 	}
 	p.history = append(p.history, j.Image)
+	p.historyDirty = true
 	dropped := p.rewantLocked()
 	m := p.r.metrics.Load()
 	var gone []*warmSandbox
@@ -539,6 +563,57 @@ func (p *Pool) rewantLocked() map[string][]*warmSandbox {
 	return dropped
 }
 
+// historyFormat is the recent images file's format: the images of the
+// last jobs, oldest first.
+type historyFormat struct {
+	Version int      `json:"version"`
+	Images  []string `json:"images"`
+}
+
+// loadHistory reads a recent images file (none: empty). Only the last
+// recentWindow entries are kept; an entry that cannot be an image name
+// makes the file unreadable.
+func loadHistory(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var h historyFormat
+	if err := json.Unmarshal(b, &h); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if h.Version != 1 {
+		return nil, fmt.Errorf("%s: version %d, want 1", path, h.Version)
+	}
+	for i, img := range h.Images {
+		if img == "" || len(img) > 512 || strings.ContainsFunc(img, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+			return nil, fmt.Errorf("%s: images[%d] %q is not an image name", path, i, img)
+		}
+	}
+	return h.Images[max(0, len(h.Images)-recentWindow):], nil
+}
+
+// saveHistory writes the recent images file if the history changed.
+func (p *Pool) saveHistory() {
+	p.mu.Lock()
+	if p.historyFile == "" || !p.historyDirty {
+		p.mu.Unlock()
+		return
+	}
+	b, err := json.Marshal(historyFormat{Version: 1, Images: p.history})
+	p.historyDirty = false
+	p.mu.Unlock()
+	if err == nil {
+		err = atomicfile.WriteFile(p.historyFile, b, 0o600)
+	}
+	if err != nil {
+		p.log.Warn("saving the recent images", "file", p.historyFile, "error", err)
+	}
+}
+
 // poolCheckEvery is how often the pool checks its ready sandboxes against
 // their image's name, and that they are alive.
 var poolCheckEvery = 15 * time.Second
@@ -555,6 +630,7 @@ func (p *Pool) watch(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		p.saveHistory()
 		p.sweepDead()
 		p.mu.Lock()
 		var imgs []string
@@ -919,6 +995,7 @@ func (p *Pool) Close(ctx context.Context) error {
 	p.stop()
 	<-p.done
 	p.bg.Wait()
+	p.saveHistory()
 	var errs []error
 	for _, w := range all {
 		errs = append(errs, p.destroy(ctx, w))

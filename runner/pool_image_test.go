@@ -3,8 +3,11 @@ package runner
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -173,7 +176,8 @@ func TestPoolRecentImages(t *testing.T) { isoEachExecutor(t, testPoolRecentImage
 
 func testPoolRecentImages(t *testing.T) {
 	env := isoOpen(t)
-	p := isoPool(t, env, PoolConfig{Recent: 1})
+	history := filepath.Join(t.TempDir(), "pool-recent.json")
+	p := isoPool(t, env, PoolConfig{Recent: 1, HistoryFile: history})
 	for i := range 3 {
 		if i == 2 {
 			isoWaitReady(t, p)
@@ -193,6 +197,70 @@ func testPoolRecentImages(t *testing.T) {
 	// found none ready (a miss), the third claimed the sandbox.
 	if st := p.Stats(); st.Hits != 1 || st.Misses != 1 {
 		t.Errorf("pool stats = %+v, want 1 hit and 1 miss", st)
+	}
+
+	// After a restart the counts are those of before (saved at Close):
+	// the image is kept before any job of it came.
+	if err := p.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	p = isoPool(t, env, PoolConfig{Recent: 1, HistoryFile: history})
+	isoWaitReady(t, p)
+	if st := p.Stats(); st.Ready[testenv.TestImage] != 1 {
+		t.Errorf("after a restart: %+v, want the recent image's sandbox ready", st)
+	}
+	if err := p.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+
+	// A file that is not one is kept aside, and counting starts over.
+	if err := os.WriteFile(history, []byte(`{"version":1,"images":["ok","bad name"]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p = isoPool(t, env, PoolConfig{Recent: 1, HistoryFile: history})
+	if st := p.Stats(); len(st.Ready) != 0 || p.want[testenv.TestImage] != 0 {
+		t.Errorf("with a corrupt file: %+v, want nothing kept", st)
+	}
+	if b, err := os.ReadFile(history + ".corrupt"); err != nil || !strings.Contains(string(b), "bad name") {
+		t.Errorf("the corrupt file was not kept aside: %q, %v", b, err)
+	}
+}
+
+func TestLoadHistory(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ content, want, wantErr string }{
+		{`{"version":1,"images":["a","b:1","a"]}`, "a b:1 a", ""},
+		{`{"version":2,"images":[]}`, "", "version 2, want 1"},
+		{`{"version":1,"images":[""]}`, "", `images[0] "" is not an image name`},
+		{`{"version":1,"images":["a\nb"]}`, "", `images[0] "a\nb" is not an image name`},
+		{`not json`, "", "invalid character"},
+	} {
+		p := filepath.Join(dir, "h.json")
+		if err := os.WriteFile(p, []byte(tc.content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		h, err := loadHistory(p)
+		switch {
+		case tc.wantErr == "" && (err != nil || strings.Join(h, " ") != tc.want):
+			t.Errorf("%s: %q, %v; want %q", tc.content, h, err, tc.want)
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), p)):
+			t.Errorf("%s: error %v, want one naming %s and %q", tc.content, err, p, tc.wantErr)
+		}
+	}
+	if h, err := loadHistory(filepath.Join(dir, "none")); err != nil || h != nil {
+		t.Errorf("no file: %q, %v; want none", h, err)
+	}
+	many := make([]string, 150)
+	for i := range many {
+		many[i] = fmt.Sprintf("img%d", i)
+	}
+	b, _ := json.Marshal(historyFormat{Version: 1, Images: many})
+	p := filepath.Join(dir, "many.json")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := loadHistory(p); err != nil || len(h) != recentWindow || h[0] != "img50" {
+		t.Errorf("150 entries: %d kept from %q, %v; want the last %d", len(h), h[0], err, recentWindow)
 	}
 }
 

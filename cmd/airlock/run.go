@@ -163,7 +163,7 @@ func runAgent(parent context.Context, cfg *config.Config, log hclog.Logger, jit 
 		// A pool that cannot start leaves jobs to run cold; say why.
 		// Refills stay within concurrent and leave a job's memory free.
 		pc := runner.PoolConfig{Sizes: cfg.Pool.Sizes(), Recent: cfg.Pool.Recent, RecentSize: cfg.Pool.Size, Networks: cfg.Pool.Networks,
-			Concurrent: cfg.Concurrent, MinAvailable: cfg.JobMemory()}
+			Concurrent: cfg.Concurrent, MinAvailable: cfg.JobMemory(), HistoryFile: filepath.Join(cfg.StateDir, "pool-recent.json")}
 		if _, err := r.StartPool(ctx, pc); err != nil {
 			log.Error("warm sandboxes are off", "error", err)
 		} else {
