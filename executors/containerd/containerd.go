@@ -20,6 +20,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	dockerclient "github.com/docker/docker/client"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -197,6 +198,10 @@ type Executor struct {
 	private *executors.PrivateImages
 	mu      sync.Mutex
 	imps    map[string]*importCall // imports in flight, by image name
+
+	dockerOnce sync.Once
+	docker     *dockerclient.Client // of the engine images are imported from
+	dockerErr  error
 }
 
 var (
@@ -262,7 +267,12 @@ func New(ctx context.Context, cfg Config, log hclog.Logger) (*Executor, error) {
 const hostsContent = executors.LocalhostLines + "127.0.1.1\tairlock\n"
 
 // Close releases the client.
-func (e *Executor) Close() error { return e.cli.Close() }
+func (e *Executor) Close() error {
+	if e.docker != nil {
+		e.docker.Close()
+	}
+	return e.cli.Close()
+}
 
 // Grace is the SIGTERM-to-SIGKILL grace period.
 func (e *Executor) Grace() time.Duration { return e.cfg.Grace }

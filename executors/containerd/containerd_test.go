@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -537,6 +538,49 @@ func TestImageUpdatedUnderItsName(t *testing.T) {
 	}
 	if _, err := e.ImageID(ctx, "airlock-test:no-such-image"); !errors.Is(err, executors.ErrImageNotFound) {
 		t.Errorf("ImageID(missing) = %v, want ErrImageNotFound", err)
+	}
+}
+
+// An image imported from Docker is imported again once Docker's image of
+// that name is another (an admin pulled, built or tagged an update
+// there): ImageID says so before (so the pool retires its sandboxes), and
+// the next container runs the update; while Docker's stays, nothing is
+// imported again.
+func TestImageMovedInDocker(t *testing.T) {
+	e := newTestExecutor(t, nil)
+	a := testenv.VariantImage(t, "AIRLOCK_VARIANT=a")
+	b := testenv.VariantImage(t, "AIRLOCK_VARIANT=b")
+	name := fmt.Sprintf("airlock-test:moving-%d", os.Getpid())
+	tag := func(src string) {
+		t.Helper()
+		if out, err := exec.Command("docker", "tag", src, name).CombinedOutput(); err != nil {
+			t.Fatalf("docker tag: %v: %s", err, out)
+		}
+	}
+	tag(a)
+	t.Cleanup(func() { exec.Command("docker", "rmi", name).Run() })
+	ctx := context.Background()
+	spec := testSpec("moved-1")
+	spec.Image = name
+	first := create(t, e, spec)
+	if _, out := run(t, first, `echo "variant=$AIRLOCK_VARIANT"`); !strings.Contains(out, "variant=a") {
+		t.Fatalf("first container: %q", out)
+	}
+	if id, err := e.ImageID(ctx, name); err != nil || id != first.ImageID() {
+		t.Fatalf("ImageID() = %q, %v; the container's is %q", id, err, first.ImageID())
+	}
+
+	tag(b)
+	if id, err := e.ImageID(ctx, name); err != nil || id == first.ImageID() {
+		t.Errorf("ImageID() after Docker's update = %q, %v; want other than %q", id, err, first.ImageID())
+	}
+	spec.JobID = "moved-2"
+	second := create(t, e, spec)
+	if _, out := run(t, second, `echo "variant=$AIRLOCK_VARIANT"`); !strings.Contains(out, "variant=b") {
+		t.Errorf("a container made after Docker's update runs the old image: %q", out)
+	}
+	if id, err := e.ImageID(ctx, name); err != nil || id != second.ImageID() || id == first.ImageID() {
+		t.Errorf("ImageID() once imported again = %q, %v; want the new container's %q", id, err, second.ImageID())
 	}
 }
 

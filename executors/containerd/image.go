@@ -106,7 +106,7 @@ func (e *Executor) image(ctx context.Context, ref string, pull executors.PullPol
 			// The name may have been given another image since (a pull or
 			// an import into the namespace): one lookup tells.
 			cur, err := e.cli.GetImage(ctx, name)
-			if err == nil && cur.Target().Digest == img.Target().Digest {
+			if err == nil && cur.Target().Digest == img.Target().Digest && !e.movedInDocker(ctx, ref, cur) {
 				return img, nil
 			}
 			e.images.drop(name)
@@ -159,7 +159,58 @@ func (e *Executor) ImageID(ctx context.Context, ref string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("looking up image %s: %w", ref, err)
 	}
+	if e.movedInDocker(ctx, ref, img) {
+		// The next Create imports it again: not the image made before.
+		return "docker:" + e.dockerImageID(ctx, ref), nil
+	}
 	return img.Target().Digest.String(), nil
+}
+
+// labelDockerID is set on an image imported from Docker to the ID it had
+// there, so that an update in Docker (a pull, a build or a tag under the
+// same name) is imported again.
+const labelDockerID = "io.airlock.docker-image-id"
+
+// movedInDocker reports whether img was imported from Docker and Docker's
+// image of that name is another one now. With Docker unreachable, or the
+// image gone from it, the namespace's stays.
+func (e *Executor) movedInDocker(ctx context.Context, ref string, img containerd.Image) bool {
+	was := img.Labels()[labelDockerID]
+	if was == "" {
+		return false
+	}
+	now := e.dockerImageID(ctx, ref)
+	return now != "" && now != was
+}
+
+// dockerImageID is the ID of Docker's image ref ("" when Docker is off,
+// unreachable or has none).
+func (e *Executor) dockerImageID(ctx context.Context, ref string) string {
+	dc, err := e.dockerClient()
+	if err != nil || dc == nil {
+		return ""
+	}
+	info, err := dc.ImageInspect(ctx, ref)
+	if err != nil {
+		return ""
+	}
+	return info.ID
+}
+
+// dockerClient is the executor's client of the Docker engine it imports
+// from (nil with docker_host = "none"), made once.
+func (e *Executor) dockerClient() (*dockerclient.Client, error) {
+	if e.cfg.DockerHost == NoDocker {
+		return nil, nil
+	}
+	e.dockerOnce.Do(func() {
+		opts := []dockerclient.Opt{dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation()}
+		if e.cfg.DockerHost != "" {
+			opts = append(opts, dockerclient.WithHost(e.cfg.DockerHost))
+		}
+		e.docker, e.dockerErr = dockerclient.NewClientWithOpts(opts...)
+	})
+	return e.docker, e.dockerErr
 }
 
 // PullImage implements executors.ImagePuller.
@@ -181,9 +232,9 @@ func (e *Executor) fetchImage(ctx context.Context, ref, name string, pull execut
 	if pull != executors.PullAlways {
 		img, err := e.cli.GetImage(ctx, name)
 		switch {
-		case err == nil:
+		case err == nil && !e.movedInDocker(ctx, ref, img):
 			return img, e.unpack(ctx, img)
-		case !errdefs.IsNotFound(err):
+		case err != nil && !errdefs.IsNotFound(err):
 			return nil, fmt.Errorf("looking up image %s: %w", ref, err)
 		}
 		img, found, err := e.importFromDocker(ctx, ref, name)
@@ -219,19 +270,15 @@ func (e *Executor) unpack(ctx context.Context, img containerd.Image) error {
 // through the engine API) into the namespace and unpacks it. found is
 // false when Docker is off, not reachable or does not have the image.
 func (e *Executor) importFromDocker(ctx context.Context, ref, name string) (img containerd.Image, found bool, err error) {
-	if e.cfg.DockerHost == NoDocker {
-		return nil, false, nil
-	}
-	opts := []dockerclient.Opt{dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation()}
-	if e.cfg.DockerHost != "" {
-		opts = append(opts, dockerclient.WithHost(e.cfg.DockerHost))
-	}
-	dc, err := dockerclient.NewClientWithOpts(opts...)
+	dc, err := e.dockerClient()
 	if err != nil {
 		return nil, false, fmt.Errorf("creating Docker client to import %s: %w", ref, err)
 	}
-	defer dc.Close()
-	if _, err := dc.ImageInspect(ctx, ref); err != nil {
+	if dc == nil {
+		return nil, false, nil
+	}
+	info, err := dc.ImageInspect(ctx, ref)
+	if err != nil {
 		if !errdefs.IsNotFound(err) && !dockerclient.IsErrConnectionFailed(err) {
 			e.log.Debug("Docker cannot tell about image", "image", ref, "error", err)
 		}
@@ -250,6 +297,13 @@ func (e *Executor) importFromDocker(ctx context.Context, ref, name string) (img 
 	for _, i := range imgs {
 		if i.Name != name {
 			continue
+		}
+		if i.Labels == nil {
+			i.Labels = map[string]string{}
+		}
+		i.Labels[labelDockerID] = info.ID
+		if i, err = e.cli.ImageService().Update(ctx, i, "labels."+labelDockerID); err != nil {
+			return nil, true, fmt.Errorf("labelling image %s imported from Docker: %w", ref, err)
 		}
 		img := containerd.NewImage(e.cli, i)
 		if err := e.unpack(ctx, img); err != nil {
