@@ -171,8 +171,9 @@ type Executor struct {
 	hostsFile string
 	private   *executors.PrivateImages
 
-	holderMu sync.Mutex
-	holderID string // HolderImage's ID, once known
+	holderMu  sync.Mutex
+	holderRef string // the holder image's name ("": HolderImage; tests set another)
+	holderID  string // its ID, once known
 }
 
 var (

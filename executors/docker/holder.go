@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/mount"
@@ -83,6 +84,17 @@ func (e *Executor) HoldNetwork(ctx context.Context, runnerID, id string, labels 
 	defer cancel()
 	name := "airlock-" + runnerID + "-" + id
 	resp, err := e.cli.ContainerCreate(octx, cfg, hc, nil, nil, name)
+	if cerrdefs.IsNotFound(err) {
+		// The image went since it was imported (docker image prune -a):
+		// import it again, once.
+		e.holderMu.Lock()
+		e.holderID = ""
+		e.holderMu.Unlock()
+		if cfg.Image, err = e.holderImage(ctx); err != nil {
+			return nil, err
+		}
+		resp, err = e.cli.ContainerCreate(octx, cfg, hc, nil, nil, name)
+	}
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("creating network holder %s: %w", id, err), e.Remove(context.WithoutCancel(ctx), name))
 	}
@@ -145,17 +157,21 @@ func (e *Executor) holderImage(ctx context.Context) (string, error) {
 	if e.holderID != "" {
 		return e.holderID, nil
 	}
-	info, err := e.cli.ImageInspect(ctx, HolderImage)
+	ref := e.holderRef
+	if ref == "" {
+		ref = HolderImage
+	}
+	info, err := e.cli.ImageInspect(ctx, ref)
 	if err != nil {
-		rc, ierr := e.cli.ImageImport(ctx, image.ImportSource{Source: bytes.NewReader(holderLayer()), SourceName: "-"}, HolderImage, image.ImportOptions{})
+		rc, ierr := e.cli.ImageImport(ctx, image.ImportSource{Source: bytes.NewReader(holderLayer()), SourceName: "-"}, ref, image.ImportOptions{})
 		if ierr != nil {
-			return "", fmt.Errorf("importing the network holder image %s: %w", HolderImage, ierr)
+			return "", fmt.Errorf("importing the network holder image %s: %w", ref, ierr)
 		}
 		if ierr = executors.DrainProgress(rc); ierr != nil {
-			return "", fmt.Errorf("importing the network holder image %s: %w", HolderImage, ierr)
+			return "", fmt.Errorf("importing the network holder image %s: %w", ref, ierr)
 		}
-		if info, err = e.cli.ImageInspect(ctx, HolderImage); err != nil {
-			return "", fmt.Errorf("the network holder image %s: %w", HolderImage, err)
+		if info, err = e.cli.ImageInspect(ctx, ref); err != nil {
+			return "", fmt.Errorf("the network holder image %s: %w", ref, err)
 		}
 	}
 	e.holderID = info.ID

@@ -2,9 +2,12 @@ package docker
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/docker/docker/api/types/image"
 
 	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/executors/stepd"
@@ -128,6 +131,27 @@ func TestNetworkHolderRefusesOthers(t *testing.T) {
 	if _, err := e.Create(ctx, executors.Spec{RunnerID: runner, JobID: "joiner", Image: testenv.TestImage,
 		Pull: executors.PullNever, NetNS: "/var/run/netns/x"}); err == nil || !strings.Contains(err.Error(), "cannot join /var/run/netns/x") {
 		t.Errorf("Create with a NetNS: %v", err)
+	}
+}
+
+// The holder image removed behind the executor's back (docker image prune
+// -a, once no holder runs) is imported again.
+func TestNetworkHolderImageRemoved(t *testing.T) {
+	e, runner := newTestExecutor(t)
+	// An image of its own: other tests' holders keep HolderImage in use.
+	e.holderRef = fmt.Sprintf("airlock/netns-holder:test-%d", os.Getpid())
+	ctx := context.Background()
+	for i := range 2 {
+		h, err := e.HoldNetwork(ctx, runner, fmt.Sprintf("pool-gone-%d", i), nil)
+		if err != nil {
+			t.Fatalf("HoldNetwork %d: %v", i, err)
+		}
+		if err := h.Destroy(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.cli.ImageRemove(ctx, e.holderRef, image.RemoveOptions{}); err != nil {
+			t.Fatalf("removing %s: %v", e.holderRef, err)
+		}
 	}
 }
 
