@@ -494,10 +494,13 @@ func (p *Pool) discard(ws []*warmSandbox) {
 // note counts j's image among the recent ones, when the pool keeps the
 // most used, and updates which images are kept. Only an image that can be
 // kept without the job is counted: not one of a job with services (those
-// never claim), with registry credentials, or whose name holds a value of
+// never claim), with registry credentials for it, or whose name holds a value of
 // its private variables (names end up in logs and metric labels).
 func (p *Pool) note(j *job.Job) {
-	if p == nil || p.recent == 0 || j.Image == "" || len(j.Services) > 0 || len(j.RegistryAuth) > 0 ||
+	// Credentials for another registry do not count: GitLab gives every
+	// job its own registry's.
+	if p == nil || p.recent == 0 || j.Image == "" || len(j.Services) > 0 ||
+		executors.AuthFor(executors.RegistryHost(j.Image), registryAuth(j)) != nil ||
 		slices.ContainsFunc(privateValues(j), func(v string) bool { return strings.Contains(j.Image, v) }) {
 		return
 	}

@@ -107,13 +107,20 @@ func TestPoolKeepsTheMostUsedRecently(t *testing.T) {
 	secret := job.Variable{Key: "TOKEN", Value: "s3cr3t-value", Masked: true}
 	for range 5 {
 		use(&job.Job{Image: "registry.example/s3cr3t-value:1", Variables: []job.Variable{secret}})
-		use(&job.Job{Image: "private", RegistryAuth: []job.RegistryAuth{{Registry: "registry.example", Username: "u", Password: "p"}}})
+		use(&job.Job{Image: "registry.example/private:1", RegistryAuth: []job.RegistryAuth{{Registry: "registry.example", Username: "u", Password: "p"}}})
 		use(&job.Job{Image: "svc", Services: []job.Service{{Image: "postgres"}}})
 	}
 	wantKept("after ineligible jobs", map[string]int{"listed": 2, "b": 3})
+	// Credentials for another registry (GitLab's own, given to every
+	// job) do not make an image the job's private one.
+	gitlab := []job.RegistryAuth{{Registry: "gitlab.example:5050", Username: "gitlab-ci-token", Password: "p"}}
+	for range 4 {
+		use(&job.Job{Image: "d", RegistryAuth: gitlab})
+	}
+	wantKept("d used with another registry's credentials", map[string]int{"listed": 2, "d": 3})
 	p.mu.Lock()
 	for _, img := range p.history {
-		if img != "a" && img != "b" {
+		if img != "a" && img != "b" && img != "d" {
 			t.Errorf("history holds %q", img)
 		}
 	}
