@@ -420,15 +420,25 @@ func (p *Pool) claimNet() *warmSandbox {
 }
 
 // imageNow is the ID of the image j's would be made from now: under pull
-// policy "always", the one pulled for it now with its credentials (a
-// failed pull is an error: the job runs cold and its Create reports it);
-// else the one its name names here (imageHere).
+// policy "always", or when j has credentials for its image's registry,
+// the one pulled for it now with them (a failed pull is an error: the job
+// runs cold and its Create reports it); else the one its name names here
+// (imageHere).
 func (p *Pool) imageNow(ctx context.Context, j *job.Job) (id string, known bool, err error) {
-	if p.r.cfg.Pull != executors.PullAlways {
+	auths := registryAuth(j)
+	// A job with credentials for its image's registry pulls it with them,
+	// as its Create would (the registry decides whether it may have it):
+	// a sandbox made without them is no way around that.
+	own := executors.AuthFor(executors.RegistryHost(j.Image), auths) != nil
+	if p.r.cfg.Pull != executors.PullAlways && !own {
 		return p.imageHere(ctx, j.Image)
 	}
+	puller, ok := p.r.exec.(executors.ImagePuller)
+	if !ok {
+		return "", false, errors.New("the executor cannot pull an image for a job")
+	}
 	t0 := time.Now()
-	id, err = p.r.exec.(executors.ImagePuller).PullImage(ctx, j.Image, registryAuth(j))
+	id, err = puller.PullImage(ctx, j.Image, auths)
 	if err != nil {
 		return "", false, err
 	}

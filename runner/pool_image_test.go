@@ -170,6 +170,52 @@ func grepLines(s, sub string) string {
 	return strings.Join(out, "\n")
 }
 
+// A job with credentials for its image's registry claims a warm sandbox
+// of that image only once the registry gave them the image: a sandbox
+// made from a local copy is no way around the registry's refusal (with
+// wrong credentials the job fails as its cold Create would), and the
+// right ones claim it.
+func TestPoolPrivateImageNeedsTheJobsPull(t *testing.T) {
+	isoEachExecutor(t, testPoolPrivateImageNeedsTheJobsPull)
+}
+
+func testPoolPrivateImageNeedsTheJobsPull(t *testing.T) {
+	reg := registry.Require(t)
+	img := testenv.VariantImage(t, "AIRLOCK_VARIANT=private")
+	ref := reg.Push(t, img, "ci/private:1")
+	// A local copy under the registry's name, as an admin's pull leaves.
+	if out, err := exec.Command("docker", "tag", img, ref).CombinedOutput(); err != nil {
+		t.Fatalf("docker tag: %v: %s", err, out)
+	}
+	env := isoOpenWith(t, func(cfg *config.Config) {
+		cfg.Docker.Pull = string(executors.PullIfNotPresent)
+		cfg.Containerd.Pull = string(executors.PullIfNotPresent)
+	})
+	p := isoPool(t, env, PoolConfig{Sizes: map[string]int{ref: 1}})
+	isoWaitReady(t, p)
+	run := func(id, password string) (*Result, string) {
+		t.Helper()
+		j := &job.Job{ID: id, Source: job.SourceLocal, Repo: isoRepo, Image: ref, Timeout: time.Minute,
+			RegistryAuth: []job.RegistryAuth{{Registry: reg.Host, Username: reg.Username, Password: password}},
+			Steps:        []job.Step{{Name: "s", When: job.OnSuccess, Script: []string{`echo "variant=$AIRLOCK_VARIANT"`}}}}
+		var out bytes.Buffer
+		res, err := env.r.Run(context.Background(), j, RunOptions{Out: &out})
+		if err != nil {
+			t.Fatalf("job %s: %v", id, err)
+		}
+		return res, out.String()
+	}
+	if res, out := run("wrong-password", "not-"+reg.Password); res.State == Success || strings.Contains(out, "variant=private") {
+		t.Errorf("a job the registry refuses ran on the private image: %s (%s)\n%s", res.State, res.Reason, out)
+	}
+	if st := p.Stats(); st.Hits != 0 {
+		t.Errorf("the refused job claimed the warm sandbox: %+v", st)
+	}
+	if res, out := run("right-password", reg.Password); res.State != Success || !strings.Contains(out, "variant=private\n") {
+		t.Errorf("a job with the right credentials: %s (%s)\n%s", res.State, res.Reason, out)
+	}
+}
+
 // TestPoolRecentImages: with recent = 1 and no image listed, an image two
 // jobs used gets a warm sandbox, which the next job of it claims.
 func TestPoolRecentImages(t *testing.T) { isoEachExecutor(t, testPoolRecentImages) }
