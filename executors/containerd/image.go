@@ -106,7 +106,7 @@ func (e *Executor) image(ctx context.Context, ref string, pull executors.PullPol
 			// The name may have been given another image since (a pull or
 			// an import into the namespace): one lookup tells.
 			cur, err := e.cli.GetImage(ctx, name)
-			if err == nil && cur.Target().Digest == img.Target().Digest && !e.movedInDocker(ctx, ref, cur) {
+			if err == nil && cur.Target().Digest == img.Target().Digest && e.movedInDocker(ctx, ref, cur) == "" {
 				return img, nil
 			}
 			e.images.drop(name)
@@ -159,9 +159,9 @@ func (e *Executor) ImageID(ctx context.Context, ref string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("looking up image %s: %w", ref, err)
 	}
-	if e.movedInDocker(ctx, ref, img) {
+	if now := e.movedInDocker(ctx, ref, img); now != "" {
 		// The next Create imports it again: not the image made before.
-		return "docker:" + e.dockerImageID(ctx, ref), nil
+		return "docker:" + now, nil
 	}
 	return img.Target().Digest.String(), nil
 }
@@ -171,16 +171,18 @@ func (e *Executor) ImageID(ctx context.Context, ref string) (string, error) {
 // same name) is imported again.
 const labelDockerID = "io.airlock.docker-image-id"
 
-// movedInDocker reports whether img was imported from Docker and Docker's
-// image of that name is another one now. With Docker unreachable, or the
-// image gone from it, the namespace's stays.
-func (e *Executor) movedInDocker(ctx context.Context, ref string, img containerd.Image) bool {
+// movedInDocker returns the ID of Docker's image ref when img was
+// imported from Docker and that is another image now, else "". With
+// Docker unreachable, or the image gone from it, the namespace's stays.
+func (e *Executor) movedInDocker(ctx context.Context, ref string, img containerd.Image) string {
 	was := img.Labels()[labelDockerID]
 	if was == "" {
-		return false
+		return ""
 	}
-	now := e.dockerImageID(ctx, ref)
-	return now != "" && now != was
+	if now := e.dockerImageID(ctx, ref); now != "" && now != was {
+		return now
+	}
+	return ""
 }
 
 // dockerImageID is the ID of Docker's image ref ("" when Docker is off,
@@ -232,7 +234,7 @@ func (e *Executor) fetchImage(ctx context.Context, ref, name string, pull execut
 	if pull != executors.PullAlways {
 		img, err := e.cli.GetImage(ctx, name)
 		switch {
-		case err == nil && !e.movedInDocker(ctx, ref, img):
+		case err == nil && e.movedInDocker(ctx, ref, img) == "":
 			return img, e.unpack(ctx, img)
 		case err != nil && !errdefs.IsNotFound(err):
 			return nil, fmt.Errorf("looking up image %s: %w", ref, err)
