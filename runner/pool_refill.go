@@ -134,11 +134,8 @@ func (p *Pool) waitRoom(ctx context.Context) error {
 // more than Concurrent, or the host has less than MinAvailable memory.
 func (p *Pool) reserve() string {
 	if p.minAvailable > 0 {
-		avail, err := memAvailable()
-		if err != nil {
-			return "" // a host that cannot say is not held back
-		}
-		if avail < p.minAvailable {
+		// A host that cannot say (err) is not held back.
+		if avail, err := memAvailable(); err == nil && avail < p.minAvailable {
 			return fmt.Sprintf("memory: %d MiB available, a job may use %d MiB", avail>>20, p.minAvailable>>20)
 		}
 	}

@@ -56,6 +56,7 @@ func TestPoolReserve(t *testing.T) {
 		}
 	}
 
+	p.concurrent, p.inBuild = 0, 0
 	for _, tc := range []struct{ meminfo, want string }{
 		{"MemAvailable:       1024 kB\n", "memory: 1 MiB available, a job may use 2 MiB"},
 		{"MemAvailable:       2048 kB\n", ""},
@@ -63,8 +64,14 @@ func TestPoolReserve(t *testing.T) {
 		{"MemTotal: 1 kB\n", ""},
 	} {
 		setMemInfo(t, tc.meminfo)
-		if why := p.reserve(); why != tc.want {
+		before := p.inBuild
+		why := p.reserve()
+		if why != tc.want {
 			t.Errorf("meminfo %q: %q, want %q", tc.meminfo, why, tc.want)
+		}
+		// A build allowed is a build counted, whatever the memory said.
+		if reserved := p.inBuild - before; (why == "") != (reserved == 1) {
+			t.Errorf("meminfo %q: %q with %d builds reserved", tc.meminfo, why, reserved)
 		}
 	}
 	setMemInfo(t, "MemAvailable:  lots\n")
