@@ -138,7 +138,7 @@ func testPoolRetiresUpdatedImage(t *testing.T) {
 		`airlock_pool_claim_seconds_count 2`,
 	} {
 		if !strings.Contains(metrics, want) {
-			t.Errorf("metrics lack %s:\n%s", want, grepLines(metrics, "airlock_pool_"))
+			t.Errorf("metrics lack %s:\n%s", want, testenv.GrepLines(metrics, "airlock_pool_"))
 		}
 	}
 }
@@ -157,17 +157,6 @@ func runVariantJob(t *testing.T, env *isoEnv, image, id, want string) {
 	if !strings.Contains(out.String(), "variant="+want+"\n") {
 		t.Errorf("job %s ran on the wrong image, want variant=%s:\n%s", id, want, out.String())
 	}
-}
-
-// grepLines returns the lines of s that contain sub.
-func grepLines(s, sub string) string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, sub) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
 }
 
 // A job with credentials for its image's registry claims a warm sandbox

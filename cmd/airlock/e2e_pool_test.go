@@ -97,7 +97,7 @@ func testE2EAgentPool(t *testing.T, executor string) {
 		`airlock_pool_claims_total{image="(network)",result="hit"} 1`,
 	} {
 		if !strings.Contains(m, want) {
-			t.Errorf("metrics lack %s:\n%s", want, grepLines(m, "airlock_pool"))
+			t.Errorf("metrics lack %s:\n%s", want, testenv.GrepLines(m, "airlock_pool"))
 		}
 	}
 	p.signal(syscall.SIGTERM)
@@ -113,15 +113,4 @@ func testE2EAgentPool(t *testing.T, executor string) {
 	if err != nil || strings.Count(strings.Join(h.Images, " "), other) != 2 {
 		t.Errorf("recent images saved: %q, %v; want %s twice", b, err, other)
 	}
-}
-
-// grepLines returns the lines of s that contain sub.
-func grepLines(s, sub string) string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, sub) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
 }
