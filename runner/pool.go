@@ -100,9 +100,10 @@ type PoolStats struct {
 	// (PoolConfig.Networks) ready or none; Ready["(network)"] is how many
 	// are ready.
 	NetHits, NetMisses int64
-	// Held says why refills wait ("" when they do not): the jobs running
-	// and builds in progress are at Concurrent, or the host's available
-	// memory is below MinAvailable.
+	// Held says why refills wait ("" when they do not): the builds in
+	// progress are at Concurrent, or with the jobs running they are and
+	// the CPUs have no core to spare, or the host's available memory is
+	// below MinAvailable.
 	Held  string
 	Ready map[string]int
 }
@@ -121,9 +122,10 @@ type PoolConfig struct {
 	// joins (Docker, executors.NetworkHolder). Their network is then off
 	// their path too.
 	Networks int
-	// Concurrent bounds the work of jobs and refills together: a sandbox
-	// is built only while the jobs running plus the sandboxes being built
-	// are no more than it (the agent's concurrent; 0: no bound).
+	// Concurrent bounds refills (the agent's concurrent; 0: no bound):
+	// never more sandboxes built at once than it, and a sandbox is built
+	// only while the jobs running plus the sandboxes being built are no
+	// more than it, or while the CPUs have spareCores idle.
 	Concurrent int
 	// HistoryFile keeps the images the last jobs used (Recent's count)
 	// across restarts: read at the start, written every check and at

@@ -181,10 +181,17 @@ func benchWarmStart(b *testing.B) {
 // firewall, gateway, audit), without and then with a pool of 4 warm
 // sandboxes, in the same run, and reports jobs per minute of each and
 // their ratio (goal ≥ 2), and the agent's heap with the pool full; once
-// per executor.
-func BenchmarkAgentThroughputPool(b *testing.B) { benchEachExecutor(b, benchAgentThroughputPool) }
+// per executor; and again at concurrent = 1, where the jobs leave this
+// host's second core idle for refills.
+func BenchmarkAgentThroughputPool(b *testing.B) {
+	benchEachExecutor(b, func(b *testing.B) {
+		for _, conc := range []int{4, 1} {
+			b.Run(fmt.Sprintf("concurrent=%d", conc), func(b *testing.B) { benchAgentThroughputPool(b, conc) })
+		}
+	})
+}
 
-func benchAgentThroughputPool(b *testing.B) {
+func benchAgentThroughputPool(b *testing.B, conc int) {
 	e := newAgentEnv(b)
 	ctx := context.Background()
 	r := openBenchRunner(b, isoLogger())
@@ -193,7 +200,7 @@ func benchAgentThroughputPool(b *testing.B) {
 	perMinute := func() float64 {
 		cpu0 := hostCPU(b)
 		defer func() { busy = hostCPU(b).busySince(cpu0) }()
-		tc := e.config(4)
+		tc := e.config(conc)
 		tc.Logger = hclog.NewNullLogger()
 		_, stop := startAgent(b, tc, r)
 		defer stop()
@@ -213,7 +220,7 @@ func benchAgentThroughputPool(b *testing.B) {
 	off := perMinute()
 	busyOff := busy
 	// As `airlock run` starts it: refills within concurrent.
-	p, err := r.StartPool(ctx, PoolConfig{Sizes: map[string]int{testenv.TestImage: 4}, Concurrent: 4})
+	p, err := r.StartPool(ctx, PoolConfig{Sizes: map[string]int{testenv.TestImage: 4}, Concurrent: conc})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,8 +13,12 @@ import (
 
 // A refill waits for the jobs that just claimed to get going: until no
 // claim came for refillQuiet, at most refillMaxDefer, and not past the
-// pool's closing.
+// pool's closing — while the CPUs are busy; a look that finds a core to
+// spare ends the wait.
 func TestPoolRefillWaitsForQuiet(t *testing.T) {
+	var busy atomic.Bool
+	busy.Store(true)
+	fakeCPU(t, &busy)
 	p := &Pool{r: &Runner{}, want: map[string]int{"img": 1}, ready: map[string][]*warmSandbox{}, building: map[string]int{},
 		kick: make(chan struct{}, 1)}
 	ctx := context.Background()
@@ -56,6 +61,19 @@ func TestPoolRefillWaitsForQuiet(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("under a stream of claims waitQuiet never returned: refills starve")
+	}
+
+	// The same stream, the CPUs mostly idle: one look.
+	busy.Store(false)
+	start = time.Now()
+	go func() { _ = p.waitQuiet(ctx); done <- time.Since(start) }()
+	select {
+	case took := <-done:
+		if took < roomEvery-10*time.Millisecond || took >= refillQuiet {
+			t.Errorf("a stream of claims, the CPUs idle: waitQuiet returned after %s, want about %s", took, roomEvery)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a stream of claims, the CPUs idle: waitQuiet never returned")
 	}
 
 	cctx, cancel := context.WithCancel(ctx)

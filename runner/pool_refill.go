@@ -61,21 +61,24 @@ func (p *Pool) watch(ctx context.Context) {
 const maxRefillers = 4
 
 // A refill waits until no job has claimed (or missed) a sandbox for
-// refillQuiet, and at most refillMaxDefer: a build — a container created
-// and started, a network set up — competes for the CPUs and the kernel's
-// locks with the jobs that just started, and those jobs are what the pool
-// is for. Measured with 16 jobs claiming at once on 2 cores: the network
-// work left on a claimed job's path (its gateway registration) took a
-// median 35–67 ms while refills ran beside it, 2.3 ms when they waited.
+// refillQuiet, and at most refillMaxDefer, unless the jobs leave the host
+// a core to spare (cpuLook): a build — a container created and started, a
+// network set up — competes for the CPUs and the kernel's locks with the
+// jobs that just started, and those jobs are what the pool is for.
+// Measured with 16 jobs claiming at once on 2 cores: the network work left
+// on a claimed job's path (its gateway registration) took a median
+// 35–67 ms while refills ran beside it, 2.3 ms when they waited.
 const (
 	refillQuiet    = 250 * time.Millisecond
 	refillMaxDefer = time.Second
 )
 
 // waitQuiet waits until refillQuiet has passed since the last claim, or
-// refillMaxDefer since it was called, or ctx ends.
+// refillMaxDefer since it was called, or the CPUs had a core to spare over
+// a look of roomEvery since it was called, or ctx ends.
 func (p *Pool) waitQuiet(ctx context.Context) error {
 	deadline := time.Now().Add(refillMaxDefer)
+	look := newCPULook()
 	for {
 		wake := time.Unix(0, p.lastClaim.Load()).Add(refillQuiet)
 		if wake.After(deadline) {
@@ -85,12 +88,15 @@ func (p *Pool) waitQuiet(ctx context.Context) error {
 		if d <= 0 {
 			return nil
 		}
-		t := time.NewTimer(d)
+		t := time.NewTimer(min(d, roomEvery))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return ctx.Err()
 		case <-t.C:
+		}
+		if look.spare() {
+			return nil
 		}
 	}
 }
@@ -103,8 +109,10 @@ const roomEvery = 100 * time.Millisecond
 func (p *Pool) waitRoom(ctx context.Context) error {
 	defer p.held.Store(nil)
 	logged := ""
+	look := newCPULook()
+	spare := false // not known before a look
 	for {
-		why := p.reserve()
+		why := p.reserve(spare)
 		if why == "" {
 			return nil
 		}
@@ -126,13 +134,17 @@ func (p *Pool) waitRoom(ctx context.Context) error {
 			return ctx.Err()
 		case <-t.C:
 		}
+		spare = look.spare()
 	}
 }
 
 // reserve reserves a build and returns "", or says why a build does not
-// fit now: with it, the jobs running plus the builds in progress would be
-// more than Concurrent, or the host has less than MinAvailable memory.
-func (p *Pool) reserve() string {
+// fit now: the host has less than MinAvailable memory; or the builds in
+// progress would be more than Concurrent; or the jobs running plus the
+// builds would be, and the CPUs have no core to spare (spare: a look
+// found one idle). A pool never builds more at once than the runner may
+// start jobs; beside running jobs only with what they leave idle.
+func (p *Pool) reserve(spare bool) string {
 	if p.minAvailable > 0 {
 		// A host that cannot say (err) is not held back.
 		if avail, err := memAvailable(); err == nil && avail < p.minAvailable {
@@ -141,11 +153,92 @@ func (p *Pool) reserve() string {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if running := int(p.r.running.Load()); p.concurrent > 0 && running+p.inBuild+1 > p.concurrent {
-		return fmt.Sprintf("concurrent: %d jobs running and %d sandboxes being built, concurrent = %d", running, p.inBuild, p.concurrent)
+	if p.concurrent > 0 {
+		running := int(p.r.running.Load())
+		if p.inBuild+1 > p.concurrent {
+			return fmt.Sprintf("concurrent: %d sandboxes being built, concurrent = %d", p.inBuild, p.concurrent)
+		}
+		if running+p.inBuild+1 > p.concurrent && !spare {
+			return fmt.Sprintf("concurrent: %d jobs running and %d sandboxes being built, concurrent = %d, no CPU core to spare", running, p.inBuild, p.concurrent)
+		}
 	}
 	p.inBuild++
 	return ""
+}
+
+// spareCores is how much of the host's CPUs a look must find idle for a
+// build to run beside jobs that fill concurrent.
+const spareCores = 0.5
+
+// cpuStat is where the host's CPU times are read (tests point it elsewhere).
+var cpuStat = "/proc/stat"
+
+// cpuTimes are the host's CPU times, in ticks: idle (with iowait) and all,
+// and the number of cores.
+type cpuTimes struct {
+	idle, all int64
+	cores     int
+}
+
+func readCPU() (cpuTimes, error) {
+	b, err := os.ReadFile(cpuStat)
+	if err != nil {
+		return cpuTimes{}, err
+	}
+	var t cpuTimes
+	found := false
+	for line := range strings.SplitSeq(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.HasPrefix(f[0], "cpu") {
+			continue
+		}
+		if f[0] != "cpu" {
+			t.cores++
+			continue
+		}
+		if len(f) < 6 {
+			return cpuTimes{}, fmt.Errorf("%s: %d fields on the cpu line", cpuStat, len(f))
+		}
+		for i, v := range f[1:min(len(f), 9)] { // user nice system idle iowait irq softirq steal
+			x, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return cpuTimes{}, fmt.Errorf("%s: cpu field %d %q: %w", cpuStat, i+1, v, err)
+			}
+			t.all += x
+			if i == 3 || i == 4 {
+				t.idle += x
+			}
+		}
+		found = true
+	}
+	if !found || t.cores == 0 {
+		return cpuTimes{}, fmt.Errorf("%s: no cpu lines", cpuStat)
+	}
+	return t, nil
+}
+
+// cpuLook measures the CPUs left idle between one look and the next.
+type cpuLook struct {
+	prev cpuTimes
+	ok   bool
+}
+
+func newCPULook() *cpuLook {
+	t, err := readCPU()
+	return &cpuLook{prev: t, ok: err == nil}
+}
+
+// spare reports whether at least spareCores of the host's cores were idle
+// since the last look; false when the host cannot say.
+func (l *cpuLook) spare() bool {
+	t, err := readCPU()
+	prev, ok := l.prev, l.ok
+	l.prev, l.ok = t, err == nil
+	if err != nil || !ok || t.all <= prev.all || t.idle < prev.idle {
+		return false
+	}
+	idle := float64(t.cores) * float64(t.idle-prev.idle) / float64(t.all-prev.all)
+	return idle >= spareCores
 }
 
 // memInfo is where the host's memory is read (tests point it elsewhere).
