@@ -92,6 +92,16 @@ func (p *Pool) dropDeadLocked(key string, dead []*warmSandbox) {
 	p.nudge()
 }
 
+// countDead counts a sandbox of key a job claimed alive and found dead
+// before it could use it.
+func (p *Pool) countDead(key string) {
+	if p == nil {
+		return
+	}
+	p.dead.Add(1)
+	p.r.metrics.Load().PoolDead(key, 1)
+}
+
 // sweepDead drops every ready sandbox found dead.
 func (p *Pool) sweepDead() {
 	p.mu.Lock()

@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/client"
 
+	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/internal/testenv"
 	"github.com/airlock-ci/airlock/runner/config"
 	"github.com/airlock-ci/airlock/runner/job"
@@ -131,5 +134,48 @@ func isoKill(t *testing.T, cfg *config.Config, id string) {
 	case <-waitC:
 	case err := <-errC:
 		t.Fatal(err)
+	}
+}
+
+// A network holder that dies after a job claimed it alive and before the
+// job's container joined it: the job's network is made on its path and
+// the job succeeds; the dead holder is counted and nothing of it stays.
+func TestPoolHolderDiesAfterClaim(t *testing.T) {
+	env := isoOpen(t) // Docker: containerd's pooled namespaces have no holder
+	p := isoPool(t, env, PoolConfig{Networks: 1})
+	isoWaitReady(t, p)
+	var holder string
+	heldNetworkClaimed = func(h executors.Holder) {
+		holder = h.ID()
+		isoKill(t, env.cfg, h.ID())
+		for deadline := time.Now().Add(10 * time.Second); !ended(h); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Errorf("holder %s killed, yet alive", h.ID())
+				return
+			}
+		}
+	}
+	defer func() { heldNetworkClaimed = nil }()
+	j := &job.Job{ID: "holder-died", Source: job.SourceLocal, Repo: isoRepo, Image: testenv.TestImage, Timeout: time.Minute,
+		Steps: []job.Step{{Name: "s", When: job.OnSuccess, Script: []string{"echo ran"}}}}
+	var out bytes.Buffer
+	res, err := env.r.Run(context.Background(), j, RunOptions{Out: &out})
+	heldNetworkClaimed = nil
+	if err != nil || res.State != Success || !strings.Contains(out.String(), "ran") {
+		t.Fatalf("job whose holder died: state %s (%s), err %v; output:\n%s", res.State, res.Reason, err, out.String())
+	}
+	if holder == "" {
+		t.Fatal("the job claimed no pooled network")
+	}
+	if st := p.Stats(); st.NetHits != 1 || st.Dead != 1 {
+		t.Errorf("pool stats %+v, want 1 pooled network claimed, 1 dead", st)
+	}
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.ContainerInspect(context.Background(), holder); !cerrdefs.IsNotFound(err) {
+		t.Errorf("the dead holder %s: inspect error %v, want it removed", holder, err)
 	}
 }

@@ -70,6 +70,7 @@ func (e *execution) prepare(ctx context.Context) error {
 	// An executor that joins a namespace gets one that is plumbed and
 	// firewalled before any process of the job exists.
 	joins := e.r.Network != nil && e.r.joinsNetNS()
+	coldEnv := len(env)
 	if joins {
 		if err := isolated(e.attachNew(ctx)); err != nil {
 			return err
@@ -82,8 +83,23 @@ func (e *execution) prepare(ctx context.Context) error {
 			return err
 		}
 		spec.NetHolder = e.holder.ID()
+		if heldNetworkClaimed != nil {
+			heldNetworkClaimed(e.holder)
+		}
 	}
 	ctr, err := e.r.exec.Create(ctx, spec)
+	if err != nil && e.holder != nil && ended(e.holder) {
+		// The holder stopped between its claim and now (an admin's rm,
+		// the OOM killer): the job's network is made on its path.
+		e.log.Warn("the network holder the job claimed stopped before its container joined it; making the job's network now", "job", e.j.ID, "holder", e.holder.ID(), "error", err)
+		e.r.pool.Load().countDead(poolNetworks)
+		if derr := e.dropPooledNetwork(ctx); derr != nil {
+			return fmt.Errorf("preparing container: %w", errors.Join(err, derr))
+		}
+		env = env[:coldEnv]
+		spec.NetHolder = ""
+		ctr, err = e.r.exec.Create(ctx, spec)
+	}
 	if err != nil {
 		return fmt.Errorf("preparing container: %w", err)
 	}
@@ -99,6 +115,33 @@ func (e *execution) prepare(ctx context.Context) error {
 		}
 	}
 	return e.ready(ctx, env)
+}
+
+// heldNetworkClaimed, when set (tests), is called with the holder of a
+// pooled network a job claimed, before its container is created.
+var heldNetworkClaimed func(executors.Holder)
+
+// ended reports whether x is known to have stopped (executors.Liveness).
+func ended(x any) bool {
+	l, ok := x.(executors.Liveness)
+	return ok && !l.Alive()
+}
+
+// dropPooledNetwork unregisters the job from the pooled network it
+// claimed and removes the network and its holder.
+func (e *execution) dropPooledNetwork(ctx context.Context) error {
+	var errs []error
+	if e.net != nil {
+		errs = append(errs, e.net.close(ctx))
+		e.net = nil
+	}
+	if e.holder != nil {
+		if err := e.holder.Destroy(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("removing the network holder of job %s: %w", e.j.ID, err))
+		}
+		e.holder = nil
+	}
+	return errors.Join(errs...)
 }
 
 // attachNew gives the job of an executor that joins a namespace its
