@@ -33,6 +33,26 @@ func ParsePullPolicy(s string) (PullPolicy, error) {
 	return "", fmt.Errorf("pull policy %q: must be if-not-present, never or always", s)
 }
 
+// ParsePullPolicies parses a list of pull policies (an admin's
+// allowed_pull_policies, a job's pull_policy), naming the bad one by its
+// index under key.
+func ParsePullPolicies(key string, list []string) ([]PullPolicy, error) {
+	var out []PullPolicy
+	var errs []error
+	for i, s := range list {
+		p, err := ParsePullPolicy(s)
+		if s == "" {
+			err = errors.New("must be if-not-present, never or always")
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s[%d]: %w", key, i, err))
+			continue
+		}
+		out = append(out, p)
+	}
+	return out, errors.Join(errs...)
+}
+
 // Limits bound a job container's resources. Zero means the executor's
 // default, never unlimited.
 type Limits struct {

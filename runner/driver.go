@@ -156,7 +156,7 @@ func (h *stepHost) Exec(ctx context.Context, x StepExec) (int, error) {
 		Cmd:     x.Cmd,
 		Env:     mergeEnv(e.env, x.Env),
 		WorkDir: wd,
-		User:    e.r.cfg.User,
+		User:    e.user(),
 		Stdin:   x.Stdin,
 		Stdout:  stdout,
 		Stderr:  stderr,

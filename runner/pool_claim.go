@@ -13,7 +13,8 @@ import (
 // claim takes a ready sandbox for j's image, or returns nil (the job runs
 // cold). A sandbox made from another image than the one the name names
 // now (updated by a pull or a tag, or removed) is retired, never claimed.
-func (p *Pool) claim(ctx context.Context, j *job.Job) *warmSandbox {
+// pull is the job's first pull policy (execution.pull).
+func (p *Pool) claim(ctx context.Context, j *job.Job, pull executors.PullPolicy) *warmSandbox {
 	if p == nil {
 		return nil
 	}
@@ -31,7 +32,7 @@ func (p *Pool) claim(ctx context.Context, j *job.Job) *warmSandbox {
 	}
 	m := p.r.metrics.Load()
 	if n > 0 {
-		cur, known, err := p.imageNow(ctx, j)
+		cur, known, err := p.imageNow(ctx, j, pull)
 		if err != nil {
 			// Not knowing which image the name names, run cold.
 			p.log.Warn("cannot tell the image of the warm sandboxes; the job runs cold", "image", j.Image, "error", err)
@@ -167,17 +168,17 @@ func (p *Pool) claimNet() *warmSandbox {
 }
 
 // imageNow is the ID of the image j's would be made from now: under pull
-// policy "always", or when j has credentials for its image's registry,
+// policy "always" (pull, the job's), or when j has credentials for its image's registry,
 // the one pulled for it now with them (a failed pull is an error: the job
 // runs cold and its Create reports it); else the one its name names here
 // (imageHere).
-func (p *Pool) imageNow(ctx context.Context, j *job.Job) (id string, known bool, err error) {
+func (p *Pool) imageNow(ctx context.Context, j *job.Job, pull executors.PullPolicy) (id string, known bool, err error) {
 	auths := registryAuth(j)
 	// A job with credentials for its image's registry pulls it with them,
 	// as its Create would (the registry decides whether it may have it):
 	// a sandbox made without them is no way around that.
 	own := executors.AuthFor(executors.RegistryHost(j.Image), auths) != nil
-	if p.r.cfg.Pull != executors.PullAlways && !own {
+	if pull != executors.PullAlways && !own {
 		return p.imageHere(ctx, j.Image)
 	}
 	puller, ok := p.r.exec.(executors.ImagePuller)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/runner/job"
 )
 
@@ -29,7 +30,7 @@ func TestPoolRefillWaitsForQuiet(t *testing.T) {
 	}
 
 	// Any job's claim counts, of a pooled image or not.
-	if w := p.claim(ctx, &job.Job{ID: "j1", Image: "other"}); w != nil || p.lastClaim.Load() == 0 {
+	if w := p.claim(ctx, &job.Job{ID: "j1", Image: "other"}, executors.PullIfNotPresent); w != nil || p.lastClaim.Load() == 0 {
 		t.Fatalf("claim of an unpooled image: %v, last claim %d; want nil and the claim noted", w, p.lastClaim.Load())
 	}
 	start = time.Now()
@@ -46,12 +47,12 @@ func TestPoolRefillWaitsForQuiet(t *testing.T) {
 			case <-stop:
 				return
 			case <-time.After(20 * time.Millisecond):
-				p.claim(ctx, &job.Job{ID: "j", Image: "img"})
+				p.claim(ctx, &job.Job{ID: "j", Image: "img"}, executors.PullIfNotPresent)
 			}
 		}
 	}()
 	done := make(chan time.Duration, 1)
-	p.claim(ctx, &job.Job{ID: "j0", Image: "img"})
+	p.claim(ctx, &job.Job{ID: "j0", Image: "img"}, executors.PullIfNotPresent)
 	start = time.Now()
 	go func() { _ = p.waitQuiet(ctx); done <- time.Since(start) }()
 	select {

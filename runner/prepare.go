@@ -58,10 +58,9 @@ func (e *execution) prepare(ctx context.Context) error {
 		RunnerID: e.r.cfg.RunnerID,
 		JobID:    e.j.ID,
 		Image:    e.j.Image,
-		Pull:     e.r.cfg.Pull,
 		Limits:   e.r.cfg.Limits,
 		WorkDir:  e.r.cfg.WorkDir,
-		User:     e.r.cfg.User,
+		User:     e.user(),
 		Mounts:   mounts,
 		Labels:   map[string]string{labelOwner: e.r.owner.String()},
 
@@ -87,7 +86,15 @@ func (e *execution) prepare(ctx context.Context) error {
 			heldNetworkClaimed(e.holder)
 		}
 	}
-	ctr, err := e.r.exec.Create(ctx, spec)
+	create := func() (ctr executors.Container, err error) {
+		err = e.withPull(spec.Image, e.pull, func(p executors.PullPolicy) error {
+			spec.Pull = p
+			ctr, err = e.r.exec.Create(ctx, spec)
+			return err
+		})
+		return ctr, err
+	}
+	ctr, err := create()
 	if err != nil && e.holder != nil && ended(e.holder) {
 		// The holder stopped between its claim and now (an admin's rm,
 		// the OOM killer): the job's network is made on its path.
@@ -98,7 +105,7 @@ func (e *execution) prepare(ctx context.Context) error {
 		}
 		env = env[:coldEnv]
 		spec.NetHolder = ""
-		ctr, err = e.r.exec.Create(ctx, spec)
+		ctr, err = create()
 	}
 	if err != nil {
 		return fmt.Errorf("preparing container: %w", err)
@@ -115,6 +122,15 @@ func (e *execution) prepare(ctx context.Context) error {
 		}
 	}
 	return e.ready(ctx, env)
+}
+
+// user is who runs the job's container: the job's (GitLab's
+// image:docker:user), else the runner's.
+func (e *execution) user() string {
+	if e.j.User != "" {
+		return e.j.User
+	}
+	return e.r.cfg.User
 }
 
 // heldNetworkClaimed, when set (tests), is called with the holder of a

@@ -40,6 +40,9 @@ type Config struct {
 	CleanupTimeout time.Duration
 	// Pull is the image pull policy.
 	Pull executors.PullPolicy
+	// AllowedPull are the pull policies a job may ask for instead
+	// (job.Job.Pull); empty: Pull alone.
+	AllowedPull []executors.PullPolicy
 	// Limits for job containers (zero fields: the executor's defaults).
 	Limits executors.Limits
 	// User runs the steps ("" = the image's user).
@@ -316,6 +319,11 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 	}
 
 	fmt.Fprintf(masker, "Running job %s on runner %s\n", j.ID, r.cfg.RunnerID)
+	if err := e.choosePull(); err != nil {
+		res.Reason, res.Err = ConfigurationError, err
+		fmt.Fprintf(masker, "\x1b[31;1mERROR: %v\x1b[0;m\n", err)
+		return res, nil
+	}
 	if o.ResolveSecrets != nil {
 		if err := e.resolveSecrets(jobCtx); err != nil {
 			res.Reason, res.Err = ConfigurationError, err
@@ -415,6 +423,10 @@ type execution struct {
 
 	services  *jobServices
 	svcMounts []executors.Mount // what services mount (hosts, resolv.conf)
+	// pull and svcPull are the pull policies of the job's image and of
+	// each service's, tried in turn (choosePull).
+	pull    []executors.PullPolicy
+	svcPull [][]executors.PullPolicy
 
 	secretsRevoke func(context.Context) error
 	secretReads   []job.SecretRead
@@ -453,9 +465,10 @@ func (e *execution) decide(ctx context.Context) error {
 	}
 	var w *warmSandbox
 	r.pool.Load().note(j)
-	if len(j.Services) == 0 {
-		// A warm sandbox's container has no /etc/hosts for services' aliases.
-		w = r.pool.Load().claim(ctx, j)
+	if len(j.Services) == 0 && e.user() == r.cfg.User {
+		// A warm sandbox's container has no /etc/hosts for services'
+		// aliases, and runs as the runner's user.
+		w = r.pool.Load().claim(ctx, j, e.pull[0])
 	}
 	if w != nil {
 		// Owned by the job from here: finish destroys it.
@@ -564,7 +577,7 @@ func (e *execution) step(ctx, jobCtx context.Context, s job.Step) StepResult {
 		Cmd:     stepShell,
 		Env:     e.env,
 		WorkDir: e.r.cfg.WorkDir,
-		User:    e.r.cfg.User,
+		User:    e.user(),
 		Stdin:   strings.NewReader(stepScript(s.Script)),
 		Stdout:  e.out,
 		Stderr:  e.out,

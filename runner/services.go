@@ -120,7 +120,7 @@ func (e *execution) startServices(ctx context.Context, mounts []executors.Mount)
 		fmt.Fprintf(e.out, "Starting service %s as %s ...\n", s.Image, strings.Join(s.Aliases, ", "))
 		public, secret := e.serviceEnv(i)
 		spec := executors.ServiceSpec{
-			Name: name, Image: s.Image, Pull: e.r.cfg.Pull,
+			Name: name, Image: s.Image,
 			Entrypoint: s.Entrypoint, Cmd: s.Command,
 			Env: public, SecretEnv: secret,
 			Labels: map[string]string{labelOwner: e.r.owner.String()},
@@ -133,7 +133,17 @@ func (e *execution) startServices(ctx context.Context, mounts []executors.Mount)
 			h := executors.HealthCheck(*s.Health)
 			spec.Health = &h
 		}
-		svc, err := st.StartService(ctx, spec)
+		var pulls []executors.PullPolicy
+		if i < len(e.svcPull) {
+			pulls = e.svcPull[i]
+		}
+		var svc executors.Service
+		err := e.withPull(s.Image, pulls, func(p executors.PullPolicy) error {
+			spec.Pull = p
+			var err error
+			svc, err = st.StartService(ctx, spec)
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("starting service %s: %w", s.Image, err)
 		}

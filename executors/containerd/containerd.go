@@ -52,6 +52,9 @@ type Config struct {
 	Image string `toml:"image"`
 	// Pull is the default pull policy for specs that don't set one.
 	Pull string `toml:"pull_policy"`
+	// AllowedPull are the pull policies a job may ask for (GitLab's
+	// image:pull_policy); empty: Pull alone.
+	AllowedPull []string `toml:"allowed_pull_policies"`
 	// DockerHost is the Docker engine whose images are imported when an
 	// image is not in containerd ("" = DOCKER_HOST or the default socket;
 	// "none" turns importing off).
@@ -153,6 +156,9 @@ func (c Config) Validate(prefix string) []error {
 	var errs []error
 	if _, err := executors.ParsePullPolicy(c.Pull); err != nil {
 		errs = append(errs, fmt.Errorf("%s.pull_policy: %w", prefix, err))
+	}
+	if _, err := executors.ParsePullPolicies(prefix+".allowed_pull_policies", c.AllowedPull); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Namespace != "" && (!identifier.MatchString(c.Namespace) || len(c.Namespace) > 76) {
 		errs = append(errs, fmt.Errorf("%s.namespace %q: letters, digits and single . _ - between them, at most 76", prefix, c.Namespace))

@@ -44,6 +44,9 @@ type Config struct {
 	Image string `toml:"image"`
 	// Pull is the default pull policy for specs that don't set one.
 	Pull string `toml:"pull_policy"`
+	// AllowedPull are the pull policies a job may ask for (GitLab's
+	// image:pull_policy); empty: Pull alone.
+	AllowedPull []string `toml:"allowed_pull_policies"`
 	// Default limits for job containers.
 	PidsLimit int64   `toml:"pids_limit"`
 	Memory    string  `toml:"memory"` // e.g. "2g", "512m"
@@ -112,6 +115,9 @@ func (c Config) Validate(prefix string) []error {
 	var errs []error
 	if _, err := executors.ParsePullPolicy(c.Pull); err != nil {
 		errs = append(errs, fmt.Errorf("%s.pull_policy: %w", prefix, err))
+	}
+	if _, err := executors.ParsePullPolicies(prefix+".allowed_pull_policies", c.AllowedPull); err != nil {
+		errs = append(errs, err)
 	}
 	if c.PidsLimit < 0 {
 		errs = append(errs, fmt.Errorf("%s.pids_limit: must not be negative", prefix))

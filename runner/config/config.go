@@ -256,6 +256,14 @@ func (c *Config) PullPolicy() string {
 	return c.Docker.Pull
 }
 
+// AllowedPullPolicies are the selected executor's allowed_pull_policies.
+func (c *Config) AllowedPullPolicies() []string {
+	if c.ExecutorName() == ExecutorContainerd {
+		return c.Containerd.AllowedPull
+	}
+	return c.Docker.AllowedPull
+}
+
 // SetPullPolicy overrides the selected executor's pull policy (a flag).
 func (c *Config) SetPullPolicy(p string) {
 	if c.ExecutorName() == ExecutorContainerd {

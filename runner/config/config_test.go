@@ -80,6 +80,7 @@ log_format = "xml"
 bogus = 1
 [docker]
 pull_policy = "sometimes"
+allowed_pull_policies = ["always", "often"]
 memory = "lots"
 [network]
 pool = "not-a-prefix"
@@ -99,7 +100,7 @@ ceiling = ["", "http://x"]
 		t.Fatal("Load accepted a bad configuration")
 	}
 	for _, want := range []string{"config.toml", "concurrent", "check_interval", "log_format", `unknown key "bogus"`,
-		"docker.pull_policy", "docker.memory", "network.pool", "network.firewall", "pool.size", "pool.images[0]", "pool.recent", "pool.networks", "gateway.hosts", "egress.ceiling"} {
+		"docker.pull_policy", `docker.allowed_pull_policies[1]: pull policy "often"`, "docker.memory", "network.pool", "network.firewall", "pool.size", "pool.images[0]", "pool.recent", "pool.networks", "gateway.hosts", "egress.ceiling"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q:\n%v", want, err)
 		}

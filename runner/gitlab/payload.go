@@ -98,6 +98,15 @@ type JobImage struct {
 	PullPolicy []string `json:"pull_policy"`
 	// Variables are a service's own variables.
 	Variables []JobVariable `json:"variables"`
+	// ExecutorOpts are image:docker: (platform, user); the options of
+	// other executors (kubernetes:) do not apply to this one's jobs, as
+	// gitlab-runner's Docker executor ignores them too.
+	ExecutorOpts struct {
+		Docker struct {
+			Platform string `json:"platform"`
+			User     string `json:"user"`
+		} `json:"docker"`
+	} `json:"executor_opts"`
 }
 
 // JobArtifact is an artifacts: entry of the job.

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +41,35 @@ func TestToJobRefusesUnsupported(t *testing.T) {
 			delete(m, "secrets")
 			m["image"] = map[string]any{"name": "alpine", "entrypoint": []string{"/docker-entrypoint.sh"}}
 		}, "image.entrypoint"},
+		{"unknown pull policy", func(m map[string]any) {
+			delete(m, "secrets")
+			m["image"] = map[string]any{"name": "alpine", "pull_policy": []string{"if-not-present", "sometimes"}}
+		}, `image.pull_policy[1]: pull policy "sometimes"`},
+		{"another platform", func(m map[string]any) {
+			delete(m, "secrets")
+			m["image"] = map[string]any{"name": "alpine", "executor_opts": map[string]any{"docker": map[string]any{"platform": "windows/amd64"}}}
+		}, `image.docker.platform "windows/amd64" is not supported`},
+		{"user not a user", func(m map[string]any) {
+			delete(m, "secrets")
+			m["image"] = map[string]any{"name": "alpine", "executor_opts": map[string]any{"docker": map[string]any{"user": "root --privileged"}}}
+		}, `image.docker.user "root --privileged": not a user name`},
+		{"user from a secret", func(m map[string]any) {
+			delete(m, "secrets")
+			m["variables"] = append(m["variables"].([]any), map[string]any{"key": "DEPLOY_PASSWORD", "value": "hunter2hunter2", "public": false, "masked": true})
+			m["image"] = map[string]any{"name": "alpine", "executor_opts": map[string]any{"docker": map[string]any{"user": "u${DEPLOY_PASSWORD}"}}}
+		}, "image.docker.user: DEPLOY_PASSWORD is not a public variable"},
+		{"service platform", func(m map[string]any) {
+			delete(m, "secrets")
+			m["services"] = []any{map[string]any{"name": "postgres:16", "executor_opts": map[string]any{"docker": map[string]any{"platform": "linux/s390x"}}}}
+		}, `services[0].docker.platform "linux/s390x" is not supported`},
+		{"service user", func(m map[string]any) {
+			delete(m, "secrets")
+			m["services"] = []any{map[string]any{"name": "postgres:16", "executor_opts": map[string]any{"docker": map[string]any{"user": "999"}}}}
+		}, "services[0].docker.user is not supported"},
+		{"service pull policy", func(m map[string]any) {
+			delete(m, "secrets")
+			m["services"] = []any{map[string]any{"name": "postgres:16", "pull_policy": []string{""}}}
+		}, "services[0].pull_policy[0]"},
 		{"pre_get_sources_script", func(m map[string]any) {
 			delete(m, "secrets")
 			m["hooks"] = []any{map[string]any{"name": "pre_get_sources_script", "script": []string{"echo x"}}}
@@ -59,6 +89,34 @@ func TestToJobRefusesUnsupported(t *testing.T) {
 				t.Errorf("ToJob() = %v, want an error naming %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// image: pull_policy and docker: user and platform reach the job.
+func TestToJobImageOptions(t *testing.T) {
+	raw, err := os.ReadFile("testdata/job-example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := ParseJobResponse(mutateRaw(t, raw, func(m map[string]any) {
+		delete(m, "secrets")
+		m["variables"] = append(m["variables"].([]any), map[string]any{"key": "BUILD_UID", "value": "1001", "public": true})
+		m["image"] = map[string]any{"name": "alpine", "pull_policy": []string{"always", "if-not-present"},
+			"executor_opts": map[string]any{"docker": map[string]any{"user": "${BUILD_UID}:100", "platform": "linux/" + runtime.GOARCH}}}
+		m["services"] = []any{map[string]any{"name": "postgres:16", "pull_policy": []string{"never"}}}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := resp.ToJob()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(j.Pull, []string{"always", "if-not-present"}) || j.User != "1001:100" {
+		t.Errorf("job pull %v, user %q; want [always if-not-present], 1001:100", j.Pull, j.User)
+	}
+	if len(j.Services) != 1 || !reflect.DeepEqual(j.Services[0].Pull, []string{"never"}) {
+		t.Errorf("services %+v, want postgres with pull [never]", j.Services)
 	}
 }
 

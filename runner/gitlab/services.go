@@ -2,7 +2,6 @@ package gitlab
 
 import (
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/airlock-ci/airlock/runner/job"
@@ -21,11 +20,7 @@ func (r *JobResponse) convertServices(j *job.Job) []error {
 	if len(r.Services) > maxServices {
 		return []error{fmt.Errorf("services: %d services, at most %d", len(r.Services), maxServices)}
 	}
-	vars := map[string]string{}
-	for _, v := range r.Variables {
-		vars[v.Key] = v.Value
-	}
-	expand := func(s string) string { return os.Expand(s, func(k string) string { return vars[k] }) }
+	expand := r.expander()
 	taken := map[string]bool{}
 	for i, s := range r.Services {
 		name := strings.TrimSpace(expand(s.Name))
@@ -33,7 +28,12 @@ func (r *JobResponse) convertServices(j *job.Job) []error {
 			errs = append(errs, fmt.Errorf("services[%d].name: missing or not an image name", i))
 			continue
 		}
-		svc := job.Service{Image: name, Entrypoint: s.Entrypoint, Command: s.Command}
+		key := fmt.Sprintf("services[%d]", i)
+		errs = append(errs, checkImageOptions(key, s)...)
+		if s.ExecutorOpts.Docker.User != "" {
+			errs = append(errs, fmt.Errorf("%s.docker.user is not supported by Airlock: a service runs as its image's user", key))
+		}
+		svc := job.Service{Image: name, Pull: s.PullPolicy, Entrypoint: s.Entrypoint, Command: s.Command}
 		if len(svc.Entrypoint) == 0 {
 			svc.Entrypoint = nil
 		}

@@ -97,6 +97,7 @@ func (r *JobResponse) ToJob() (*job.Job, error) {
 		j.Timeout = time.Duration(t) * time.Second
 	}
 
+	errs = append(errs, r.convertImage(j)...)
 	errs = append(errs, r.convertServices(j)...)
 	errs = append(errs, r.convertRegistryAuth(j)...)
 	errs = append(errs, r.convertSteps(j)...)

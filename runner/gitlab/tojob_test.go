@@ -44,6 +44,7 @@ func TestToJobExample(t *testing.T) {
 		Protected:   true,
 		Environment: "staging",
 		Image:       "alpine:3.20",
+		Pull:        []string{"if-not-present"}, // the example job asks for it (image:pull_policy)
 		BeforeSHA:   "0000000000000000000000000000000000000000",
 		Steps: []job.Step{
 			{Name: "script", Script: []string{"./deploy.sh --env staging"}, When: job.OnSuccess, Timeout: time.Hour},

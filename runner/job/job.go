@@ -92,7 +92,14 @@ type Job struct {
 	Protected     bool // ref is protected (GitLab) / a protected branch
 	Environment   string
 
-	Image     string
+	Image string
+	// Pull is the job's pull policies for its image, tried in turn while
+	// the image cannot be had (GitLab's image:pull_policy); empty: the
+	// runner's. The runner takes those of them its admin allows.
+	Pull []string
+	// User runs the job's container and steps (GitLab's
+	// image:docker:user); "": the runner's, else the image's.
+	User      string
 	Steps     []Step
 	Variables []Variable
 	Secrets   []SecretRequest
@@ -135,6 +142,8 @@ type RegistryAuth struct {
 // Service is a container started beside the job.
 type Service struct {
 	Image string
+	// Pull is the service's pull policies, as Job.Pull for its image.
+	Pull []string
 	// Aliases are the host names the job reaches it by.
 	Aliases []string
 	// Entrypoint and Command replace the image's when not nil.

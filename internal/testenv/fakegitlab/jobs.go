@@ -32,6 +32,11 @@ type JobSpec struct {
 	Protected   bool
 	Environment string // CI_ENVIRONMENT_NAME
 	Image       string // default "alpine:3.20"
+	// PullPolicy is the image's pull_policy: null unless the job sets
+	// one, as GitLab sends it.
+	PullPolicy []string
+	// User is the image's executor_opts.docker.user (image:docker:user).
+	User        string
 	Script      []string
 	AfterScript []string
 	Timeout     time.Duration // runner_info.timeout; default 1h
@@ -137,6 +142,7 @@ func (s *Server) buildPayload(id JobID, token string, spec JobSpec) []byte {
 	}
 	u, _ := url.Parse(s.URL)
 	repoURL := fmt.Sprintf("%s://gitlab-ci-token:%s@%s/%s.git", u.Scheme, token, u.Host, project)
+	image := map[string]any{"name": def(spec.Image, "alpine:3.20"), "entrypoint": []string{}, "ports": []any{}, "pull_policy": spec.PullPolicy}
 	v := func(key, value string, public, masked bool) map[string]any {
 		return map[string]any{"key": key, "value": value, "public": public, "masked": masked}
 	}
@@ -216,13 +222,16 @@ func (s *Server) buildPayload(id JobID, token string, spec JobSpec) []byte {
 		"variables":    vars,
 		"steps":        steps,
 		"hooks":        []any{},
-		"image":        map[string]any{"name": def(spec.Image, "alpine:3.20"), "entrypoint": []string{}, "ports": []any{}, "pull_policy": []string{"if-not-present"}},
+		"image":        image,
 		"services":     services,
 		"artifacts":    artifacts,
 		"cache":        caches,
 		"credentials":  []any{map[string]any{"type": "registry", "url": def(spec.Registry, u.Host), "username": "gitlab-ci-token", "password": token}},
 		"dependencies": deps,
 		"features":     map[string]any{"trace_sections": true, "failure_reasons": reasons, "token_mask_prefixes": []string{"glpat-", "glcbt-"}},
+	}
+	if spec.User != "" {
+		image["executor_opts"] = map[string]any{"docker": map[string]any{"user": spec.User}}
 	}
 	if spec.GitLabSecrets != nil {
 		p["secrets"] = spec.GitLabSecrets

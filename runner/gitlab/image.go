@@ -1,0 +1,81 @@
+package gitlab
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"runtime"
+	"strings"
+
+	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/runner/job"
+)
+
+// expander expands $VAR and ${VAR} in s with the job's variables, as
+// gitlab-runner expands image names, aliases and image:docker:user.
+func (r *JobResponse) expander() func(string) string {
+	vars := map[string]string{}
+	for _, v := range r.Variables {
+		vars[v.Key] = v.Value
+	}
+	return func(s string) string { return os.Expand(s, func(k string) string { return vars[k] }) }
+}
+
+// userRE is a user name or uid, with an optional group name or gid.
+var userRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$`)
+
+// convertImage takes the job image's pull_policy and image:docker: user
+// and platform.
+func (r *JobResponse) convertImage(j *job.Job) []error {
+	errs := checkImageOptions("image", r.Image)
+	j.Pull = r.Image.PullPolicy
+	// Expanded with public variables only: the user is in the
+	// container's configuration, where no secret may be.
+	public := map[string]string{}
+	for _, v := range r.Variables {
+		if v.Public && !v.Masked {
+			public[v.Key] = v.Value
+		} else {
+			delete(public, v.Key)
+		}
+	}
+	var private []string
+	u := strings.TrimSpace(os.Expand(r.Image.ExecutorOpts.Docker.User, func(k string) string {
+		v, ok := public[k]
+		if _, known := r.variable(k); !ok && known {
+			private = append(private, k)
+		}
+		return v
+	}))
+	if len(private) > 0 {
+		errs = append(errs, fmt.Errorf("image.docker.user: %s is not a public variable (a user name is in the container's configuration, where no secret may be)", strings.Join(private, ", ")))
+	} else if u != "" {
+		if !userRE.MatchString(u) {
+			errs = append(errs, fmt.Errorf("image.docker.user %q: not a user name or uid, with an optional :group or :gid", truncate(u)))
+		}
+		j.User = u
+	}
+	return errs
+}
+
+// checkImageOptions checks what the job image and services share: the
+// pull policies' names and the platform, which must be this host's (no
+// emulation here).
+func checkImageOptions(key string, im JobImage) []error {
+	var errs []error
+	if _, err := executors.ParsePullPolicies(key+".pull_policy", im.PullPolicy); err != nil {
+		errs = append(errs, err)
+	}
+	if p := strings.TrimSpace(im.ExecutorOpts.Docker.Platform); p != "" && !hostPlatform(p) {
+		errs = append(errs, fmt.Errorf("%s.docker.platform %q is not supported by Airlock: jobs run on this host's platform, linux/%s", key, truncate(p), runtime.GOARCH))
+	}
+	return errs
+}
+
+// hostPlatform: p names this host's OS and architecture (os/arch, with
+// an arm64 host's v8 variant).
+func hostPlatform(p string) bool {
+	p = strings.ToLower(p)
+	host := "linux/" + runtime.GOARCH
+	return p == host || (runtime.GOARCH == "arm64" && p == host+"/v8")
+}
