@@ -57,6 +57,15 @@ func (e *execution) choosePull() error {
 	return errors.Join(errs...)
 }
 
+// firstPull is the first policy the job's image is tried with; the
+// runner's when choosePull has not run.
+func (e *execution) firstPull() executors.PullPolicy {
+	if len(e.pull) == 0 {
+		return e.r.cfg.Pull
+	}
+	return e.pull[0]
+}
+
 // withPull calls create with each of pols in turn while it fails for
 // want of the image (executors.ErrImageNotFound), as gitlab-runner tries
 // a job's pull policies, and says so in the job log. No policies: the

@@ -468,7 +468,7 @@ func (e *execution) decide(ctx context.Context) error {
 	if len(j.Services) == 0 && e.user() == r.cfg.User {
 		// A warm sandbox's container has no /etc/hosts for services'
 		// aliases, and runs as the runner's user.
-		w = r.pool.Load().claim(ctx, j, e.pull[0])
+		w = r.pool.Load().claim(ctx, j, e.firstPull())
 	}
 	if w != nil {
 		// Owned by the job from here: finish destroys it.
