@@ -3,6 +3,7 @@ package runner
 import (
 	"bytes"
 	"context"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/internal/testenv"
+	"github.com/airlock-ci/airlock/runner/job"
 )
 
 // A job's pull policies (GitLab's image:pull_policy): only those the
@@ -64,16 +66,21 @@ func TestRunJobPullPolicies(t *testing.T) {
 	}
 }
 
-// GitLab's image:docker:user runs the job's container and steps.
+// GitLab's image:docker:user (GitHub's container --user) runs the job's
+// container and steps; what they make in the work dir is the user's.
+// With both executors.
 func TestRunJobUser(t *testing.T) {
-	r := newTestRunner(t)
-	j := testJob("user", []string{`echo "uid=$(id -u) gid=$(id -g)"`}, nil)
-	j.User = "1234:4321"
-	var out bytes.Buffer
-	res, err := r.Run(context.Background(), j, RunOptions{Out: &out})
-	if err != nil || res.State != Success || !strings.Contains(out.String(), "uid=1234 gid=4321") {
-		t.Errorf("job as 1234:4321: %s/%s (%v), err %v; output:\n%s", res.State, res.Reason, res.Err, err, out.String())
-	}
+	isoEachExecutor(t, func(t *testing.T) {
+		env := isoOpen(t)
+		j := &job.Job{ID: "user", Source: job.SourceLocal, Repo: isoRepo, Image: testenv.TestImage, Timeout: time.Minute, User: "1234:4321",
+			Steps: []job.Step{{Name: "s", When: job.OnSuccess, Script: []string{`echo "uid=$(id -u) gid=$(id -g)"`, `touch made-here && ls -ln made-here`}}}}
+		var out bytes.Buffer
+		res, err := env.r.Run(context.Background(), j, RunOptions{Out: &out})
+		if err != nil || res.State != Success || !strings.Contains(out.String(), "uid=1234 gid=4321") ||
+			!regexp.MustCompile(`\s1234\s+4321\s.*made-here`).MatchString(out.String()) {
+			t.Errorf("job as 1234:4321: %s/%s (%v), err %v; output:\n%s", res.State, res.Reason, res.Err, err, out.String())
+		}
+	})
 }
 
 // Through GitLab: a job whose image:pull_policy the runner does not

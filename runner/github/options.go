@@ -128,19 +128,29 @@ func envFlag(f flag) (string, string, error) {
 }
 
 // jobContainerOptionNames are the flags a job container's options may
-// hold: its environment, and --init, which changes nothing (the job's
-// processes always run under an init as PID 1). Anything else is
-// refused by name.
-var jobContainerOptionNames = []string{"-e", "--env", "--init"}
+// hold: its environment, its user, and --init, which changes nothing
+// (the job's processes always run under an init as PID 1). Anything else
+// is refused by name.
+var jobContainerOptionNames = []string{"-e", "--env", "-u", "--user", "--init"}
 
 // jobContainerOptions returns the variables a job container's options
 // set (-e/--env), delivered like container.env: at each step's exec,
-// never in the container's configuration.
-func jobContainerOptions(options string) ([]job.KV, error) {
+// never in the container's configuration; and the user it runs as
+// (-u/--user, "" for the image's).
+func jobContainerOptions(options string) ([]job.KV, string, error) {
 	flags, errs := parseFlags(options, jobContainerOptionNames, []string{"--init"})
 	var env []job.KV
+	user := ""
 	for _, f := range flags {
-		if f.name == "--init" {
+		switch f.name {
+		case "--init":
+			continue
+		case "-u", "--user":
+			if !job.ValidUser(f.val) {
+				// The value is not repeated: options may hold expressions.
+				errs = append(errs, fmt.Errorf("%s: not a user name or uid, with an optional :group or :gid", f.name))
+			}
+			user = f.val
 			continue
 		}
 		k, v, err := envFlag(f)
@@ -150,7 +160,7 @@ func jobContainerOptions(options string) ([]job.KV, error) {
 		}
 		env = append(env, job.KV{Key: k, Value: v})
 	}
-	return env, errors.Join(errs...)
+	return env, user, errors.Join(errs...)
 }
 
 // applyServiceOptions sets what a service's options say on svc. Every

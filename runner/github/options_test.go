@@ -129,12 +129,15 @@ func FuzzServiceOptions(f *testing.F) {
 }
 
 // A job container's options may set variables (-e/--env, delivered like
-// container.env) and --init (its processes always have one); anything
-// else is refused by name.
+// container.env), its user (-u/--user) and --init (its processes always
+// have one); anything else is refused by name.
 func TestJobContainerOptions(t *testing.T) {
-	env, err := jobContainerOptions("--init -e FOO=bar --env=EMPTY= --env 'SPACED=a b'")
+	env, user, err := jobContainerOptions("--init -e FOO=bar --user 1001:121 --env=EMPTY= --env 'SPACED=a b'")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if user != "1001:121" {
+		t.Errorf("user = %q, want 1001:121", user)
 	}
 	var got []string
 	for _, kv := range env {
@@ -144,14 +147,15 @@ func TestJobContainerOptions(t *testing.T) {
 		t.Errorf("variables = %q, want %q", got, want)
 	}
 	for opts, want := range map[string]string{
-		"--user root":                "--user is not supported by Airlock (supported: -e, --env, --init)",
+		"--hostname h":               "--hostname is not supported by Airlock (supported: -e, --env, -u, --user, --init)",
+		"-u 'root; rm'":              "-u: not a user name or uid",
 		"--privileged -e A=1":        "--privileged is not supported",
 		"-v /var/run/docker.sock:/x": "-v is not supported",
 		"-e HOME":                    `-e "HOME": want KEY=VALUE`,
 		"--init=true":                "--init takes no value",
 		"--cpus 2":                   "--cpus is not supported",
 	} {
-		if _, err := jobContainerOptions(opts); err == nil || !strings.Contains(err.Error(), want) {
+		if _, _, err := jobContainerOptions(opts); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: error %v, want it to say %q", opts, err, want)
 		}
 	}

@@ -107,16 +107,24 @@ func (m *AgentJobRequestMessage) ToJob(o ConvertOptions) (*job.Job, error) {
 	// could say is refused by name.
 	if c := m.JobContainer; c != nil && c.Type != TokenNull {
 		env.Contexts["env"] = jobEnv
-		img, cenv, cred, err := containerImage(c, env)
+		jc, err := containerImage(c, env)
 		if err != nil {
 			add("container: %v", err)
-		} else if img != "" {
-			j.Image = strings.TrimPrefix(img, "docker://")
+		} else if jc.image != "" {
+			j.Image = strings.TrimPrefix(jc.image, "docker://")
 		}
-		if cred != nil {
-			cred.Registry = executors.RegistryHost(j.Image)
-			j.RegistryAuth = append(j.RegistryAuth, *cred)
+		if jc.cred != nil {
+			jc.cred.Registry = executors.RegistryHost(j.Image)
+			j.RegistryAuth = append(j.RegistryAuth, *jc.cred)
 		}
+		// The user is in the container's configuration, where no
+		// secret may be.
+		if containsSecret(jc.user, secrets) {
+			add("container.options --user: holds a secret's value")
+		} else {
+			j.User = jc.user
+		}
+		cenv := jc.env
 		// container.env is the container's own environment: every step
 		// has it, under the job's env (which wins), and it is not in the
 		// env context.
@@ -424,65 +432,71 @@ func tokenTypeName(t TokenType) string {
 	return "value"
 }
 
+// jobContainer is what a container: says.
+type jobContainer struct {
+	image string
+	env   []job.KV
+	cred  *job.RegistryAuth // without a registry: the caller knows the image
+	user  string            // options' -u/--user
+}
+
 // containerImage reads a container: a string (the image) or a mapping
-// with image, env, options (their -e/--env join env) and credentials
-// (returned without a registry: the caller knows the image); anything
-// else it could say is refused by name.
-func containerImage(c *TemplateToken, env *expr.Env) (string, []job.KV, *job.RegistryAuth, error) {
+// with image, env, options (their -e/--env join env) and credentials;
+// anything else it could say is refused by name.
+func containerImage(c *TemplateToken, env *expr.Env) (jobContainer, error) {
+	var jc jobContainer
 	if c.Type != TokenMapping {
 		v, err := evalToken(c, env)
-		return expr.String(v), nil, nil, err
+		jc.image = expr.String(v)
+		return jc, err
 	}
-	img := ""
-	var cenv []job.KV
-	var cred *job.RegistryAuth
 	for _, e := range c.Map {
 		k, _ := e.Key.Literal()
 		switch strings.ToLower(k) {
 		case "image":
 			v, err := evalToken(e.Value, env)
 			if err != nil {
-				return "", nil, nil, err
+				return jc, err
 			}
-			img = expr.String(v)
+			jc.image = expr.String(v)
 		case "env":
 			if e.Value == nil || e.Value.Type == TokenNull {
 				continue
 			}
 			if e.Value.Type != TokenMapping {
-				return "", nil, nil, fmt.Errorf("container.env: want a mapping")
+				return jc, fmt.Errorf("container.env: want a mapping")
 			}
 			for _, kv := range e.Value.Map {
 				key, _ := kv.Key.Literal()
 				v, err := evalToken(kv.Value, env)
 				if err != nil {
-					return "", nil, nil, fmt.Errorf("container.env.%s: %w", key, err)
+					return jc, fmt.Errorf("container.env.%s: %w", key, err)
 				}
-				cenv = append(cenv, job.KV{Key: key, Value: expr.String(v)})
+				jc.env = append(jc.env, job.KV{Key: key, Value: expr.String(v)})
 			}
 		case "credentials":
 			a, err := registryCredentials(e.Value, env)
 			if err != nil {
-				return "", nil, nil, err
+				return jc, err
 			}
-			cred = a
+			jc.cred = a
 		case "options":
 			v, err := evalToken(e.Value, env)
 			if err != nil {
-				return "", nil, nil, fmt.Errorf("container.options: %w", err)
+				return jc, fmt.Errorf("container.options: %w", err)
 			}
-			oenv, err := jobContainerOptions(expr.String(v))
+			oenv, user, err := jobContainerOptions(expr.String(v))
 			if err != nil {
-				return "", nil, nil, fmt.Errorf("container.options: %w", err)
+				return jc, fmt.Errorf("container.options: %w", err)
 			}
-			cenv = append(cenv, oenv...)
+			jc.env, jc.user = append(jc.env, oenv...), user
 		default:
 			if e.Value != nil && e.Value.Type != TokenNull {
-				return "", nil, nil, fmt.Errorf("container.%s is not supported by Airlock", k)
+				return jc, fmt.Errorf("container.%s is not supported by Airlock", k)
 			}
 		}
 	}
-	return img, cenv, cred, nil
+	return jc, nil
 }
 
 // registryCredentials reads credentials: {username, password}. Errors
@@ -608,12 +622,12 @@ func serviceContainers(t *TemplateToken, env *expr.Env, secrets map[string]strin
 		// GitHub waits for a service's health check before the steps.
 		svc := job.Service{Aliases: []string{name}, WaitHealthy: true}
 		if e.Value == nil || e.Value.Type != TokenMapping {
-			img, _, _, err := containerImage(e.Value, env)
-			if err != nil || img == "" {
+			jc, err := containerImage(e.Value, env)
+			if err != nil || jc.image == "" {
 				errs = append(errs, fmt.Errorf("%s: want an image or a mapping with image (%v)", name, err))
 				continue
 			}
-			svc.Image = img
+			svc.Image = jc.image
 			out = append(out, svc)
 			continue
 		}

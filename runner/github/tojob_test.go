@@ -231,3 +231,22 @@ func TestToJobRegistryCredentials(t *testing.T) {
 		t.Errorf("ToJob with a password alone = %v, want a refusal without the value", err)
 	}
 }
+
+// container.options --user runs the job as that user, unless it holds a
+// secret's value (it would be in the container's configuration).
+func TestToJobContainerUser(t *testing.T) {
+	m := loadMessage(t)
+	options := &TemplateToken{Lit: "--user 1001 -e A=1"}
+	m.JobContainer = &TemplateToken{Type: TokenMapping, Map: []MapEntry{
+		{Key: &TemplateToken{Lit: "image"}, Value: &TemplateToken{Lit: "airlock-test:busybox"}},
+		{Key: &TemplateToken{Lit: "options"}, Value: options},
+	}}
+	j, err := m.ToJob(ConvertOptions{})
+	if err != nil || j.User != "1001" {
+		t.Fatalf("ToJob = user %q, %v; want 1001", j.User, err)
+	}
+	*options = TemplateToken{Type: TokenExpression, Expr: "format('--user {0}', secrets.DEPLOY_KEY)"}
+	if _, err := m.ToJob(ConvertOptions{}); err == nil || !strings.Contains(err.Error(), "container.options --user: holds a secret's value") || strings.Contains(err.Error(), "s3cr3t") {
+		t.Errorf("ToJob with a secret as the user = %v, want a refusal without the value", err)
+	}
+}

@@ -3,7 +3,6 @@ package gitlab
 import (
 	"fmt"
 	"os"
-	"regexp"
 	"runtime"
 	"strings"
 
@@ -20,9 +19,6 @@ func (r *JobResponse) expander() func(string) string {
 	}
 	return func(s string) string { return os.Expand(s, func(k string) string { return vars[k] }) }
 }
-
-// userRE is a user name or uid, with an optional group name or gid.
-var userRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$`)
 
 // convertImage takes the job image's pull_policy and image:docker: user
 // and platform.
@@ -50,7 +46,7 @@ func (r *JobResponse) convertImage(j *job.Job) []error {
 	if len(private) > 0 {
 		errs = append(errs, fmt.Errorf("image.docker.user: %s is not a public variable (a user name is in the container's configuration, where no secret may be)", strings.Join(private, ", ")))
 	} else if u != "" {
-		if !userRE.MatchString(u) {
+		if !job.ValidUser(u) {
 			errs = append(errs, fmt.Errorf("image.docker.user %q: not a user name or uid, with an optional :group or :gid", truncate(u)))
 		}
 		j.User = u

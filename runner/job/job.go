@@ -407,3 +407,10 @@ func (j *Job) Masked() []string {
 	}
 	return out
 }
+
+// userRE is a user name or uid, with an optional group name or gid.
+var userRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$`)
+
+// ValidUser reports whether s can be Job.User: a user name or uid, with
+// an optional :group or :gid.
+func ValidUser(s string) bool { return userRE.MatchString(s) }
