@@ -247,3 +247,36 @@ func TestCheckout(t *testing.T) {
 		}
 	}
 }
+
+// GIT_FETCH_EXTRA_FLAGS: an allowlisted flag reaches both fetches (from
+// the remote and, with a cache, from the cache): --tags brings the tags
+// Airlock's default --no-tags leaves out; any other flag is refused by
+// name before git runs.
+func TestCheckoutFetchFlags(t *testing.T) {
+	s := newCheckoutServer(t)
+	for _, cached := range []bool{false, true} {
+		for _, flags := range [][]string{nil, {"--tags"}} {
+			spec := CheckoutSpec{RepoURL: s.repoURL(s.Token), Ref: "main", RefType: "branch", SHA: s.SHAs[2], FetchFlags: flags}
+			if cached {
+				spec.CacheDir = t.TempDir()
+			}
+			dir := t.TempDir()
+			var out bytes.Buffer
+			if err := Checkout(context.Background(), spec, dir, &out); err != nil {
+				t.Fatalf("Checkout(cache %v, flags %v) = %v\n%s", cached, flags, err, out.String())
+			}
+			tags := checkoutRun(t, dir, "tag", "--list")
+			if want := len(flags) > 0; (tags == s.Tag) != want {
+				t.Errorf("cache %v, flags %v: tags %q, want %s: %v", cached, flags, tags, s.Tag, want)
+			}
+		}
+	}
+	bin, argvLog := gitWrapper(t)
+	spec := CheckoutSpec{RepoURL: s.repoURL(s.Token), Ref: "main", SHA: s.SHAs[2], Git: bin, FetchFlags: []string{"--prune", "--upload-pack=touch /tmp/x"}}
+	if err := Checkout(context.Background(), spec, t.TempDir(), nil); err == nil || !strings.Contains(err.Error(), `GIT_FETCH_EXTRA_FLAGS "--upload-pack=touch /tmp/x" is not supported`) {
+		t.Errorf("Checkout(--upload-pack) = %v, want a refusal naming the flag", err)
+	}
+	if argv, _ := os.ReadFile(argvLog); len(argv) > 0 {
+		t.Errorf("git ran for a refused flag:\n%s", argv)
+	}
+}

@@ -571,6 +571,9 @@ func (e *execution) step(ctx, jobCtx context.Context, s job.Step) StepResult {
 		defer cancel()
 	}
 	fmt.Fprintf(e.out, "\x1b[36;1m>>> step %s\x1b[0;m\n", s.Name)
+	if e.debugTrace() {
+		fmt.Fprintf(e.out, "\x1b[33;1mCI_DEBUG_TRACE is on: the shell prints every command with its variables expanded (masked values stay masked)\x1b[0;m\n")
+	}
 	e.trail.note(ctx, audit.NewStepStarted(s.Name))
 	start := time.Now()
 	code, err := e.ctr.Exec(stepCtx, executors.Exec{
@@ -578,7 +581,7 @@ func (e *execution) step(ctx, jobCtx context.Context, s job.Step) StepResult {
 		Env:     e.env,
 		WorkDir: e.r.cfg.WorkDir,
 		User:    e.user(),
-		Stdin:   strings.NewReader(stepScript(s.Script)),
+		Stdin:   strings.NewReader(stepScript(s.Script, e.debugTrace())),
 		Stdout:  e.out,
 		Stderr:  e.out,
 		Grace:   e.r.cfg.Grace,

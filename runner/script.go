@@ -11,10 +11,14 @@ var stepShell = []string{"/bin/sh", "-c", `__airlock_script=$(cat) && eval "$__a
 
 // stepScript turns a step's lines into a POSIX shell script that echoes
 // each command (GitLab style, "$ cmd") before running it and stops at the
-// first failing command, exiting with its status.
-func stepScript(lines []string) string {
+// first failing command, exiting with its status. trace (GitLab's
+// CI_DEBUG_TRACE) has the shell print every command it runs, expanded.
+func stepScript(lines []string, trace bool) string {
 	var b strings.Builder
 	b.WriteString("set -e\n")
+	if trace {
+		b.WriteString("set -x\n")
+	}
 	for _, l := range lines {
 		b.WriteString("printf '\\033[32;1m$ %s\\033[0;m\\n' ")
 		b.WriteString(shellQuote(strings.TrimRight(l, "\n")))

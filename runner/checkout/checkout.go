@@ -11,15 +11,25 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 )
+
+// fetchFlags are the GIT_FETCH_EXTRA_FLAGS accepted (host git runs
+// them: nothing that names a path, a program or a filter).
+var fetchFlags = map[string]bool{
+	"--tags": true, "--no-tags": true, "--prune": true, "--no-prune": true, "--prune-tags": true,
+	"--quiet": true, "-q": true, "--verbose": true, "-v": true, "--force": true, "-f": true,
+	"--no-recurse-submodules": true,
+}
 
 // Spec says which sources to fetch for a job. The clone runs on
 // the host, so that the job (whose network reaches nothing but its own
@@ -53,6 +63,9 @@ type Spec struct {
 	Submodules string
 	// SubmoduleFlags are GIT_SUBMODULE_UPDATE_FLAGS (an allowlist).
 	SubmoduleFlags []string
+	// FetchFlags are GIT_FETCH_EXTRA_FLAGS (an allowlist), after
+	// Airlock's own --quiet --no-tags --prune (a later flag wins).
+	FetchFlags []string
 	// SubmoduleDepth is GIT_SUBMODULE_DEPTH (default: Depth).
 	SubmoduleDepth int
 	// SubmodulePaths is GIT_SUBMODULE_PATHS: which of the top-level
@@ -116,6 +129,11 @@ func Run(ctx context.Context, spec Spec, dir string, out io.Writer) error {
 			return errors.New("checking out sources: refspec starts with '-'")
 		}
 	}
+	for _, f := range spec.FetchFlags {
+		if !fetchFlags[f] {
+			return fmt.Errorf("checking out sources: GIT_FETCH_EXTRA_FLAGS %q is not supported by Airlock (supported: %s)", f, strings.Join(slices.Sorted(maps.Keys(fetchFlags)), " "))
+		}
+	}
 
 	g := &gitRunner{bin: spec.Git, dir: dir, out: out, env: gitEnv(u, spec.Username, spec.Token)}
 	fmt.Fprintf(out, "Fetching sources from %s on the runner host", remote)
@@ -129,7 +147,7 @@ func Run(ctx context.Context, spec Spec, dir string, out io.Writer) error {
 	if err := g.run(ctx, "remote", "add", "origin", remote); err != nil {
 		return err
 	}
-	fetch := []string{"fetch", "--quiet", "--no-tags", "--prune"}
+	fetch := append([]string{"fetch", "--quiet", "--no-tags", "--prune"}, spec.FetchFlags...)
 	if spec.Depth > 0 {
 		fetch = append(fetch, "--depth", strconv.Itoa(spec.Depth))
 	}

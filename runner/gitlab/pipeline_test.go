@@ -70,6 +70,14 @@ func TestToJobRefusesUnsupported(t *testing.T) {
 			delete(m, "secrets")
 			m["services"] = []any{map[string]any{"name": "postgres:16", "pull_policy": []string{""}}}
 		}, "services[0].pull_policy[0]"},
+		{"clone path", func(m map[string]any) {
+			delete(m, "secrets")
+			m["variables"] = append(m["variables"].([]any), map[string]any{"key": "GIT_CLONE_PATH", "value": "$CI_BUILDS_DIR/go/src/app", "public": true})
+		}, "variable GIT_CLONE_PATH is not supported"},
+		{"no TLS verification", func(m map[string]any) {
+			delete(m, "secrets")
+			m["variables"] = append(m["variables"].([]any), map[string]any{"key": "GIT_SSL_NO_VERIFY", "value": "true", "public": true})
+		}, "variable GIT_SSL_NO_VERIFY is not supported"},
 		{"pre_get_sources_script", func(m map[string]any) {
 			delete(m, "secrets")
 			m["hooks"] = []any{map[string]any{"name": "pre_get_sources_script", "script": []string{"echo x"}}}

@@ -74,6 +74,9 @@ func (r *JobResponse) CheckoutSpec(cacheDir string) (checkout.Spec, bool) {
 	if v, ok := r.variable("GIT_SUBMODULE_UPDATE_FLAGS"); ok {
 		spec.SubmoduleFlags = strings.Fields(v)
 	}
+	if v, ok := r.variable("GIT_FETCH_EXTRA_FLAGS"); ok {
+		spec.FetchFlags = strings.Fields(v)
+	}
 	if v, ok := r.variable("GIT_SUBMODULE_PATHS"); ok {
 		spec.SubmodulePaths = strings.Fields(v)
 	}
@@ -114,6 +117,14 @@ func (r *JobResponse) checkSources() []error {
 	}
 	if v, _ := r.variable("GIT_CHECKOUT"); strings.EqualFold(v, "false") {
 		errs = append(errs, fmt.Errorf("variable GIT_CHECKOUT=false is not supported by Airlock"))
+	}
+	if v, _ := r.variable("GIT_CLONE_PATH"); v != "" {
+		errs = append(errs, fmt.Errorf("variable GIT_CLONE_PATH is not supported by Airlock: the project is always at CI_PROJECT_DIR"))
+	}
+	// Sources are fetched on the host, which verifies GitLab's
+	// certificate against the system's CAs.
+	if v, _ := r.variable("GIT_SSL_NO_VERIFY"); v != "" && !strings.EqualFold(v, "false") && v != "0" {
+		errs = append(errs, fmt.Errorf("variable GIT_SSL_NO_VERIFY is not supported by Airlock: the host fetching the sources verifies GitLab's certificate"))
 	}
 	return errs
 }

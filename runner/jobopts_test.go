@@ -3,6 +3,7 @@ package runner
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -104,5 +105,28 @@ func TestAgentImageOptions(t *testing.T) {
 	st = waitJob(t, e.gl, userID, time.Minute)
 	if trace := string(e.gl.Trace(userID)); st.Status != "success" || !strings.Contains(trace, "uid=1234") {
 		t.Errorf("job with image:docker:user 1234: %s; trace:\n%s", st.Status, trace)
+	}
+}
+
+// CI_DEBUG_TRACE=true has the shell print each command expanded; a
+// masked variable's value stays masked in the trace.
+func TestRunDebugTrace(t *testing.T) {
+	r := newTestRunner(t)
+	secret := "tr4ce-" + agentRandomHex(8)
+	for _, on := range []bool{false, true} {
+		j := testJob(fmt.Sprintf("trace-%v", on), []string{`GREETING=hello; echo "$GREETING $DEPLOY_TOKEN" > /dev/null`}, nil)
+		j.Variables = []job.Variable{{Key: "DEPLOY_TOKEN", Value: secret, Masked: true}}
+		if on {
+			j.Variables = append(j.Variables, job.Variable{Key: "CI_DEBUG_TRACE", Value: "true", Public: true})
+		}
+		var out bytes.Buffer
+		res, err := r.Run(context.Background(), j, RunOptions{Out: &out})
+		if err != nil || res.State != Success {
+			t.Fatalf("trace %v: %s/%s (%v), err %v; output:\n%s", on, res.State, res.Reason, res.Err, err, out.String())
+		}
+		traced := strings.Contains(out.String(), "+ echo 'hello [MASKED]'") || strings.Contains(out.String(), "+ echo hello [MASKED]")
+		if traced != on || strings.Contains(out.String(), secret) {
+			t.Errorf("CI_DEBUG_TRACE %v: traced %v, or the secret shown; output:\n%s", on, traced, out.String())
+		}
 	}
 }
