@@ -91,3 +91,42 @@ func TestAgentGitFetchReusesHostCache(t *testing.T) {
 		t.Errorf("git server refused %d requests without the job token", s.refused)
 	}
 }
+
+// GET_SOURCES_ATTEMPTS: a fetch that fails is tried again on an emptied
+// workspace, up to that many times; with the default of 1 it fails the
+// job.
+func TestAgentGetSourcesAttempts(t *testing.T) {
+	e := newAgentEnv(t)
+	s := newCheckoutServer(t)
+	payload := func(attempts string) fakegitlab.JobSpec {
+		return fakegitlab.JobSpec{Payload: func(id int64, token string) []byte {
+			s.mu.Lock()
+			s.Token, s.unavailable = token, 1
+			s.mu.Unlock()
+			vars := fmt.Sprintf(`{"key": "CI_JOB_TOKEN", "value": %q, "masked": true}`, token)
+			if attempts != "" {
+				vars += fmt.Sprintf(`, {"key": "GET_SOURCES_ATTEMPTS", "value": %q, "public": true}`, attempts)
+			}
+			return []byte(fmt.Sprintf(`{"id": %d, "token": %q,
+			"job_info": {"name": "attempts", "project_full_path": "platform/web-app"},
+			"git_info": {"repo_url": %q, "ref": "main", "sha": %q, "ref_type": "branch", "depth": 1},
+			"runner_info": {"timeout": 120},
+			"image": {"name": %q},
+			"variables": [%s],
+			"steps": [{"name": "script", "when": "on_success", "timeout": 120, "script": ["cat README"]}],
+			"features": {"failure_reasons": ["script_failure", "runner_system_failure"]}}`,
+				id, token, s.repoURL(token), s.SHAs[2], testenv.TestImage, vars))
+		}}
+	}
+	_, stop := startAgent(t, e.config(1), e.rec)
+	defer stop()
+	once := e.gl.Enqueue(payload(""))
+	if st := waitJob(t, e.gl, once, 2*time.Minute); st.Status != "failed" {
+		t.Errorf("one attempt at an unavailable GitLab: %s, want failed\n%s", st.Status, e.gl.Trace(once))
+	}
+	twice := e.gl.Enqueue(payload("2"))
+	st := waitJob(t, e.gl, twice, 2*time.Minute)
+	if trace := string(e.gl.Trace(twice)); st.Status != "success" || !strings.Contains(trace, "Retrying (attempt 2 of 2, GET_SOURCES_ATTEMPTS)") || !strings.Contains(trace, "three") {
+		t.Errorf("two attempts, the first refused: %s/%s\n%s", st.Status, st.FailureReason, trace)
+	}
+}

@@ -32,6 +32,8 @@ type checkoutServer struct {
 	requests []*http.Request
 	bodies   [][]byte // request bodies, gunzipped
 	refused  int
+	// unavailable answers that many requests 503 before serving.
+	unavailable int
 }
 
 func checkoutRun(t *testing.T, dir string, args ...string) string {
@@ -101,6 +103,12 @@ func newCheckoutServer(t *testing.T) *checkoutServer {
 			}
 		}
 		s.mu.Lock()
+		if s.unavailable > 0 {
+			s.unavailable--
+			s.mu.Unlock()
+			http.Error(w, "GitLab is not available", http.StatusServiceUnavailable)
+			return
+		}
 		s.bodies = append(s.bodies, plain)
 		s.requests = append(s.requests, r.Clone(context.Background()))
 		want := "Basic " + base64.StdEncoding.EncodeToString([]byte("gitlab-ci-token:"+s.Token))

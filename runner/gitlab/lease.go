@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 
@@ -218,9 +219,36 @@ func (l *Lease) checkout() func(ctx context.Context, dir string, out io.Writer) 
 		return nil
 	}
 	spec.Git = l.co.cfg.Git
+	attempts := l.resp.sourcesAttempts()
 	return func(ctx context.Context, dir string, out io.Writer) error {
-		return checkout.Run(ctx, spec, dir, out)
+		var err error
+		for i := 1; i <= attempts; i++ {
+			if i > 1 {
+				fmt.Fprintf(out, "Fetching the sources failed: %v\nRetrying (attempt %d of %d, GET_SOURCES_ATTEMPTS)\n", err, i, attempts)
+				if err := emptyDir(dir); err != nil {
+					return err
+				}
+			}
+			if err = checkout.Run(ctx, spec, dir, out); err == nil || ctx.Err() != nil {
+				return err
+			}
+		}
+		return err
 	}
+}
+
+// emptyDir removes what is in dir, keeping dir.
+func emptyDir(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // FinalStateOf maps an outcome to GitLab's final state.

@@ -88,6 +88,21 @@ func (r *JobResponse) CheckoutSpec(cacheDir string) (checkout.Spec, bool) {
 	return spec, true
 }
 
+// maxSourcesAttempts bounds GET_SOURCES_ATTEMPTS, as gitlab-runner does.
+const maxSourcesAttempts = 10
+
+// sourcesAttempts is GET_SOURCES_ATTEMPTS: how many times the sources
+// are fetched before the job fails (default 1; checkSources refuses a
+// value out of 1..10).
+func (r *JobResponse) sourcesAttempts() int {
+	v, ok := r.variable("GET_SOURCES_ATTEMPTS")
+	n, err := strconv.Atoi(v)
+	if !ok || err != nil || n < 1 || n > maxSourcesAttempts {
+		return 1
+	}
+	return n
+}
+
 // checkSources refuses what Airlock cannot do of the job's sources,
 // naming the keyword.
 func (r *JobResponse) checkSources() []error {
@@ -117,6 +132,11 @@ func (r *JobResponse) checkSources() []error {
 	}
 	if v, _ := r.variable("GIT_CHECKOUT"); strings.EqualFold(v, "false") {
 		errs = append(errs, fmt.Errorf("variable GIT_CHECKOUT=false is not supported by Airlock"))
+	}
+	if v, ok := r.variable("GET_SOURCES_ATTEMPTS"); ok && v != "" {
+		if n, err := strconv.Atoi(v); err != nil || n < 1 || n > maxSourcesAttempts {
+			errs = append(errs, fmt.Errorf("variable GET_SOURCES_ATTEMPTS %q: must be a number from 1 to %d", truncate(v), maxSourcesAttempts))
+		}
 	}
 	if v, _ := r.variable("GIT_CLONE_PATH"); v != "" {
 		errs = append(errs, fmt.Errorf("variable GIT_CLONE_PATH is not supported by Airlock: the project is always at CI_PROJECT_DIR"))
