@@ -60,6 +60,13 @@ func agentRandomHex(n int) string {
 // commits on main and a tag v1 on the first.
 func newCheckoutServer(t *testing.T) *checkoutServer {
 	t.Helper()
+	return newCheckoutServerFormat(t, "sha1")
+}
+
+// newCheckoutServerFormat is newCheckoutServer with a repository of the
+// object format given (sha1, sha256).
+func newCheckoutServerFormat(t *testing.T, format string) *checkoutServer {
+	t.Helper()
 	backend, err := exec.Command("git", "--exec-path").Output()
 	if err != nil {
 		t.Fatalf("git --exec-path: %v", err)
@@ -69,11 +76,11 @@ func newCheckoutServer(t *testing.T) *checkoutServer {
 	if err := os.MkdirAll(bare, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	checkoutRun(t, bare, "init", "--quiet", "--bare", "--initial-branch=main")
+	checkoutRun(t, bare, "init", "--quiet", "--bare", "--initial-branch=main", "--object-format="+format)
 	// Like Gitaly: any commit may be fetched by id.
 	checkoutRun(t, bare, "config", "uploadpack.allowAnySHA1InWant", "true")
 	work := t.TempDir()
-	checkoutRun(t, work, "init", "--quiet", "--initial-branch=main")
+	checkoutRun(t, work, "init", "--quiet", "--initial-branch=main", "--object-format="+format)
 	s := &checkoutServer{Token: "glcbt-64_" + agentRandomHex(12), Tag: "v1"}
 	for i, content := range []string{"one\n", "two\n", "three\n"} {
 		if err := os.WriteFile(filepath.Join(work, "README"), []byte(content), 0o644); err != nil {
@@ -286,5 +293,33 @@ func TestCheckoutFetchFlags(t *testing.T) {
 	}
 	if argv, _ := os.ReadFile(argvLog); len(argv) > 0 {
 		t.Errorf("git ran for a refused flag:\n%s", argv)
+	}
+}
+
+// A SHA-256 repository (git_info.repo_object_format) is checked out,
+// directly and through the host's cache; made SHA-1, the workspace
+// found none of its commits.
+func TestCheckoutSHA256(t *testing.T) {
+	s := newCheckoutServerFormat(t, "sha256")
+	if len(s.SHAs[2]) != 64 {
+		t.Fatalf("commit id %q is not a SHA-256 one", s.SHAs[2])
+	}
+	for _, cached := range []bool{false, true} {
+		spec := CheckoutSpec{RepoURL: s.repoURL(s.Token), Ref: "main", RefType: "branch", SHA: s.SHAs[1], Depth: 1, ObjectFormat: "sha256"}
+		if cached {
+			spec.CacheDir = t.TempDir()
+		}
+		dir := t.TempDir()
+		var out bytes.Buffer
+		if err := Checkout(context.Background(), spec, dir, &out); err != nil {
+			t.Fatalf("Checkout(sha256, cache %v) = %v\n%s", cached, err, out.String())
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "README")); err != nil || string(b) != "two\n" {
+			t.Errorf("cache %v: README = %q, %v; want two", cached, b, err)
+		}
+	}
+	spec := CheckoutSpec{RepoURL: s.repoURL(s.Token), Ref: "main", SHA: s.SHAs[1], ObjectFormat: "md5"}
+	if err := Checkout(context.Background(), spec, t.TempDir(), nil); err == nil || !strings.Contains(err.Error(), `object format "md5" is not supported`) {
+		t.Errorf("Checkout(md5) = %v, want a refusal naming the format", err)
 	}
 }

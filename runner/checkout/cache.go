@@ -52,7 +52,7 @@ func updateCache(ctx context.Context, spec Spec, remote string, env []string, re
 	unlock := func() { syscall.Flock(int(lock.Fd()), syscall.LOCK_UN); lock.Close() }
 	cg := &gitRunner{bin: g.bin, dir: spec.CacheDir, out: g.out, env: env}
 	if _, err := os.Stat(filepath.Join(repo, "HEAD")); err != nil {
-		if err := cg.run(ctx, "init", "--quiet", "--bare", repo); err != nil {
+		if err := cg.run(ctx, spec.initArgs(repo, "--bare")...); err != nil {
 			unlock()
 			return "", nil, err
 		}

@@ -23,6 +23,16 @@ import (
 	"time"
 )
 
+// initArgs are the arguments of git init for dir (the workspace's or
+// the cache's), with the repository's object format.
+func (spec Spec) initArgs(dir string, flags ...string) []string {
+	args := append([]string{"init", "--quiet"}, flags...)
+	if spec.ObjectFormat != "" {
+		args = append(args, "--object-format="+spec.ObjectFormat)
+	}
+	return append(args, dir)
+}
+
 // fetchFlags are the GIT_FETCH_EXTRA_FLAGS accepted (host git runs
 // them: nothing that names a path, a program or a filter).
 var fetchFlags = map[string]bool{
@@ -63,6 +73,10 @@ type Spec struct {
 	Submodules string
 	// SubmoduleFlags are GIT_SUBMODULE_UPDATE_FLAGS (an allowlist).
 	SubmoduleFlags []string
+	// ObjectFormat is the repository's hash: "" or sha1, or sha256
+	// (git_info.repo_object_format); the workspace and the cache are
+	// made with it, or git finds none of the remote's commits.
+	ObjectFormat string
 	// FetchFlags are GIT_FETCH_EXTRA_FLAGS (an allowlist), after
 	// Airlock's own --quiet --no-tags --prune (a later flag wins).
 	FetchFlags []string
@@ -129,6 +143,11 @@ func Run(ctx context.Context, spec Spec, dir string, out io.Writer) error {
 			return errors.New("checking out sources: refspec starts with '-'")
 		}
 	}
+	switch spec.ObjectFormat {
+	case "", "sha1", "sha256":
+	default:
+		return fmt.Errorf("checking out sources: repository object format %q is not supported by Airlock (sha1, sha256)", spec.ObjectFormat)
+	}
 	for _, f := range spec.FetchFlags {
 		if !fetchFlags[f] {
 			return fmt.Errorf("checking out sources: GIT_FETCH_EXTRA_FLAGS %q is not supported by Airlock (supported: %s)", f, strings.Join(slices.Sorted(maps.Keys(fetchFlags)), " "))
@@ -141,7 +160,7 @@ func Run(ctx context.Context, spec Spec, dir string, out io.Writer) error {
 		fmt.Fprintf(out, " (depth %d)", spec.Depth)
 	}
 	fmt.Fprintln(out)
-	if err := g.run(ctx, "init", "--quiet", "."); err != nil {
+	if err := g.run(ctx, spec.initArgs(".")...); err != nil {
 		return err
 	}
 	if err := g.run(ctx, "remote", "add", "origin", remote); err != nil {

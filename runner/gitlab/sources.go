@@ -64,7 +64,9 @@ func (r *JobResponse) CheckoutSpec(cacheDir string) (checkout.Spec, bool) {
 		Refspecs: r.GitInfo.Refspecs,
 		Depth:    depth,
 		Username: "gitlab-ci-token",
-		Token:    r.Token,
+
+		ObjectFormat: r.GitInfo.RepoObjectFormat,
+		Token:        r.Token,
 	}
 	if strategy == "fetch" {
 		spec.CacheDir = cacheDir

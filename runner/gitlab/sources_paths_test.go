@@ -18,3 +18,15 @@ func TestCheckoutSpecSubmodulePaths(t *testing.T) {
 		t.Errorf("GIT_SUBMODULE_PATHS refused: %v", errs)
 	}
 }
+
+// git_info.repo_object_format and GIT_FETCH_EXTRA_FLAGS reach the
+// checkout (which validates them).
+func TestCheckoutSpecFormatAndFetchFlags(t *testing.T) {
+	r := &JobResponse{GitInfo: GitInfo{RepoURL: "https://gitlab.example/g/p.git", Ref: "main", RepoObjectFormat: "sha256",
+		SHA: "3d4933c085a6511cfdaf182d95032cb40c3c1058f132edeacec164747f85adf4"},
+		Variables: []JobVariable{{Key: "GIT_FETCH_EXTRA_FLAGS", Value: "--tags  --prune\n"}}}
+	spec, ok := r.CheckoutSpec("")
+	if !ok || spec.ObjectFormat != "sha256" || !slices.Equal(spec.FetchFlags, []string{"--tags", "--prune"}) {
+		t.Errorf("CheckoutSpec = %v, format %q, fetch flags %q; want sha256 and --tags --prune", ok, spec.ObjectFormat, spec.FetchFlags)
+	}
+}
