@@ -294,6 +294,9 @@ func (j *Job) Validate() error {
 	if j.Timeout < 0 {
 		add("timeout: must not be negative")
 	}
+	if j.User != "" && !ValidUser(j.User) {
+		add("user: must be a user name or uid, with an optional :group or :gid")
+	}
 	if len(j.Steps) == 0 {
 		add("steps: at least one step is required")
 	}

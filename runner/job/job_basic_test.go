@@ -30,6 +30,7 @@ func TestValidate(t *testing.T) {
 		{"bad source", func(j *Job) { j.Source = "svn" }, `source "svn"`},
 		{"no image", func(j *Job) { j.Image = " " }, "image: required"},
 		{"negative timeout", func(j *Job) { j.Timeout = -1 }, "timeout: must not be negative"},
+		{"bad user", func(j *Job) { j.User = "root --privileged" }, "user: must be a user name or uid"},
 		{"no steps", func(j *Job) { j.Steps = nil }, "at least one step"},
 		{"duplicate step", func(j *Job) { j.Steps[1].Name = "build" }, `duplicate step name`},
 		{"empty script", func(j *Job) { j.Steps[0].Script = nil }, "(build).script"},
