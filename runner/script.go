@@ -31,6 +31,9 @@ func stepScript(lines []string, trace bool) string {
 	return b.String()
 }
 
+// debugTrace: the job asks for GitLab's shell tracing (CI_DEBUG_TRACE).
+func (e *execution) debugTrace() bool { return e.jobVar("CI_DEBUG_TRACE") == "true" }
+
 // shellQuote quotes s for a POSIX shell as one word.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"

@@ -94,9 +94,6 @@ func privateValues(j *job.Job) []string {
 	return out
 }
 
-// debugTrace: the job asks for GitLab's shell tracing (CI_DEBUG_TRACE).
-func (e *execution) debugTrace() bool { return e.jobVar("CI_DEBUG_TRACE") == "true" }
-
 func (e *execution) jobVar(key string) string {
 	val := ""
 	for _, v := range e.j.Variables {

@@ -57,6 +57,13 @@ type Spec struct {
 	Refspecs []string
 	// Depth makes a shallow fetch; 0 fetches the whole history.
 	Depth int
+	// ObjectFormat is the repository's hash: "" or sha1, or sha256
+	// (git_info.repo_object_format); the workspace and the cache are
+	// made with it, or git finds none of the remote's commits.
+	ObjectFormat string
+	// FetchFlags are GIT_FETCH_EXTRA_FLAGS (an allowlist), after
+	// Airlock's own --quiet --no-tags --prune (a later flag wins).
+	FetchFlags []string
 	// Username and Token authenticate the fetch (HTTP Basic). The token
 	// reaches git only through its environment: never its command line,
 	// never a file.
@@ -73,13 +80,6 @@ type Spec struct {
 	Submodules string
 	// SubmoduleFlags are GIT_SUBMODULE_UPDATE_FLAGS (an allowlist).
 	SubmoduleFlags []string
-	// ObjectFormat is the repository's hash: "" or sha1, or sha256
-	// (git_info.repo_object_format); the workspace and the cache are
-	// made with it, or git finds none of the remote's commits.
-	ObjectFormat string
-	// FetchFlags are GIT_FETCH_EXTRA_FLAGS (an allowlist), after
-	// Airlock's own --quiet --no-tags --prune (a later flag wins).
-	FetchFlags []string
 	// SubmoduleDepth is GIT_SUBMODULE_DEPTH (default: Depth).
 	SubmoduleDepth int
 	// SubmodulePaths is GIT_SUBMODULE_PATHS: which of the top-level

@@ -10,8 +10,8 @@ import (
 	"github.com/airlock-ci/airlock/runner/job"
 )
 
-// expander expands $VAR and ${VAR} in s with the job's variables, as
-// gitlab-runner expands image names, aliases and image:docker:user.
+// expander expands $VAR and ${VAR} with the job's variables, as
+// gitlab-runner expands a service's name and alias.
 func (r *JobResponse) expander() func(string) string {
 	vars := map[string]string{}
 	for _, v := range r.Variables {
