@@ -264,13 +264,14 @@ func TestCheckout(t *testing.T) {
 }
 
 // GIT_FETCH_EXTRA_FLAGS: an allowlisted flag reaches both fetches (from
-// the remote and, with a cache, from the cache): --tags brings the tags
-// Airlock's default --no-tags leaves out; any other flag is refused by
-// name before git runs.
+// the remote and, with a cache, from the cache): by default, as with
+// gitlab-runner, the tags pointing into the fetched history come along
+// (git describe works), and --no-tags leaves them out; any other flag is
+// refused by name before git runs.
 func TestCheckoutFetchFlags(t *testing.T) {
 	s := newCheckoutServer(t)
 	for _, cached := range []bool{false, true} {
-		for _, flags := range [][]string{nil, {"--tags"}} {
+		for _, flags := range [][]string{nil, {"--no-tags"}} {
 			spec := CheckoutSpec{RepoURL: s.repoURL(s.Token), Ref: "main", RefType: "branch", SHA: s.SHAs[2], FetchFlags: flags}
 			if cached {
 				spec.CacheDir = t.TempDir()
@@ -281,7 +282,7 @@ func TestCheckoutFetchFlags(t *testing.T) {
 				t.Fatalf("Checkout(cache %v, flags %v) = %v\n%s", cached, flags, err, out.String())
 			}
 			tags := checkoutRun(t, dir, "tag", "--list")
-			if want := len(flags) > 0; (tags == s.Tag) != want {
+			if want := len(flags) == 0; (tags == s.Tag) != want {
 				t.Errorf("cache %v, flags %v: tags %q, want %s: %v", cached, flags, tags, s.Tag, want)
 			}
 		}

@@ -66,7 +66,7 @@ func updateCache(ctx context.Context, spec Spec, remote string, env []string, re
 		fmt.Fprintf(g.out, "Reusing the runner's git cache of this project\n")
 	}
 	cg.dir = repo
-	fetch := append([]string{"fetch", "--quiet", "--no-tags", "--prune"}, spec.FetchFlags...)
+	fetch := append([]string{"fetch", "--quiet", "--prune"}, spec.FetchFlags...)
 	if spec.Depth > 0 {
 		fetch = append(fetch, "--depth", strconv.Itoa(spec.Depth))
 	}

@@ -62,7 +62,9 @@ type Spec struct {
 	// made with it, or git finds none of the remote's commits.
 	ObjectFormat string
 	// FetchFlags are GIT_FETCH_EXTRA_FLAGS (an allowlist), after
-	// Airlock's own --quiet --no-tags --prune (a later flag wins).
+	// Airlock's own --quiet --prune (a later flag wins). As with
+	// gitlab-runner, tags pointing into the fetched history come along
+	// unless --no-tags says otherwise.
 	FetchFlags []string
 	// Username and Token authenticate the fetch (HTTP Basic). The token
 	// reaches git only through its environment: never its command line,
@@ -166,7 +168,7 @@ func Run(ctx context.Context, spec Spec, dir string, out io.Writer) error {
 	if err := g.run(ctx, "remote", "add", "origin", remote); err != nil {
 		return err
 	}
-	fetch := append([]string{"fetch", "--quiet", "--no-tags", "--prune"}, spec.FetchFlags...)
+	fetch := append([]string{"fetch", "--quiet", "--prune"}, spec.FetchFlags...)
 	if spec.Depth > 0 {
 		fetch = append(fetch, "--depth", strconv.Itoa(spec.Depth))
 	}
