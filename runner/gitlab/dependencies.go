@@ -18,9 +18,11 @@ import (
 var ErrArtifactUnavailable = errors.New("dependency artifacts are unavailable")
 
 const (
-	maxDownloadAttempts = 3
-	maxDownloadRedirect = 5
-	downloadRetryWait   = time.Second
+	// defaultDownloadAttempts is used when the job sets no
+	// ARTIFACT_DOWNLOAD_ATTEMPTS (gitlab-runner's default is 1).
+	defaultDownloadAttempts = 3
+	maxDownloadRedirect     = 5
+	downloadRetryWait       = time.Second
 )
 
 // DownloadArtifacts writes the archive of job id's artifacts to w (GET
@@ -29,19 +31,22 @@ const (
 // object storage is followed, and the job token is sent only to GitLab's
 // own host, never to another one (a presigned URL needs none). 401, 403
 // and 404 wrap ErrArtifactUnavailable and are final; other failures are
-// retried (3 attempts, a second apart), w being truncated in between when
-// it is an *os.File.
-func (c *Client) DownloadArtifacts(ctx context.Context, id int64, token string, w io.Writer) error {
+// retried (attempts in all, 3 when it is 0 or less, a second apart), w
+// being truncated in between when it is an *os.File.
+func (c *Client) DownloadArtifacts(ctx context.Context, id int64, token string, attempts int, w io.Writer) error {
 	op := fmt.Sprintf("downloading artifacts of job %d", id)
+	if attempts <= 0 {
+		attempts = defaultDownloadAttempts
+	}
 	var err error
-	for attempt := 1; attempt <= maxDownloadAttempts; attempt++ {
+	for attempt := 1; attempt <= attempts; attempt++ {
 		if attempt > 1 {
 			if f, ok := w.(*os.File); ok {
 				if terr := errors.Join(f.Truncate(0), seekStart(f)); terr != nil {
 					return fmt.Errorf("%s: %w", op, terr)
 				}
 			}
-			c.log.Warn("artifact download failed; retrying", "job", id, "error", err)
+			c.log.Warn("artifact download failed; retrying", "job", id, "attempt", attempt, "of", attempts, "error", err)
 			if serr := c.sleep(ctx, downloadRetryWait); serr != nil {
 				return errors.Join(err, serr)
 			}

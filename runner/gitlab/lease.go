@@ -219,7 +219,7 @@ func (l *Lease) checkout() func(ctx context.Context, dir string, out io.Writer) 
 		return nil
 	}
 	spec.Git = l.co.cfg.Git
-	attempts := l.resp.sourcesAttempts()
+	attempts := l.resp.attempts("GET_SOURCES_ATTEMPTS", 1)
 	return func(ctx context.Context, dir string, out io.Writer) error {
 		var err error
 		for i := 1; i <= attempts; i++ {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/airlock-ci/airlock/internal/backoff"
 	"github.com/airlock-ci/airlock/runner/job"
 )
 
@@ -104,6 +105,14 @@ func (p *Pipeline) Needed() bool {
 
 func (p *Pipeline) expand(s string) string {
 	return os.Expand(s, func(k string) string { return p.vars[k] })
+}
+
+// sleep waits for d or until ctx ends (the client's, replaced in tests).
+func (p *Pipeline) sleep(ctx context.Context, d time.Duration) error {
+	if p.c != nil && p.c.sleep != nil {
+		return p.c.sleep(ctx, d)
+	}
+	return backoff.Sleep(ctx, d)
 }
 
 func (p *Pipeline) tempDir() (string, error) {
@@ -207,7 +216,7 @@ func (p *Pipeline) downloadOne(ctx context.Context, d JobDependency, dir string)
 	if token == "" {
 		token = p.resp.Token
 	}
-	if err := p.c.DownloadArtifacts(ctx, d.ID, token, f); err != nil {
+	if err := p.c.DownloadArtifacts(ctx, d.ID, token, p.resp.attempts("ARTIFACT_DOWNLOAD_ATTEMPTS", defaultDownloadAttempts), f); err != nil {
 		reason := ReasonAPIFailure
 		if errors.Is(err, ErrArtifactUnavailable) {
 			reason = ReasonMissingDependency

@@ -390,8 +390,13 @@ func (p *Pipeline) restoreCaches(ctx context.Context, dir string, out io.Writer)
 		}
 		fmt.Fprintf(out, "Checking cache for %s...\n", keys[0])
 		restored := false
+		attempts := p.resp.attempts("RESTORE_CACHE_ATTEMPTS", 1)
 		for _, k := range keys {
 			ok, err := p.restoreOne(k, dir)
+			for i := 2; err != nil && i <= attempts && ctx.Err() == nil; i++ {
+				warn("Failed to extract cache %s: %v; retrying (attempt %d of %d, RESTORE_CACHE_ATTEMPTS)", k, err, i, attempts)
+				ok, err = p.restoreOne(k, dir)
+			}
 			if err != nil {
 				warn("Failed to extract cache %s: %v", k, err)
 				continue

@@ -74,6 +74,10 @@ func TestToJobRefusesUnsupported(t *testing.T) {
 			delete(m, "secrets")
 			m["variables"] = append(m["variables"].([]any), map[string]any{"key": "GET_SOURCES_ATTEMPTS", "value": "11", "public": true})
 		}, `variable GET_SOURCES_ATTEMPTS "11": must be a number from 1 to 10`},
+		{"secrets attempts", func(m map[string]any) {
+			delete(m, "secrets")
+			m["variables"] = append(m["variables"].([]any), map[string]any{"key": "SECRETS_RETRIEVAL_ATTEMPTS", "value": "0", "public": true})
+		}, `variable SECRETS_RETRIEVAL_ATTEMPTS "0": must be a number from 1 to 10`},
 		{"clone path", func(m map[string]any) {
 			delete(m, "secrets")
 			m["variables"] = append(m["variables"].([]any), map[string]any{"key": "GIT_CLONE_PATH", "value": "$CI_BUILDS_DIR/go/src/app", "public": true})

@@ -90,17 +90,23 @@ func (r *JobResponse) CheckoutSpec(cacheDir string) (checkout.Spec, bool) {
 	return spec, true
 }
 
-// maxSourcesAttempts bounds GET_SOURCES_ATTEMPTS, as gitlab-runner does.
-const maxSourcesAttempts = 10
+// maxAttempts bounds the job's *_ATTEMPTS variables, as gitlab-runner does.
+const maxAttempts = 10
 
-// sourcesAttempts is GET_SOURCES_ATTEMPTS: how many times the sources
-// are fetched before the job fails (default 1; checkSources refuses a
-// value out of 1..10).
-func (r *JobResponse) sourcesAttempts() int {
-	v, ok := r.variable("GET_SOURCES_ATTEMPTS")
+// attemptsVariables are gitlab-runner's job-stage retry counts
+// (checkSources refuses a value out of 1..maxAttempts).
+// EXECUTOR_JOB_SECTION_ATTEMPTS is accepted and has nothing to retry:
+// a step is never re-run after a runtime failure, the job fails.
+var attemptsVariables = []string{"GET_SOURCES_ATTEMPTS", "ARTIFACT_DOWNLOAD_ATTEMPTS",
+	"RESTORE_CACHE_ATTEMPTS", "SECRETS_RETRIEVAL_ATTEMPTS", "EXECUTOR_JOB_SECTION_ATTEMPTS"}
+
+// attempts is the job's variable name (one of attemptsVariables): how
+// many times that stage is tried before it fails; def when unset.
+func (r *JobResponse) attempts(name string, def int) int {
+	v, ok := r.variable(name)
 	n, err := strconv.Atoi(v)
-	if !ok || err != nil || n < 1 || n > maxSourcesAttempts {
-		return 1
+	if !ok || err != nil || n < 1 || n > maxAttempts {
+		return def
 	}
 	return n
 }
@@ -135,9 +141,11 @@ func (r *JobResponse) checkSources() []error {
 	if v, _ := r.variable("GIT_CHECKOUT"); strings.EqualFold(v, "false") {
 		errs = append(errs, fmt.Errorf("variable GIT_CHECKOUT=false is not supported by Airlock"))
 	}
-	if v, ok := r.variable("GET_SOURCES_ATTEMPTS"); ok && v != "" {
-		if n, err := strconv.Atoi(v); err != nil || n < 1 || n > maxSourcesAttempts {
-			errs = append(errs, fmt.Errorf("variable GET_SOURCES_ATTEMPTS %q: must be a number from 1 to %d", truncate(v), maxSourcesAttempts))
+	for _, name := range attemptsVariables {
+		if v, ok := r.variable(name); ok && v != "" {
+			if n, err := strconv.Atoi(v); err != nil || n < 1 || n > maxAttempts {
+				errs = append(errs, fmt.Errorf("variable %s %q: must be a number from 1 to %d", name, truncate(v), maxAttempts))
+			}
 		}
 	}
 	if v, _ := r.variable("GIT_CLONE_PATH"); v != "" {

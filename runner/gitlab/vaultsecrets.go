@@ -122,12 +122,65 @@ type vaultLogin struct {
 	server, namespace, token, accessor string
 }
 
+// secretsRetryWait is the pause between two attempts of
+// SECRETS_RETRIEVAL_ATTEMPTS.
+const secretsRetryWait = time.Second
+
 // ResolveSecrets resolves every secret of the payload: login at the auth
 // path with {jwt, role}, read the KV v2 (or v1) path and field, and return
 // each as a masked variable (a file variable unless file: false). revoke
 // revokes every login token. Errors are *job.ReasonError with GitLab's
 // reasons; messages never hold a value or a token.
+//
+// SECRETS_RETRIEVAL_ATTEMPTS (default 1) tries the whole resolution again
+// after a failure Vault or the network may get over (5xx, 429, no
+// answer); a refusal (4xx, a missing field, a server this runner may not
+// contact) fails at once. The logins of a failed attempt are revoked
+// before the next one; those that could not be are revoked with the rest
+// by revoke.
 func (p *Pipeline) ResolveSecrets(ctx context.Context, o SecretsOptions) (vars []job.Variable, reads []job.SecretRead, revoke func(context.Context) error, err error) {
+	attempts := p.resp.attempts("SECRETS_RETRIEVAL_ATTEMPTS", 1)
+	var leftover []func(context.Context) error
+	for i := 1; ; i++ {
+		vars, reads, revoke, err = p.resolveSecretsOnce(ctx, o)
+		if err == nil || i >= attempts || ctx.Err() != nil || !retryableSecretsError(err) {
+			break
+		}
+		p.o.Log.Warn("resolving secrets failed; retrying", "job", p.resp.ID, "attempt", i+1, "of", attempts, "error", err)
+		if revoke != nil {
+			if rerr := revoke(ctx); rerr != nil {
+				leftover = append(leftover, revoke)
+			}
+		}
+		if serr := p.sleep(ctx, secretsRetryWait); serr != nil {
+			err = errors.Join(err, serr)
+			revoke = nil
+			break
+		}
+	}
+	if len(leftover) == 0 {
+		return vars, reads, revoke, err
+	}
+	if revoke != nil {
+		leftover = append(leftover, revoke)
+	}
+	return vars, reads, func(ctx context.Context) error {
+		var errs []error
+		for _, r := range leftover {
+			errs = append(errs, r(ctx))
+		}
+		return errors.Join(errs...)
+	}, err
+}
+
+// retryableSecretsError reports whether a failed resolution may succeed
+// when tried again: not when Vault or this runner refused it.
+func retryableSecretsError(err error) bool {
+	var re *job.ReasonError
+	return !errors.As(err, &re) || re.Reason != job.FailureReason(ReasonConfiguration)
+}
+
+func (p *Pipeline) resolveSecretsOnce(ctx context.Context, o SecretsOptions) (vars []job.Variable, reads []job.SecretRead, revoke func(context.Context) error, err error) {
 	secrets, errs := p.resp.parseSecrets()
 	if len(errs) > 0 {
 		return nil, nil, nil, &job.ReasonError{Reason: job.FailureReason(ReasonConfiguration), Err: errors.Join(errs...)}
