@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -215,6 +216,26 @@ type ImageReporter interface {
 	ImageID() string
 }
 
+// SiblingCreator is an optional Container capability: another container
+// of the same job, from another image, for a step that runs in an image
+// of its own (a GitHub Docker container action). Of spec only Image,
+// Pull, RegistryAuth, WorkDir, User, Limits and Mounts are read; the rest
+// is the job container's. The sibling has the job container's network
+// namespace (its firewall and gateway apply), hardening and labels
+// (recovery removes it with the job's), and runs only the idle
+// entrypoint until Exec. name tells it from the job's other containers.
+// The image's own entrypoint and command come back for the caller to run
+// (nothing of them runs by itself). The caller destroys the sibling.
+type SiblingCreator interface {
+	CreateSibling(ctx context.Context, name string, spec Spec) (Container, ImageCommand, error)
+}
+
+// ImageCommand is an image's ENTRYPOINT and CMD.
+type ImageCommand struct{ Entrypoint, Cmd []string }
+
+// LabelSibling marks a job's sibling container (its value: the name).
+const LabelSibling = "io.airlock.sibling"
+
 // Leftover is something an executor made for a job that is still there.
 type Leftover struct {
 	ID     string            // executor-specific id (container id)
@@ -338,4 +359,22 @@ type Service interface {
 // recovery finds it. The job reaches it on 127.0.0.1.
 type ServiceStarter interface {
 	StartService(ctx context.Context, spec ServiceSpec) (Service, error)
+}
+
+// ChildLabels are the labels of a container a job's container begins (a
+// service or a sibling): own, then the job container's airlock labels
+// (runner, job and the rest of io.airlock.*, so that recovery removes it
+// with the job's), then kind=name.
+func ChildLabels(own, job map[string]string, kind, name string) map[string]string {
+	labels := map[string]string{}
+	for k, v := range own {
+		labels[k] = v
+	}
+	for k, v := range job {
+		if k == LabelRunner || k == LabelJob || strings.HasPrefix(k, "io.airlock.") {
+			labels[k] = v
+		}
+	}
+	labels[kind] = name
+	return labels
 }

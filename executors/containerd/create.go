@@ -35,6 +35,23 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	if spec.RunnerID == "" || spec.JobID == "" {
 		return nil, errors.New("creating container: runner id and job id are required")
 	}
+	labels := map[string]string{}
+	for k, v := range spec.Labels {
+		labels[k] = v
+	}
+	labels[executors.LabelRunner] = spec.RunnerID
+	labels[executors.LabelJob] = spec.JobID
+	c, err := e.create(ctx, spec, ContainerID(spec.RunnerID, spec.JobID), labels, nil)
+	if err != nil {
+		return nil, err // never a typed nil
+	}
+	return c, nil
+}
+
+// create makes the container id and starts its task (the idle
+// entrypoint). With cmd set, it is filled with the image's entrypoint
+// and command.
+func (e *Executor) create(ctx context.Context, spec executors.Spec, id string, labels map[string]string, cmd *executors.ImageCommand) (*Container, error) {
 	ctx = e.ctx(ctx)
 	// The lease keeps the image's content and the new snapshot from the
 	// garbage collector until the container record references them.
@@ -49,14 +66,14 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	if err != nil {
 		return nil, err
 	}
-	t1 := time.Now()
-	id := ContainerID(spec.RunnerID, spec.JobID)
-	labels := map[string]string{}
-	for k, v := range spec.Labels {
-		labels[k] = v
+	if cmd != nil {
+		ociImg, err := img.Spec(lctx)
+		if err != nil {
+			return nil, fmt.Errorf("reading image %s: %w", spec.Image, err)
+		}
+		*cmd = executors.ImageCommand{Entrypoint: ociImg.Config.Entrypoint, Cmd: ociImg.Config.Cmd}
 	}
-	labels[executors.LabelRunner] = spec.RunnerID
-	labels[executors.LabelJob] = spec.JobID
+	t1 := time.Now()
 
 	c := &Container{e: e, id: id, job: spec.JobID, netns: spec.NetNS, user: spec.User, pidfd: -1,
 		image: img.Target().Digest.String()}

@@ -107,16 +107,7 @@ func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec
 		argv = append([]string{stepd.Target, stepd.ExecEnvArg}, argv...)
 	}
 
-	labels := map[string]string{}
-	for k, v := range spec.Labels {
-		labels[k] = v
-	}
-	for k, v := range jobLabels {
-		if k == executors.LabelRunner || k == executors.LabelJob || strings.HasPrefix(k, "io.airlock.") {
-			labels[k] = v
-		}
-	}
-	labels[LabelService] = spec.Name
+	labels := executors.ChildLabels(spec.Labels, jobLabels, LabelService, spec.Name)
 	id := IDPrefix(runner) + idPart(c.job+"/service/"+spec.Name, 40)
 	// The job container's hardening, in its namespace; the image's own
 	// working directory and no work dir of the job's.

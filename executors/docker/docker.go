@@ -277,7 +277,6 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 	if spec.NetNS != "" {
 		return nil, fmt.Errorf("creating container for job %s: the Docker engine makes the container's network namespace; it cannot join %s", spec.JobID, spec.NetNS)
 	}
-	lim := e.limits(spec.Limits)
 	network := container.NetworkMode("none")
 	holderPid := 0
 	if spec.NetHolder != "" {
@@ -287,6 +286,18 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 		}
 		holderPid, network = pid, container.NetworkMode("container:"+spec.NetHolder)
 	}
+	c, err := e.create(ctx, spec, labels, "airlock-"+spec.RunnerID+"-"+spec.JobID, network, holderPid)
+	if err != nil {
+		return nil, err // never a typed nil
+	}
+	return c, nil
+}
+
+// create makes and starts a job's container named name with the idle
+// entrypoint, in a namespace of its own (network "none") or joining the
+// one of the container holderPid runs in (network "container:ID").
+func (e *Executor) create(ctx context.Context, spec executors.Spec, labels map[string]string, name string, network container.NetworkMode, holderPid int) (*Container, error) {
+	lim := e.limits(spec.Limits)
 	hc := e.hardened(network, lim, spec.Mounts)
 	if !executors.MountsHosts(spec.Mounts) {
 		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: e.hostsFile, Target: "/etc/hosts", ReadOnly: true})
@@ -341,7 +352,6 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 		AttachStderr:    e.stepd != "",
 		OpenStdin:       e.stepd != "",
 	}
-	name := "airlock-" + spec.RunnerID + "-" + spec.JobID
 	// The engine finishes a create or start it has received even when the
 	// client goes away, so these calls are not cut short by ctx (that
 	// would leave a container nobody knows of): each is bounded, and ctx
@@ -354,13 +364,20 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 		// A timed-out request may still have created it.
 		return nil, errors.Join(fmt.Errorf("creating container for job %s: %w", spec.JobID, err), e.Remove(context.WithoutCancel(ctx), name))
 	}
-	c := &Container{e: e, id: resp.ID, job: spec.JobID, user: spec.User, idleFD: -1}
+	c := &Container{e: e, id: resp.ID, job: spec.JobID, user: spec.User, idleFD: -1, netOwner: resp.ID}
+	if network.IsContainer() {
+		c.netOwner = network.ConnectedContainer()
+	}
 	started := false
-	fail := func(what string, err error) (executors.Container, error) {
+	fail := func(what string, err error) (*Container, error) {
 		if c.step != nil && started && ctx.Err() == nil {
 			// A container whose step server could not run stops at once:
 			// say so, not only what failed next.
-			if serr := c.step.EndErr(time.Second); serr != nil && !strings.Contains(err.Error(), serr.Error()) {
+			// The hint goes with the cause whether or not err already
+			// says how the server ended (Ready adds it when it saw it).
+			if serr := c.step.EndErr(time.Second); serr != nil && strings.Contains(err.Error(), serr.Error()) {
+				err = fmt.Errorf("%w (the step server %s; if the engine cannot run it here, set [docker] step_server = \"off\")", err, e.stepd)
+			} else if serr != nil {
 				err = fmt.Errorf("%w; the step server %s ended: %v (if the engine cannot run it here, set [docker] step_server = \"off\")", err, e.stepd, serr)
 			}
 		}
@@ -545,9 +562,12 @@ type Container struct {
 	// entrypoint died is never signalled instead.
 	idleFD int
 	pidns  string // its pid namespace, to find the job's processes
-	image  string // the ID of the image it was made from
-	user   string // Spec.User: the step server runs as it
-	step   *stepd.Client
+	// netOwner is the container whose network namespace it has: its
+	// own, or the network holder's it joined.
+	netOwner string
+	image    string // the ID of the image it was made from
+	user     string // Spec.User: the step server runs as it
+	step     *stepd.Client
 
 	mu      sync.Mutex
 	removed bool

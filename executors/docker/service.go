@@ -65,24 +65,12 @@ func (c *Container) StartService(ctx context.Context, spec executors.ServiceSpec
 	}
 	sort.Ints(ports)
 
-	labels := map[string]string{}
-	for k, v := range spec.Labels {
-		labels[k] = v
-	}
-	jobLabels := map[string]string{executors.LabelJob: c.job}
 	info, err := e.cli.ContainerInspect(ctx, c.id)
 	if err != nil {
 		return nil, fmt.Errorf("inspecting container of job %s: %w", c.job, err)
 	}
-	for k, v := range info.Config.Labels {
-		if k == executors.LabelRunner || k == executors.LabelJob || strings.HasPrefix(k, "io.airlock.") {
-			jobLabels[k] = v
-		}
-	}
-	for k, v := range jobLabels {
-		labels[k] = v
-	}
-	labels[LabelService] = spec.Name
+	labels := executors.ChildLabels(spec.Labels, info.Config.Labels, LabelService, spec.Name)
+	labels[executors.LabelJob] = c.job
 
 	lim := e.limits(spec.Limits)
 	hc := e.hardened(container.NetworkMode("container:"+c.id), lim, spec.Mounts)

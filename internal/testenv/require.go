@@ -7,8 +7,11 @@
 package testenv
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -197,6 +200,13 @@ func VariantImage(t testing.TB, env string) string {
 // changes (ENV, HEALTHCHECK, EXPOSE, CMD…) applied instead.
 func VariantImageWith(t testing.TB, changes ...string) string {
 	t.Helper()
+	return VariantImageFiles(t, nil, changes...)
+}
+
+// VariantImageFiles is VariantImageWith with files (absolute path →
+// content, made executable) added to the image too.
+func VariantImageFiles(t testing.TB, files map[string]string, changes ...string) string {
+	t.Helper()
 	RequireTestImage(t)
 	name := fmt.Sprintf("airlock-test:variant-%d-%d", os.Getpid(), variantCounter.Add(1))
 	out, err := exec.Command("docker", "create", "--pull", "never", TestImage, "true").CombinedOutput()
@@ -205,6 +215,20 @@ func VariantImageWith(t testing.TB, changes ...string) string {
 	}
 	id := strings.TrimSpace(string(out))
 	defer exec.Command("docker", "rm", id).Run()
+	if len(files) > 0 {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for p, content := range files {
+			tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: strings.TrimPrefix(p, "/"), Mode: 0o755, Size: int64(len(content))})
+			io.WriteString(tw, content)
+		}
+		tw.Close()
+		cp := exec.Command("docker", "cp", "-", id+":/")
+		cp.Stdin = &buf
+		if out, err := cp.CombinedOutput(); err != nil {
+			t.Fatalf("docker cp: %v: %s", err, out)
+		}
+	}
 	args := []string{"commit"}
 	for _, c := range changes {
 		args = append(args, "--change", c)

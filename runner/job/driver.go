@@ -73,6 +73,38 @@ type StepExec struct {
 	Stderr  io.Writer // nil: Stdout
 }
 
+// ContainerStepHost is an optional StepHost capability: a command run in
+// a container of another image beside the job's (a GitHub Docker
+// container action), in the job's network namespace (its firewall and
+// gateway apply), with the job container's hardening, mounts (the
+// runtime directory, resolv.conf, hosts) and base environment. Dirs of
+// the job container are copied in before the command runs and copied
+// back after it ended, a failure included, replacing what was there; the
+// container is removed afterwards.
+type ContainerStepHost interface {
+	ExecContainer(ctx context.Context, x ContainerExec) (exitCode int, err error)
+}
+
+// ContainerExec is one command a driver runs in a container of its own.
+type ContainerExec struct {
+	Name  string // tells the container from the job's others ("action-3")
+	Image string
+	// Entrypoint and Args replace the image's ENTRYPOINT and CMD, as
+	// docker run --entrypoint and its arguments do (nil: the image's).
+	Entrypoint, Args []string
+	Env              []string // over the job's base environment
+	// Root is a writable directory of the container that Dirs and the
+	// In copies land under; WorkDir is where the command starts.
+	Root, WorkDir string
+	Dirs          []string // empty directories made under Root first
+	In, Out       []DirCopy
+	Stdout        io.Writer // stdout and stderr; nil: the job log
+}
+
+// DirCopy copies directory From's contents to directory To (In: from
+// the job's container to the step's, To below Root; Out: back).
+type DirCopy struct{ From, To string }
+
 // Driven is an optional capability of a Lease whose job needs its
 // coordinator's step semantics: the agent passes the driver to the runner
 // (runner.RunOptions.Driver).
