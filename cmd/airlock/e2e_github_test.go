@@ -578,7 +578,10 @@ func TestE2EOneAgentServesGitLabAndGitHub(t *testing.T) {
 	glID := gl.Enqueue(fakegitlab.JobSpec{Image: testenv.TestImage, Script: []string{"echo hi from gitlab"},
 		Variables: []fakegitlab.Variable{{Key: "GIT_STRATEGY", Value: "none"}}})
 	gh := f.QueueJob(fakegithub.JobSpec{Name: "gh", Labels: []string{"airlock"}, Container: testenv.TestImage,
-		Steps: []fakegithub.Step{{Name: "Hi", Run: "echo hi from github"}}})
+		Steps: []fakegithub.Step{{Name: "Hi", Run: "echo hi from github"},
+			// A docker:// step: a container of its image beside the job's.
+			{Name: "In its image", Uses: "docker://" + testenv.TestImage,
+				With: map[string]string{"entrypoint": "/bin/sh", "args": `-c 'echo "hi from $INPUT_WHERE in $(pwd)"'`, "where": "a sibling"}}}})
 	p := e.start("run")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -591,5 +594,8 @@ func TestE2EOneAgentServesGitLabAndGitHub(t *testing.T) {
 	}
 	if !ok || got.Conclusion != "succeeded" || !strings.Contains(got.StepLogs[gh.Spec.Steps[0].ID], "hi from github") {
 		t.Errorf("GitHub job: %s %q\n%s", got.State, got.Conclusion, res.Output())
+	}
+	if l := got.StepLogs[gh.Spec.Steps[1].ID]; !strings.Contains(l, "hi from a sibling in /github/workspace") {
+		t.Errorf("docker:// step log = %q", l)
 	}
 }

@@ -45,6 +45,7 @@ type action struct {
 	hostDir  string // "" for a local action (files only in the container)
 	ctrDir   string // the action's directory in the container
 	manifest manifest
+	image    string // a Docker container action's image (no docker://)
 }
 
 // manifest is action.yml.
@@ -64,6 +65,11 @@ type manifest struct {
 		Steps  []compositeStep   `yaml:"steps"`
 		Image  string            `yaml:"image"`
 		Env    map[string]string `yaml:"env"`
+		// A Docker container action's.
+		Entrypoint     string   `yaml:"entrypoint"`
+		Args           []string `yaml:"args"`
+		PreEntrypoint  string   `yaml:"pre-entrypoint"`
+		PostEntrypoint string   `yaml:"post-entrypoint"`
 	} `yaml:"runs"`
 }
 
@@ -83,6 +89,14 @@ type compositeStep struct {
 	Env              map[string]string `yaml:"env"`
 	WorkingDirectory string            `yaml:"working-directory"`
 	ContinueOnError  string            `yaml:"continue-on-error"`
+}
+
+func (a *action) isDocker() bool { return strings.EqualFold(a.manifest.Runs.Using, "docker") }
+
+// hasPre says whether the action has a pre step (a node action's
+// runs.pre, a Docker action's runs.pre-entrypoint).
+func (a *action) hasPre() bool {
+	return (a.isNode() && a.manifest.Runs.Pre != "") || (a.isDocker() && a.manifest.Runs.PreEntrypoint != "")
 }
 
 func (a *action) isNode() bool {
@@ -134,7 +148,7 @@ func (d *Driver) remoteAction(ctx context.Context, uses string) (*action, error)
 	}
 	if err != nil {
 		if _, derr := os.Stat(filepath.Join(a.hostDir, "Dockerfile")); derr == nil {
-			return nil, fmt.Errorf("action %s: Dockerfile actions are not supported by Airlock", uses)
+			return nil, fmt.Errorf("action %s: an action that is only a Dockerfile is built on the host's engine, which Airlock does not do (use an action that publishes its image)", uses)
 		}
 		return nil, fmt.Errorf("action %s: no action.yml or action.yaml", uses)
 	}
@@ -162,9 +176,17 @@ func (a *action) parse(raw []byte) error {
 		}
 	case using == "composite":
 	case using == "docker":
-		return fmt.Errorf("action %s: docker container actions (runs.using: docker, image %s) are not supported by Airlock", a.uses, clipText(a.manifest.Runs.Image))
+		img := strings.TrimSpace(a.manifest.Runs.Image)
+		ref, ok := strings.CutPrefix(img, "docker://")
+		if !ok {
+			return fmt.Errorf("action %s: its image is built from %s, which Airlock does not do: a build runs the Dockerfile's RUN steps on the host's engine, outside the job's sandbox (use an action that publishes its image, runs.image: docker://...)", a.uses, clipText(img))
+		}
+		if err := validImageRef(ref); err != nil {
+			return fmt.Errorf("action %s: runs.image: %w", a.uses, err)
+		}
+		a.image = ref
 	default:
-		return fmt.Errorf("action %s: runs.using %q is not supported by Airlock (node20, node24 and composite are)", a.uses, clipText(a.manifest.Runs.Using))
+		return fmt.Errorf("action %s: runs.using %q is not supported by Airlock (node20, node24, composite and docker with a published image are)", a.uses, clipText(a.manifest.Runs.Using))
 	}
 	return nil
 }
@@ -261,7 +283,7 @@ func (d *Driver) localAction(ctx context.Context, h job.StepHost, uses string) (
 	switch code {
 	case 0:
 	case 3:
-		return nil, fmt.Errorf("action %s: Dockerfile actions are not supported by Airlock", uses)
+		return nil, fmt.Errorf("action %s: an action that is only a Dockerfile is built on the host's engine, which Airlock does not do (use an action that publishes its image)", uses)
 	case 2:
 		return nil, fmt.Errorf("action %s: no action.yml or action.yaml in %s (did a checkout step run?)", uses, dir)
 	default:
@@ -271,10 +293,10 @@ func (d *Driver) localAction(ctx context.Context, h job.StepHost, uses string) (
 	if err := a.parse([]byte(out.String())); err != nil {
 		return nil, err
 	}
-	if a.isNode() && a.manifest.Runs.Pre != "" {
+	if a.hasPre() {
 		// As on GitHub: a local action is in the workspace only once the
 		// job checked it out, after pre steps would have run.
-		fmt.Fprintf(h.Log(), "##[warning]%s: runs.pre is not run for a local action.\n", uses)
+		fmt.Fprintf(h.Log(), "##[warning]%s: its pre step is not run for a local action.\n", uses)
 	}
 	return a, nil
 }
@@ -283,7 +305,13 @@ func (d *Driver) localAction(ctx context.Context, h job.StepHost, uses string) (
 func (d *Driver) resolve(ctx context.Context, h job.StepHost, uses string) (*action, error) {
 	switch {
 	case strings.HasPrefix(uses, "docker://"):
-		return nil, fmt.Errorf("docker container actions (%s) are not supported by Airlock", clipText(uses))
+		ref := strings.TrimPrefix(uses, "docker://")
+		if err := validImageRef(ref); err != nil {
+			return nil, fmt.Errorf("uses %s: %w", clipText(uses), err)
+		}
+		a := &action{uses: uses, image: ref}
+		a.manifest.Runs.Using = "docker"
+		return a, nil
 	case strings.HasPrefix(uses, "./"):
 		return d.localAction(ctx, h, uses)
 	}
@@ -308,6 +336,19 @@ func (d *Driver) runUses(ctx context.Context, e *entry, h job.StepHost, sc *scop
 	}
 	if sc.depth == 0 {
 		e.with = inputs
+	}
+	if a.isDocker() {
+		var state map[string]string
+		if sc.depth == 0 {
+			state = e.state // what pre saved
+		}
+		code, err := d.runDocker(ctx, e, h, sc, a, kindMain, inputs, stepEnv, id, state)
+		if err == nil && sc.depth == 0 && a.manifest.Runs.PostEntrypoint != "" {
+			d.posts = append(d.posts, &entry{kind: kindPost, step: e.step, name: "Post " + e.name, act: a, with: inputs, state: e.state})
+		} else if err == nil && a.manifest.Runs.PostEntrypoint != "" {
+			fmt.Fprintf(h.Log(), "##[warning]The post step of %s inside a composite action is not run by Airlock.\n", a.uses)
+		}
+		return code, err
 	}
 	if a.isNode() {
 		var state map[string]string
@@ -359,14 +400,20 @@ func (d *Driver) runNodePhase(ctx context.Context, e *entry, h job.StepHost, ste
 	if e.kind == kindPost {
 		file = e.act.manifest.Runs.Post
 	}
-	inputs := e.with
-	if inputs == nil {
-		var err error
-		if inputs, err = d.inputs(e.act, e.step.With, sc, stepEnv); err != nil {
-			return -1, err
-		}
+	inputs, err := d.phaseInputs(e, sc, stepEnv)
+	if err != nil {
+		return -1, err
 	}
 	return d.runNode(ctx, e, h, sc, e.act, file, inputs, stepEnv, e.step.ID, e.state)
+}
+
+// phaseInputs are a pre or post step's inputs: main's, or (pre runs
+// before main) the step's with: evaluated now.
+func (d *Driver) phaseInputs(e *entry, sc *scope, stepEnv map[string]string) (map[string]string, error) {
+	if e.with != nil {
+		return e.with, nil
+	}
+	return d.inputs(e.act, e.step.With, sc, stepEnv)
 }
 
 // runNode runs one JavaScript file of a node action with node from the
@@ -375,24 +422,6 @@ func (d *Driver) runNode(ctx context.Context, e *entry, h job.StepHost, sc *scop
 	if !d.hasNode {
 		return -1, fmt.Errorf("action %s runs on %s, but the job's image has no node on its PATH", a.uses, a.manifest.Runs.Using)
 	}
-	var extra []string
-	for _, k := range sortedKeys(inputs) {
-		extra = append(extra, "INPUT_"+strings.ToUpper(strings.ReplaceAll(k, " ", "_"))+"="+inputs[k])
-	}
-	for _, k := range sortedKeys(state) {
-		extra = append(extra, "STATE_"+k+"="+state[k])
-	}
-	conn := d.m.SystemConnection()
-	runtimeURL := conn.DataValue("PipelinesServiceUrl")
-	if runtimeURL == "" {
-		runtimeURL = d.m.RunServiceURL()
-	}
-	extra = append(extra,
-		"ACTIONS_RUNTIME_URL="+runtimeURL,
-		"ACTIONS_RUNTIME_TOKEN="+d.m.JobToken(),
-		"ACTIONS_RESULTS_URL="+d.m.ResultsURL(),
-		"ACTIONS_CACHE_URL="+conn.DataValue("CacheServerUrl"),
-	)
 	nsc := *sc
 	nsc.actionPath, nsc.actionRepo, nsc.actionRef = a.ctrDir, a.repo, a.ref
 	fc := d.newFileCommands()
@@ -400,7 +429,7 @@ func (d *Driver) runNode(ctx context.Context, e *entry, h job.StepHost, sc *scop
 	if action == "" {
 		action = "__" + strings.NewReplacer("/", "_", "@", "_").Replace(strings.TrimPrefix(a.uses, "./"))
 	}
-	env := d.runtimeEnv(h, &nsc, fc, action, stepEnv, extra...)
+	env := d.runtimeEnv(h, &nsc, fc, action, stepEnv, d.actionEnv(inputs, state)...)
 	cmd := []string{"/bin/sh", "-c", wrapper, "node", "-", h.WorkDir(), "node", path.Join(a.ctrDir, file)}
 	return d.execStep(ctx, e, h, sc, fc, cmd, env, nil, id)
 }

@@ -141,14 +141,7 @@ func TestDriverActions(t *testing.T) {
 		"local-js-post",
 		"post: state tmp-linux p1",
 	}
-	at := 0
-	for _, w := range order {
-		i := strings.Index(log[at:], w)
-		if i < 0 {
-			t.Fatalf("log lacks %q after position %d:\n%s", w, at, log)
-		}
-		at += i + len(w)
-	}
+	inOrder(t, log, order)
 	if strings.Contains(log, "composite-skipped-step-ran") || strings.Contains(log, "job-token-value-0123456789") {
 		t.Errorf("skipped composite step ran or job token shown:\n%s", log)
 	}
@@ -158,6 +151,19 @@ func TestDriverActions(t *testing.T) {
 	rep := d.Report()
 	if len(rep.Annotations) != 1 || rep.Annotations[0].Level != "notice" || rep.Annotations[0].StepName != "Hello" {
 		t.Errorf("annotations = %+v", rep.Annotations)
+	}
+}
+
+// inOrder fails the test unless log holds each of want, in that order.
+func inOrder(t *testing.T, log string, want []string) {
+	t.Helper()
+	at := 0
+	for _, w := range want {
+		i := strings.Index(log[at:], w)
+		if i < 0 {
+			t.Fatalf("log lacks %q after position %d:\n%s", w, at, log)
+		}
+		at += i + len(w)
 	}
 }
 
@@ -175,10 +181,10 @@ func TestDriverActionRefusals(t *testing.T) {
 		{"no node in the image", usesStep("n", "Needs node", "acme/hello", "v1", "", nil), "Needs node: action acme/hello@v1 runs on node20, but the job's image has no node"},
 		{"docker url", func() Step {
 			s := usesStep("d", "Docker URL", "", "", "", nil)
-			s.Reference = ActionReference{Type: Enum("containerRegistry"), Image: "alpine:3"}
+			s.Reference = ActionReference{Type: Enum("containerRegistry"), Image: "Not A Ref"}
 			return s
-		}(), "step Docker URL: docker container actions (docker://alpine:3) are not supported"},
-		{"docker action", usesStep("d", "Docker action", "acme/docker", "v1", "", nil), "step Docker action: action acme/docker@v1: docker container actions"},
+		}(), `uses docker://Not A Ref: image "Not A Ref"`},
+		{"dockerfile action", usesStep("d", "Docker action", "acme/docker", "v1", "", nil), "step Docker action: action acme/docker@v1: its image is built from Dockerfile, which Airlock does not do"},
 		{"unknown action", usesStep("u", "Unknown", "acme/nope", "v1", "", nil), "fetching action acme/nope@v1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -567,21 +567,21 @@ func TestRefusedJobIsReportedWithItsReason(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close(context.Background())
-	fj := f.QueueJob(fakegithub.JobSpec{Name: "refused", Steps: []fakegithub.Step{{Name: "Docker action", Uses: "docker://alpine:3"}}})
+	fj := f.QueueJob(fakegithub.JobSpec{Name: "refused", Steps: []fakegithub.Step{{Name: "Bad action", Uses: "no such/thing"}}})
 	l, err := acquire(t, c)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, jerr := l.Job()
 	if jerr == nil {
-		t.Fatal("the conversion accepted a docker:// action, which Airlock does not run")
+		t.Fatal("the conversion accepted a malformed uses:")
 	}
 	// What the agent does with a refused job.
 	if err := l.Finish(context.Background(), job.Outcome{State: job.Failed, Reason: job.ConfigurationError, Err: jerr}, ""); err != nil {
 		t.Fatal(err)
 	}
 	got := f.Job(fj.ID)
-	if got.Conclusion != "failed" || !strings.Contains(got.JobLog, "Docker action") {
+	if got.Conclusion != "failed" || !strings.Contains(got.JobLog, "Bad action") {
 		t.Errorf("refused job: conclusion %q, log %q (want failed, naming the step)", got.Conclusion, got.JobLog)
 	}
 	checkClean(t, f)

@@ -183,7 +183,7 @@ func (d *Driver) Begin(ctx context.Context, h job.StepHost) error {
 			return fmt.Errorf("step %s: %w", s.Name, err)
 		}
 		e.act = a
-		if a.isNode() && a.manifest.Runs.Pre != "" {
+		if a.hasPre() {
 			// State saved by pre reaches main and post (STATE_*).
 			e.state = map[string]string{}
 			pres = append(pres, &entry{kind: kindPre, step: s, name: "Pre " + s.Name, act: a, state: e.state})

@@ -82,6 +82,11 @@ func (d *Driver) runEntry(ctx context.Context, e *entry, h job.StepHost) (job.St
 	}
 	var code int
 	switch {
+	case e.kind != kindMain && e.act.isDocker():
+		var inputs map[string]string
+		if inputs, err = d.phaseInputs(e, sc, stepEnv); err == nil {
+			code, err = d.runDocker(ctx, e, h, sc, e.act, e.kind, inputs, stepEnv, s.ID, e.state)
+		}
 	case e.kind != kindMain:
 		code, err = d.runNodePhase(ctx, e, h, stepEnv, sc)
 	case s.Kind == job.StepRun:
@@ -300,13 +305,21 @@ func (d *Driver) runScript(ctx context.Context, e *entry, h job.StepHost, sc *sc
 // execStep runs cmd through the workflow-command writer and applies the
 // step's file commands afterwards (also after a failure or timeout).
 func (d *Driver) execStep(ctx context.Context, e *entry, h job.StepHost, sc *scope, fc fileCommands, cmd, env []string, stdin io.Reader, id string) (int, error) {
+	return d.runStep(ctx, e, h, sc, fc, id, func(stdout *commandWriter) (int, error) {
+		return h.Exec(ctx, job.StepExec{Cmd: cmd, Env: env, Stdin: stdin, Stdout: stdout})
+	})
+}
+
+// runStep runs a step's process (exec, its output into the
+// workflow-command writer) and applies its file commands afterwards.
+func (d *Driver) runStep(ctx context.Context, e *entry, h job.StepHost, sc *scope, fc fileCommands, id string, exec func(stdout *commandWriter) (int, error)) (int, error) {
 	outputs := d.outputsOf(sc, id, e)
 	if e.state == nil {
 		e.state = map[string]string{}
 	}
 	sink := &stepSink{d: d, h: h, e: e, outputs: outputs, state: e.state}
 	cw := newCommandWriter(h.Log(), sink)
-	code, err := h.Exec(ctx, job.StepExec{Cmd: cmd, Env: env, Stdin: stdin, Stdout: cw})
+	code, err := exec(cw)
 	ferr := cw.Flush()
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()

@@ -271,7 +271,7 @@ func (m *AgentJobRequestMessage) convertStep(i int, defShell, defDir string, env
 		}
 	case RefContainerRegistry:
 		s.Kind = job.StepUses
-		s.Uses = "docker://" + ms.Reference.Image
+		s.Uses = "docker://" + strings.TrimPrefix(ms.Reference.Image, "docker://")
 	default:
 		add("reference type %q is not supported", ms.Reference.Kind())
 		return nil, errs

@@ -139,7 +139,9 @@ func (f *Runners) jobMessage(j *Job, run *Runner) map[string]any {
 			st["inputs"] = templateMap(map[string]string{"script": s.Run})
 		} else {
 			ref := map[string]any{"type": "repository"}
-			if strings.HasPrefix(s.Uses, "./") {
+			if img, ok := strings.CutPrefix(s.Uses, "docker://"); ok {
+				ref = map[string]any{"type": "containerRegistry", "image": img}
+			} else if strings.HasPrefix(s.Uses, "./") {
 				ref["repositoryType"], ref["path"] = "self", s.Uses
 			} else {
 				name, version, _ := strings.Cut(s.Uses, "@")

@@ -54,7 +54,7 @@ type Step struct {
 	ID              string // default: a fresh GUID
 	Name            string // display name
 	Run             string // script (a run step)
-	Uses            string // "owner/repo@ref" or "./path" (an action step)
+	Uses            string // "owner/repo@ref", "./path" or "docker://image" (an action step)
 	With            map[string]string
 	Env             map[string]string
 	If              string // the condition as GitHub sends it; default "success()"

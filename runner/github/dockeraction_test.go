@@ -1,0 +1,140 @@
+package github
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/airlock-ci/airlock/internal/testenv"
+	"github.com/airlock-ci/airlock/runner"
+)
+
+func TestSplitArgs(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []string
+		bad  bool
+	}{
+		{in: "", want: nil},
+		{in: "  a  b\tc ", want: []string{"a", "b", "c"}},
+		{in: `-c 'echo "$X" && ls'`, want: []string{"-c", `echo "$X" && ls`}},
+		{in: `"a b" 'c d' e\ f`, want: []string{"a b", "c d", "e f"}},
+		{in: `"say \"hi\" \\ now" ''`, want: []string{`say "hi" \ now`, ""}},
+		{in: `x"y"'z'`, want: []string{"xyz"}},
+		{in: `'open`, bad: true},
+		{in: `"open`, bad: true},
+		{in: `trailing\`, bad: true},
+	} {
+		got, err := splitArgs(tc.in)
+		if tc.bad {
+			if err == nil {
+				t.Errorf("splitArgs(%q) = %q, want an error", tc.in, got)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("splitArgs(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+func TestDockerActionManifestRefusals(t *testing.T) {
+	for _, tc := range []struct{ yml, want string }{
+		{"runs:\n  using: docker\n  image: Dockerfile\n", "its image is built from Dockerfile, which Airlock does not do"},
+		{"runs:\n  using: docker\n  image: docker://\n", "runs.image: no image named"},
+		{"runs:\n  using: docker\n  image: docker://acme/UPPER\n", `runs.image: image "acme/UPPER"`},
+		{"runs:\n  using: docker\n", "its image is built from"},
+	} {
+		a := &action{uses: "acme/d@v1"}
+		err := a.parse([]byte(tc.yml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parse(%q) = %v, want an error containing %q", tc.yml, err, tc.want)
+		}
+	}
+	a := &action{uses: "acme/d@v1"}
+	if err := a.parse([]byte("runs:\n  using: docker\n  image: docker://ghcr.io/acme/tool:1.2@sha256:" + strings.Repeat("ab", 32) + "\n")); err != nil || a.image != "ghcr.io/acme/tool:1.2@sha256:"+strings.Repeat("ab", 32) {
+		t.Errorf("a published image: err %v, image %q", err, a.image)
+	}
+}
+
+const dockerActionYML = `name: dock
+inputs:
+  who:
+    default: world
+runs:
+  using: docker
+  image: docker://IMAGE
+  env:
+    FROM_RUNS: ${{ inputs.who }}-env
+  pre-entrypoint: /action/pre.sh
+  entrypoint: /action/main.sh
+  args:
+    - ${{ inputs.who }}
+    - second arg
+  post-entrypoint: /action/post.sh
+`
+
+var dockerActionFiles = map[string]string{
+	"/action/pre.sh": `#!/bin/sh
+echo "pre: who=$INPUT_WHO"
+echo "frompre=p1" >> "$GITHUB_STATE"
+`,
+	"/action/main.sh": `#!/bin/sh
+echo "main: who=$INPUT_WHO arg1=$1 arg2=$2 runs-env=$FROM_RUNS step-env=$STEP_ENV pwd=$(pwd) ws=$GITHUB_WORKSPACE home=$HOME state=$STATE_frompre"
+echo "main: in=$(cat data/in.txt)"
+test -f "$GITHUB_EVENT_PATH" && echo "main: event-ok"
+echo made-by-action > data/made.txt
+rm data/gone.txt
+echo "greeting=hi-$INPUT_WHO" >> "$GITHUB_OUTPUT"
+echo "DOCKER_SET=yes" >> "$GITHUB_ENV"
+echo "cleanup=c-$INPUT_WHO" >> "$GITHUB_STATE"
+echo "::notice title=Docker::from the container"
+echo "leak: $ACTIONS_RUNTIME_TOKEN"
+`,
+	"/action/post.sh": `#!/bin/sh
+echo "post: state=$STATE_cleanup $STATE_frompre"
+`,
+}
+
+// A Docker container action (published image) and a docker:// step run
+// in containers of their image beside the job's: pre, main and post
+// entrypoints, args, inputs, runs.env and the step's env, the workspace
+// in and back, file commands, workflow commands and masking; their
+// containers are gone afterwards (runDriven's cleanup checks).
+func TestDriverDockerActions(t *testing.T) {
+	img := testenv.VariantImageFiles(t, dockerActionFiles)
+	src := &mapSource{actions: map[string]map[string]string{
+		"acme/dock@v1": {"action.yml": strings.ReplaceAll(dockerActionYML, "IMAGE", img)},
+	}}
+	dock := usesStep("dock", "Dock", "acme/dock", "v1", "", mapping("who", exprTok("matrix.os")))
+	dock.Environment = mapping("STEP_ENV", "se")
+	url := usesStep("url", "URL", "", "", "", mapping("entrypoint", "/bin/sh", "args", `-c 'echo "url: x=$INPUT_X wd=$(pwd) $0 made=$(cat data/made.txt)"; exit 3' named`, "x", "1"))
+	url.Reference = ActionReference{Type: Enum("containerRegistry"), Image: img}
+	url.ContinueOnError = &TemplateToken{Type: TokenBoolean, Bool: true}
+	m := testMessage(testenv.TestImage,
+		runStep("prep", "Prep", lit("mkdir -p data && echo from-job > data/in.txt && echo x > data/gone.txt")),
+		dock,
+		url,
+		runStep("after", "After", exprTok(`format('echo "after: $(cat data/made.txt) gone=$(test -e data/gone.txt && echo no || echo yes) out={0} env=$DOCKER_SET url={1}"', steps.dock.outputs.greeting, steps.url.outcome)`)),
+	)
+	res, d, log := runDriven(t, m, nil, DriverOptions{Actions: src})
+	if res.State != runner.Success {
+		t.Fatalf("result = %s %d (%v), want success\n%s", res.State, res.ExitCode, res.Err, log)
+	}
+	order := []string{
+		"pre: who=linux",
+		"main: who=linux arg1=linux arg2=second arg runs-env=linux-env step-env=se pwd=/github/workspace ws=/github/workspace home=/github/home state=p1",
+		"main: in=from-job", "main: event-ok", "##[notice]from the container", "leak: [MASKED]",
+		"url: x=1 wd=/github/workspace named made=made-by-action",
+		"after: made-by-action gone=yes out=hi-linux env=yes url=failure",
+		"post: state=c-linux p1",
+	}
+	inOrder(t, log, order)
+	if strings.Contains(log, "job-token-value-0123456789") {
+		t.Errorf("the job token shows in the log:\n%s", log)
+	}
+	rep := d.Report()
+	if len(rep.Annotations) != 1 || rep.Annotations[0].StepName != "Dock" {
+		t.Errorf("annotations = %+v, want the action's notice on its step", rep.Annotations)
+	}
+}
