@@ -74,6 +74,9 @@ func TestArtifactDownloadAttempts(t *testing.T) {
 			if n := gets() - before; n != tc.wantGets {
 				t.Errorf("%d download requests, want %d", n, tc.wantGets)
 			}
+			if retries := strings.Count(out.String(), "Retrying (attempt "); retries != tc.wantGets-1 {
+				t.Errorf("the job log says %d retries, want %d:\n%s", retries, tc.wantGets-1, out.String())
+			}
 			if tc.wantFailed {
 				var re *job.ReasonError
 				if !errors.As(err, &re) || re.Reason != job.FailureReason(ReasonAPIFailure) {

@@ -32,8 +32,9 @@ const (
 // own host, never to another one (a presigned URL needs none). 401, 403
 // and 404 wrap ErrArtifactUnavailable and are final; other failures are
 // retried (attempts in all, 3 when it is 0 or less, a second apart), w
-// being truncated in between when it is an *os.File.
-func (c *Client) DownloadArtifacts(ctx context.Context, id int64, token string, attempts int, w io.Writer) error {
+// being truncated in between when it is an *os.File; each retry is said
+// in log (the job log; nil: the runner's only).
+func (c *Client) DownloadArtifacts(ctx context.Context, id int64, token string, attempts int, w, log io.Writer) error {
 	op := fmt.Sprintf("downloading artifacts of job %d", id)
 	if attempts <= 0 {
 		attempts = defaultDownloadAttempts
@@ -47,6 +48,9 @@ func (c *Client) DownloadArtifacts(ctx context.Context, id int64, token string, 
 				}
 			}
 			c.log.Warn("artifact download failed; retrying", "job", id, "attempt", attempt, "of", attempts, "error", err)
+			if log != nil {
+				fmt.Fprintf(log, "WARNING: Downloading artifacts of job %d failed: %v\nRetrying (attempt %d of %d, ARTIFACT_DOWNLOAD_ATTEMPTS)\n", id, err, attempt, attempts)
+			}
 			if serr := c.sleep(ctx, downloadRetryWait); serr != nil {
 				return errors.Join(err, serr)
 			}

@@ -192,7 +192,7 @@ func (p *Pipeline) dependencies() []JobDependency {
 func (p *Pipeline) downloadDependencies(ctx context.Context, dir string, out io.Writer) error {
 	for _, d := range p.dependencies() {
 		fmt.Fprintf(out, "Downloading artifacts for %s (%d)...\n", d.Name, d.ID)
-		if err := p.downloadOne(ctx, d, dir); err != nil {
+		if err := p.downloadOne(ctx, d, dir, out); err != nil {
 			fmt.Fprintf(out, "\x1b[31;1mERROR: Downloading artifacts from coordinator... %v\x1b[0;m\n", err)
 			return err
 		}
@@ -201,7 +201,7 @@ func (p *Pipeline) downloadDependencies(ctx context.Context, dir string, out io.
 	return nil
 }
 
-func (p *Pipeline) downloadOne(ctx context.Context, d JobDependency, dir string) error {
+func (p *Pipeline) downloadOne(ctx context.Context, d JobDependency, dir string, out io.Writer) error {
 	tmp, err := p.tempDir()
 	if err != nil {
 		return fmt.Errorf("downloading artifacts of %s: %w", d.Name, err)
@@ -216,7 +216,7 @@ func (p *Pipeline) downloadOne(ctx context.Context, d JobDependency, dir string)
 	if token == "" {
 		token = p.resp.Token
 	}
-	if err := p.c.DownloadArtifacts(ctx, d.ID, token, p.resp.attempts("ARTIFACT_DOWNLOAD_ATTEMPTS", defaultDownloadAttempts), f); err != nil {
+	if err := p.c.DownloadArtifacts(ctx, d.ID, token, p.resp.attempts("ARTIFACT_DOWNLOAD_ATTEMPTS", defaultDownloadAttempts), f, out); err != nil {
 		reason := ReasonAPIFailure
 		if errors.Is(err, ErrArtifactUnavailable) {
 			reason = ReasonMissingDependency
