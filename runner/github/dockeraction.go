@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path"
 	"strings"
 	"unicode"
 
@@ -105,22 +104,7 @@ func (d *Driver) runDocker(ctx context.Context, e *entry, h job.StepHost, sc *sc
 		env[k] = v
 	}
 	fc := d.newFileCommands()
-	inCtr := fileCommands{}
-	for i, f := range fc.all() {
-		p := path.Join(dockerFileCmds, path.Base(f))
-		switch i {
-		case 0:
-			inCtr.env = p
-		case 1:
-			inCtr.output = p
-		case 2:
-			inCtr.state = p
-		case 3:
-			inCtr.path = p
-		case 4:
-			inCtr.summary = p
-		}
-	}
+	inCtr := fc.in(dockerFileCmds)
 	nsc := *sc
 	nsc.actionPath, nsc.actionRepo, nsc.actionRef = "", a.repo, a.ref
 	action := id

@@ -157,6 +157,12 @@ func (d *Driver) newFileCommands() fileCommands {
 
 func (f fileCommands) all() []string { return []string{f.env, f.output, f.state, f.path, f.summary} }
 
+// in is where the same files are when their directory is dir.
+func (f fileCommands) in(dir string) fileCommands {
+	at := func(p string) string { return path.Join(dir, path.Base(p)) }
+	return fileCommands{env: at(f.env), output: at(f.output), state: at(f.state), path: at(f.path), summary: at(f.summary)}
+}
+
 // runtimeEnv is the environment GitHub documents for a step, then the
 // job's GITHUB_ENV additions, then the step's env.
 func (d *Driver) runtimeEnv(h job.StepHost, sc *scope, fc fileCommands, action string, stepEnv map[string]string, extra ...string) []string {
