@@ -23,6 +23,7 @@ const (
 	DNSRefused             EventType = "dns_refused"
 	ProxiedRequest         EventType = "proxied_request"
 	StepStarted            EventType = "step_started"
+	StepContainer          EventType = "step_container"
 	StepFinished           EventType = "step_finished"
 	JobFinished            EventType = "job_finished"
 	RunnerCrashed          EventType = "runner_crashed"
@@ -36,7 +37,7 @@ const (
 var EventTypes = []EventType{
 	JobAccepted, GrantDecision, CredentialMinted, CredentialUsed, CredentialRevoked,
 	CredentialRevokeFailed, EgressAllowed, EgressDenied, DNSAnswered, DNSRefused,
-	ProxiedRequest, StepStarted, StepFinished, JobFinished, RunnerCrashed, Alert, EventsDropped, LeakFound, Seal,
+	ProxiedRequest, StepStarted, StepContainer, StepFinished, JobFinished, RunnerCrashed, Alert, EventsDropped, LeakFound, Seal,
 }
 
 // Field names used by the constructors below (and by readers such as
@@ -49,7 +50,9 @@ const (
 	FieldSHA         = "sha"         // job_accepted
 	FieldProtected   = "protected"   // job_accepted, grant_decision
 	FieldEnvironment = "environment" // job_accepted, grant_decision
-	FieldImage       = "image"       // job_accepted
+	FieldImage       = "image"       // job_accepted, step_container
+	FieldImageID     = "image_id"    // step_container: the image's id (digest)
+	FieldName        = "name"        // step_container: which of the step's containers
 
 	FieldSecret      = "secret"      // credential events, grant_decision: the secret's name
 	FieldGrant       = "grant"       // credential events, grant_decision: grant id
@@ -227,6 +230,12 @@ func NewProxiedRequest(method, host, path string, status int, bytes int64, dur t
 // NewStepStarted reports a step starting.
 func NewStepStarted(name string) Event {
 	return Event{StepStarted, Fields{FieldStep: name}}
+}
+
+// NewStepContainer reports that step runs a command in a container of
+// its own image beside the job's (a GitHub Docker action): which code ran.
+func NewStepContainer(step, name, image, imageID string) Event {
+	return Event{StepContainer, Fields{FieldStep: step, FieldName: name, FieldImage: image, FieldImageID: imageID}}
 }
 
 // NewStepFinished reports a step's exit code and duration.

@@ -117,6 +117,7 @@ func (e *execution) drivenStep(ctx, jobCtx context.Context, i int, name string, 
 	fmt.Fprintf(e.out, "\x1b[36;1m>>> step %s\x1b[0;m\n", name)
 	e.trail.note(ctx, audit.NewStepStarted(name))
 	start := time.Now()
+	h.step = name
 	sr, fails := e.opts.Driver.Run(stepCtx, i, h)
 	sr.Name = name
 	if sr.Duration == 0 {
@@ -136,7 +137,10 @@ func (e *execution) drivenStep(ctx, jobCtx context.Context, i int, name string, 
 }
 
 // stepHost is the StepHost of one execution.
-type stepHost struct{ e *execution }
+type stepHost struct {
+	e    *execution
+	step string // the step running now (for its audit records)
+}
 
 func (h *stepHost) Exec(ctx context.Context, x StepExec) (int, error) {
 	e := h.e

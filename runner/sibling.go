@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/airlock-ci/airlock/audit"
 	"github.com/airlock-ci/airlock/executors"
 	"github.com/airlock-ci/airlock/runner/job"
 )
@@ -66,6 +67,11 @@ func (h *stepHost) ExecContainer(ctx context.Context, x job.ContainerExec) (int,
 		return -1, fmt.Errorf("creating the container of image %s: %w", x.Image, err)
 	}
 	e.log.Debug("step container created", "job", e.j.ID, "name", x.Name, "image", x.Image, "took", time.Since(t0))
+	var imageID string
+	if ir, ok := s.(executors.ImageReporter); ok {
+		imageID = ir.ImageID()
+	}
+	e.trail.note(ctx, audit.NewStepContainer(h.step, x.Name, x.Image, imageID))
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/airlock-ci/airlock/audit"
 	"github.com/airlock-ci/airlock/internal/testenv"
 	"github.com/airlock-ci/airlock/runner/job"
 )
@@ -131,6 +132,16 @@ func TestExecContainer(t *testing.T) {
 		}
 		if got := run.probe(t, "allowed"); !strings.HasPrefix(got, "ok status=200") {
 			t.Errorf("allowed host from the sibling: %q, want ok status=200 (the job's gateway serves it)", got)
+		}
+		var recs []audit.Record
+		for _, rec := range run.records {
+			if rec.Type == audit.StepContainer {
+				recs = append(recs, rec)
+			}
+		}
+		if len(recs) != 1 || recs[0].String(audit.FieldStep) != "step-1" || recs[0].String(audit.FieldImage) != testenv.TestImage ||
+			recs[0].String(audit.FieldName) != "probe-1" || !strings.HasPrefix(recs[0].String(audit.FieldImageID), "sha256:") {
+			t.Errorf("step_container records %+v, want one naming step-1, probe-1, the image and its id", recs)
 		}
 		var containers int
 		for _, l := range during {
