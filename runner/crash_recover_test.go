@@ -21,6 +21,10 @@ import (
 // TestRecoverAfterSIGKILL starts.
 const crashRunnerEnv = "AIRLOCK_TEST_CRASH_RUNNER_CONFIG"
 
+// crashSiblingEnv makes the child's long step run in a container of its
+// own beside the job's (job.ContainerStepHost).
+const crashSiblingEnv = "AIRLOCK_TEST_CRASH_SIBLING"
+
 // TestCrashRunnerChild is the child of TestRecoverAfterSIGKILL: a runner
 // built by Open from the configuration file runs one long job until the
 // parent kills it. It does nothing unless started so.
@@ -39,16 +43,29 @@ func TestCrashRunnerChild(t *testing.T) {
 	}
 	j := &job.Job{ID: "crash-1", Source: job.SourceLocal, Repo: isoRepo, Image: testenv.TestImage, Timeout: 5 * time.Minute,
 		Steps: []job.Step{{Name: "long", Script: []string{"echo started", "sleep 300"}, When: job.OnSuccess}}}
-	_, _ = r.Run(context.Background(), j, RunOptions{Out: os.Stdout}) // until SIGKILL
+	opts := RunOptions{Out: os.Stdout}
+	if os.Getenv(crashSiblingEnv) != "" {
+		opts.Driver = &siblingDriver{x: job.ContainerExec{Name: "long", Image: testenv.TestImage,
+			Entrypoint: []string{"/bin/sh"}, Args: []string{"-c", "echo started; sleep 300"}, Root: "/github", WorkDir: "/github"}}
+	}
+	_, _ = r.Run(context.Background(), j, opts) // until SIGKILL
 }
 
 // A runner killed with SIGKILL in the middle of a job leaves its
 // container (task, snapshot, cgroups), network namespace, veth, firewall
 // rules, pool entry and runtime directory; the next start's Recover
 // removes every one of them and seals the job's trail.
-func TestRecoverAfterSIGKILL(t *testing.T) { isoEachExecutor(t, testRecoverAfterSIGKILL) }
+func TestRecoverAfterSIGKILL(t *testing.T) {
+	isoEachExecutor(t, func(t *testing.T) { testRecoverAfterSIGKILL(t, false) })
+}
 
-func testRecoverAfterSIGKILL(t *testing.T) {
+// The same with the job inside a step's own container (a GitHub Docker
+// action): both containers are found and removed.
+func TestRecoverSiblingAfterSIGKILL(t *testing.T) {
+	isoEachExecutor(t, func(t *testing.T) { testRecoverAfterSIGKILL(t, true) })
+}
+
+func testRecoverAfterSIGKILL(t *testing.T, sibling bool) {
 	testenv.RequireRoot(t)
 	testenv.RequireTestImage(t)
 	cfg := config.Defaults()
@@ -77,6 +94,9 @@ func testRecoverAfterSIGKILL(t *testing.T) {
 
 	child := exec.Command(os.Args[0], "-test.run=^TestCrashRunnerChild$", "-test.count=1")
 	child.Env = append(os.Environ(), crashRunnerEnv+"="+path)
+	if sibling {
+		child.Env = append(child.Env, crashSiblingEnv+"=1")
+	}
 	stdout, err := child.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -125,6 +145,9 @@ func testRecoverAfterSIGKILL(t *testing.T) {
 		if !strings.Contains(running, w) {
 			t.Errorf("while the job runs, the leftover check finds no %q; it finds:\n%s", w, running)
 		}
+	}
+	if n := strings.Count(running, "container "); sibling && n < 2 {
+		t.Errorf("while the step's own container runs, the leftover check finds %d containers, want the job's and the step's:\n%s", n, running)
 	}
 	if err := child.Process.Kill(); err != nil { // SIGKILL
 		t.Fatal(err)
