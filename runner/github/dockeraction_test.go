@@ -102,6 +102,11 @@ echo "post: state=$STATE_cleanup $STATE_frompre"
 // in and back, file commands, workflow commands and masking; their
 // containers are gone afterwards (runDriven's cleanup checks).
 func TestDriverDockerActions(t *testing.T) {
+	t.Run("docker", func(t *testing.T) { testDriverDockerActions(t, newDockerRunner(t)) })
+	t.Run("containerd", func(t *testing.T) { testDriverDockerActions(t, newContainerdRunner(t)) })
+}
+
+func testDriverDockerActions(t *testing.T, r *runner.Runner) {
 	img := testenv.VariantImageFiles(t, dockerActionFiles)
 	src := &mapSource{actions: map[string]map[string]string{
 		"acme/dock@v1": {"action.yml": strings.ReplaceAll(dockerActionYML, "IMAGE", img)},
@@ -117,7 +122,7 @@ func TestDriverDockerActions(t *testing.T) {
 		url,
 		runStep("after", "After", exprTok(`format('echo "after: $(cat data/made.txt) gone=$(test -e data/gone.txt && echo no || echo yes) out={0} env=$DOCKER_SET url={1}"', steps.dock.outputs.greeting, steps.url.outcome)`)),
 	)
-	res, d, log := runDriven(t, m, nil, DriverOptions{Actions: src})
+	res, d, log := runDrivenOn(t, r, m, nil, DriverOptions{Actions: src})
 	if res.State != runner.Success {
 		t.Fatalf("result = %s %d (%v), want success\n%s", res.State, res.ExitCode, res.Err, log)
 	}

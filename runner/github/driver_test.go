@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/executors/containerd"
 	"github.com/airlock-ci/airlock/executors/docker"
 	"github.com/airlock-ci/airlock/internal/testenv"
 	"github.com/airlock-ci/airlock/runner"
@@ -47,6 +48,34 @@ func newDockerRunner(t *testing.T) *runner.Runner {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newRunnerOn(t, ex)
+}
+
+// newContainerdRunner is newDockerRunner with the containerd executor,
+// in a containerd namespace of the test's own.
+func newContainerdRunner(t *testing.T) *runner.Runner {
+	t.Helper()
+	testenv.RequireTestImage(t)
+	ex, err := containerd.New(context.Background(), containerd.Config{Address: testenv.ContainerdSocket(),
+		Namespace: testenv.ContainerdNamespace(t), Pull: string(executors.PullNever), Grace: time.Second,
+		StepServer: testenv.StepServer(t)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newRunnerOn(t, ex)
+}
+
+// testExecutor is what newRunnerOn needs of an executor.
+type testExecutor interface {
+	executors.Executor
+	executors.Reaper
+	Close() error
+}
+
+// newRunnerOn is a runner on ex with an id of its own; at cleanup it
+// fails the test for any container or runtime directory left.
+func newRunnerOn(t *testing.T, ex testExecutor) *runner.Runner {
+	t.Helper()
 	b := make([]byte, 4)
 	rand.Read(b)
 	id := "gh" + hex.EncodeToString(b)
@@ -62,7 +91,7 @@ func newDockerRunner(t *testing.T) *runner.Runner {
 		}
 		for _, l := range left {
 			t.Errorf("container %s left behind", l.ID)
-			ex.Remove(context.Background(), l.ID)
+			ex.RemoveLeftover(context.Background(), l)
 		}
 		if ents, _ := os.ReadDir(filepath.Join(rt, "jobs")); len(ents) > 0 {
 			t.Errorf("runtime directories left behind: %v", ents)
@@ -125,7 +154,12 @@ func runStep(id, name string, script *TemplateToken, more ...func(*Step)) Step {
 
 func runDriven(t *testing.T, m *AgentJobRequestMessage, edit func(*job.Job), o DriverOptions) (*runner.Result, *Driver, string) {
 	t.Helper()
-	r := newDockerRunner(t)
+	return runDrivenOn(t, newDockerRunner(t), m, edit, o)
+}
+
+// runDrivenOn is runDriven on runner r.
+func runDrivenOn(t *testing.T, r *runner.Runner, m *AgentJobRequestMessage, edit func(*job.Job), o DriverOptions) (*runner.Result, *Driver, string) {
+	t.Helper()
 	j, err := m.ToJob(ConvertOptions{IDPrefix: "gh"})
 	if err != nil {
 		t.Fatalf("ToJob: %v", err)
