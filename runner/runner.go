@@ -463,6 +463,7 @@ func (e *execution) decide(ctx context.Context) error {
 		}
 		e.policy = p
 	}
+	e.bindServiceCredentials()
 	var w *warmSandbox
 	r.pool.Load().note(j)
 	if len(j.Services) == 0 && e.user() == r.cfg.User {
@@ -498,7 +499,7 @@ func (e *execution) decide(ctx context.Context) error {
 			return fmt.Errorf("credential hosts: %w", err)
 		}
 		e.policy.Allow = append(e.policy.Allow, hosts...)
-		e.policy.Credentials = jc.bound
+		e.policy.Credentials = append(e.policy.Credentials, jc.bound...)
 	}
 	return nil
 }

@@ -150,7 +150,8 @@ func (d *Driver) runDocker(ctx context.Context, e *entry, h job.StepHost, sc *sc
 
 // actionEnv is what an action's process gets besides the step's
 // environment: its inputs, the state its pre step saved, and the
-// runtime's URLs and token (for the toolkit's artifact and cache calls).
+// runtime's URLs and the job token's surrogate (for the toolkit's
+// artifact and cache calls, which the gateway completes).
 func (d *Driver) actionEnv(inputs, state map[string]string) []string {
 	var extra []string
 	for _, k := range sortedKeys(inputs) {
@@ -166,7 +167,7 @@ func (d *Driver) actionEnv(inputs, state map[string]string) []string {
 	}
 	return append(extra,
 		"ACTIONS_RUNTIME_URL="+runtimeURL,
-		"ACTIONS_RUNTIME_TOKEN="+d.m.JobToken(),
+		"ACTIONS_RUNTIME_TOKEN="+jobTokenFor(d.j),
 		"ACTIONS_RESULTS_URL="+d.m.ResultsURL(),
 		"ACTIONS_CACHE_URL="+conn.DataValue("CacheServerUrl"),
 	)

@@ -57,6 +57,36 @@ func TestDockerActionManifestRefusals(t *testing.T) {
 	}
 }
 
+func TestJobTokenSurrogate(t *testing.T) {
+	jwt := "eyJhbGciOiJSUzI1NiJ9.eyJzY3AiOiJBY3Rpb25zLlJlc3VsdHM6cnVuOmpvYiJ9.c2lnbmF0dXJl"
+	s := jobTokenSurrogate(jwt)
+	parts := strings.Split(s, ".")
+	if len(parts) != 3 || parts[0]+"."+parts[1] != "eyJhbGciOiJSUzI1NiJ9.eyJzY3AiOiJBY3Rpb25zLlJlc3VsdHM6cnVuOmpvYiJ9" || parts[2] == "c2lnbmF0dXJl" || len(parts[2]) < 40 {
+		t.Errorf("surrogate of a JWT = %q, want its header and claims with another signature", s)
+	}
+	if s2 := jobTokenSurrogate(jwt); s2 == s {
+		t.Errorf("two surrogates of one token are equal")
+	}
+	if s := jobTokenSurrogate("opaque-token-value"); strings.Contains(s, "opaque") || !strings.HasPrefix(s, "airlock-surrogate-") {
+		t.Errorf("surrogate of an opaque token = %q", s)
+	}
+	m := testMessage(testenv.TestImage, runStep("s", "S", lit("true")))
+	m.Resources.Endpoints[0].Data = map[string]string{"CacheServerUrl": "https://Cache.Example.test/x/", "GenerateIdTokenUrl": "https://127.0.0.1:9/id"}
+	m.Variables["system.github.results_endpoint"] = Variable{Value: "https://results.example.test/"}
+	j, err := m.ToJob(ConvertOptions{IDPrefix: "gh"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(j.ServiceCredentials) != 1 {
+		t.Fatalf("service credentials %+v, want the job token's", j.ServiceCredentials)
+	}
+	c := j.ServiceCredentials[0]
+	if c.Value != m.JobToken() || c.Surrogate == c.Value || jobTokenFor(j) != c.Surrogate ||
+		strings.Join(c.Hosts, ",") != "127.0.0.1,results.example.test,cache.example.test" {
+		t.Errorf("job token credential = {%s hosts %v}, want the token by surrogate for the run, results, cache and OIDC hosts", c.Name, c.Hosts)
+	}
+}
+
 const dockerActionYML = `name: dock
 inputs:
   who:
@@ -90,6 +120,7 @@ echo "DOCKER_SET=yes" >> "$GITHUB_ENV"
 echo "cleanup=c-$INPUT_WHO" >> "$GITHUB_STATE"
 echo "::notice title=Docker::from the container"
 echo "leak: $ACTIONS_RUNTIME_TOKEN"
+echo "token-shape: ${ACTIONS_RUNTIME_TOKEN%%-*}"
 `,
 	"/action/post.sh": `#!/bin/sh
 echo "post: state=$STATE_cleanup $STATE_frompre"
@@ -130,6 +161,7 @@ func testDriverDockerActions(t *testing.T, r *runner.Runner) {
 		"pre: who=linux",
 		"main: who=linux arg1=linux arg2=second arg runs-env=linux-env step-env=se pwd=/github/workspace ws=/github/workspace home=/github/home state=p1",
 		"main: in=from-job", "main: event-ok", "##[notice]from the container", "leak: [MASKED]",
+		"token-shape: airlock", // the job token's surrogate, not the token
 		"url: x=1 wd=/github/workspace named made=made-by-action",
 		"after: made-by-action gone=yes out=hi-linux env=yes url=failure",
 		"post: state=c-linux p1",

@@ -193,7 +193,7 @@ func (d *Driver) runtimeEnv(h job.StepHost, sc *scope, fc fileCommands, action s
 	}
 	// OIDC: only when the service offers it (permissions: id-token: write).
 	if u := d.m.SystemConnection().DataValue("GenerateIdTokenUrl"); u != "" {
-		env = append(env, "ACTIONS_ID_TOKEN_REQUEST_URL="+u, "ACTIONS_ID_TOKEN_REQUEST_TOKEN="+d.m.JobToken())
+		env = append(env, "ACTIONS_ID_TOKEN_REQUEST_URL="+u, "ACTIONS_ID_TOKEN_REQUEST_TOKEN="+jobTokenFor(d.j))
 	}
 	env = append(env, extra...)
 	for _, k := range d.addEnv.Keys() {

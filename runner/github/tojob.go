@@ -198,6 +198,10 @@ func (m *AgentJobRequestMessage) ToJob(o ConvertOptions) (*job.Job, error) {
 			j.Outputs = append(j.Outputs, job.KV{Key: k, Value: v})
 		}
 	}
+	if tok := m.JobToken(); tok != "" {
+		j.ServiceCredentials = append(j.ServiceCredentials, job.ServiceCredential{
+			Name: jobTokenCredential, Surrogate: jobTokenSurrogate(tok), Value: tok, Hosts: m.jobTokenHosts()})
+	}
 	if len(errs) == 0 {
 		check := *j
 		if check.Image == "" {

@@ -103,8 +103,12 @@ type Job struct {
 	Steps     []Step
 	Variables []Variable
 	Secrets   []SecretRequest
-	Egress    []string // declared egress entries, see package netpolicy
-	Timeout   time.Duration
+	// ServiceCredentials are the coordinator's own credentials that the
+	// job's code uses against the coordinator's services (GitHub's
+	// ACTIONS_RUNTIME_TOKEN), held by the job only as surrogates.
+	ServiceCredentials []ServiceCredential
+	Egress             []string // declared egress entries, see package netpolicy
+	Timeout            time.Duration
 
 	// Event is what triggered the job (GitHub's event_name, e.g. "push",
 	// "pull_request"); "" where the source has no such notion.
@@ -278,6 +282,23 @@ func ValidVarName(s string) bool { return varNameRE.MatchString(s) }
 func ValidSecretName(s string) bool { return secretNameRE.MatchString(s) }
 
 // Validate returns every problem of the job at once, joined.
+// ServiceCredential is a coordinator's credential delivered by surrogate:
+// the job holds only Surrogate (the coordinator's step driver puts it
+// where the job's code looks for the credential); the egress gateway
+// swaps it for Value in the Authorization header of requests to Hosts
+// (names; others are not bound) while the job runs, and nothing redeems
+// it after. Both are masked.
+type ServiceCredential struct {
+	Name      string // for the audit trail, e.g. "github-job-token"
+	Surrogate string
+	Value     string
+	Hosts     []string
+}
+
+// minServiceSurrogate keeps a surrogate long enough to be unguessable
+// and maskable.
+const minServiceSurrogate = 16
+
 func (j *Job) Validate() error {
 	var errs []error
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
@@ -366,6 +387,15 @@ func (j *Job) Validate() error {
 			add("variables[%d] %q: not a valid variable name", i, v.Key)
 		}
 		seenVar[v.Key] = true
+	}
+	for i, c := range j.ServiceCredentials {
+		where := fmt.Sprintf("service_credentials[%d]", i)
+		if !ValidSecretName(c.Name) {
+			add("%s %q: not a valid name (letters, digits, '.', '_', '-')", where, c.Name)
+		}
+		if c.Value == "" || len(c.Surrogate) < minServiceSurrogate || c.Surrogate == c.Value {
+			add("%s %s: want a value and a surrogate of at least %d characters that differs from it", where, c.Name, minServiceSurrogate)
+		}
 	}
 	seenSecret := map[string]bool{}
 	for i, s := range j.Secrets {

@@ -42,6 +42,15 @@ func TestValidate(t *testing.T) {
 		{"secret var clash", func(j *Job) { j.Secrets[0].Var = "A" }, "clashes with a job variable"},
 		{"bad delivery", func(j *Job) { j.Secrets[0].Delivery = "post" }, `delivery "post"`},
 		{"empty egress", func(j *Job) { j.Egress = append(j.Egress, " ") }, "egress[1]: empty entry"},
+		{"short surrogate", func(j *Job) {
+			j.ServiceCredentials = []ServiceCredential{{Name: "tok", Surrogate: "short", Value: "service-value-0123456789"}}
+		}, "service_credentials[0] tok: want a value and a surrogate of at least 16"},
+		{"surrogate is the value", func(j *Job) {
+			j.ServiceCredentials = []ServiceCredential{{Name: "tok", Surrogate: "service-value-0123456789", Value: "service-value-0123456789"}}
+		}, "differs from it"},
+		{"bad credential name", func(j *Job) {
+			j.ServiceCredentials = []ServiceCredential{{Name: "a b", Surrogate: "surrogate-0123456789", Value: "service-value-0123456789"}}
+		}, `service_credentials[0] "a b"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

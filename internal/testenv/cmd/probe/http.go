@@ -19,6 +19,7 @@ func httpGet(args []string) (string, error) {
 	host := fs.String("host", "", "Host header to send")
 	sni := fs.String("sni", "", "TLS server name to send")
 	caFile := fs.String("ca", "", "CA bundle to trust (default: system, SSL_CERT_FILE)")
+	auth := fs.String("auth", "", "Authorization header to send")
 	url := parse(fs, args)
 
 	tlsConf := &tls.Config{ServerName: *sni}
@@ -47,6 +48,9 @@ func httpGet(args []string) (string, error) {
 	}
 	if *host != "" {
 		req.Host = *host
+	}
+	if *auth != "" {
+		req.Header.Set("Authorization", *auth)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
