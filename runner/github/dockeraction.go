@@ -57,35 +57,33 @@ func (d *Driver) runDocker(ctx context.Context, e *entry, h job.StepHost, sc *sc
 		entrypoint = []string{a.manifest.Runs.PreEntrypoint}
 	case kind == kindPost:
 		entrypoint = []string{a.manifest.Runs.PostEntrypoint}
-	case strings.HasPrefix(a.uses, "docker://"):
-		// with: entrypoint and args are the step's command; the rest
-		// are inputs.
-		if ep := inputs["entrypoint"]; ep != "" {
-			entrypoint = []string{ep}
-		}
-		if v, ok := inputs["args"]; ok {
-			var err error
-			if args, err = splitArgs(v); err != nil {
-				return -1, fmt.Errorf("with args: %w", err)
-			}
-		}
 	default:
+		// runs.entrypoint and runs.args, else (a docker:// step, or an
+		// action.yml without them) with: entrypoint and args, as
+		// GitHub's runner does; they are inputs too.
 		if ep := a.manifest.Runs.Entrypoint; ep != "" {
 			v, err := d.evalString(ep, &asc, stepEnv)
 			if err != nil {
 				return -1, fmt.Errorf("action %s: runs.entrypoint: %w", a.uses, err)
 			}
 			entrypoint = []string{v}
+		} else if ep := inputs["entrypoint"]; ep != "" {
+			entrypoint = []string{ep}
 		}
 		if a.manifest.Runs.Args != nil {
 			args = []string{}
-		}
-		for i, t := range a.manifest.Runs.Args {
-			v, err := d.evalString(t, &asc, stepEnv)
-			if err != nil {
-				return -1, fmt.Errorf("action %s: runs.args[%d]: %w", a.uses, i, err)
+			for i, t := range a.manifest.Runs.Args {
+				v, err := d.evalString(t, &asc, stepEnv)
+				if err != nil {
+					return -1, fmt.Errorf("action %s: runs.args[%d]: %w", a.uses, i, err)
+				}
+				args = append(args, v)
 			}
-			args = append(args, v)
+		} else if v, ok := inputs["args"]; ok {
+			var err error
+			if args, err = splitArgs(v); err != nil {
+				return -1, fmt.Errorf("with args: %w", err)
+			}
 		}
 	}
 	if entrypoint != nil && strings.TrimSpace(entrypoint[0]) == "" {
@@ -113,11 +111,19 @@ func (d *Driver) runDocker(ctx context.Context, e *entry, h job.StepHost, sc *sc
 	}
 	full := d.runtimeEnv(h, &nsc, inCtr, action, env, d.actionEnv(inputs, state)...)
 	// The image's own PATH stays: the job container's is no use there.
+	// A value naming the workspace names it where this container has it
+	// (GitHub translates such paths too).
 	kept := full[:0]
+	wd := h.WorkDir()
 	for _, kv := range full {
-		if !strings.HasPrefix(kv, "PATH=") {
-			kept = append(kept, kv)
+		k, v, _ := strings.Cut(kv, "=")
+		if k == "PATH" {
+			continue
 		}
+		if v == wd || strings.HasPrefix(v, wd+"/") {
+			kv = k + "=" + dockerWorkspace + strings.TrimPrefix(v, wd)
+		}
+		kept = append(kept, kv)
 	}
 	kept = append(kept, "GITHUB_WORKSPACE="+dockerWorkspace, "HOME="+dockerHome, "RUNNER_TEMP="+dockerTemp)
 	// The files start empty, as for any step; they travel in and back.

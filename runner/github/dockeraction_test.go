@@ -141,16 +141,22 @@ func testDriverDockerActions(t *testing.T, r *runner.Runner) {
 	img := testenv.VariantImageFiles(t, dockerActionFiles)
 	src := &mapSource{actions: map[string]map[string]string{
 		"acme/dock@v1": {"action.yml": strings.ReplaceAll(dockerActionYML, "IMAGE", img)},
+		// No runs.entrypoint or runs.args: with: entrypoint and args are.
+		"acme/plain@v1": {"action.yml": "runs:\n  using: docker\n  image: docker://" + img + "\n"},
 	}}
+	plain := usesStep("plain", "Plain", "acme/plain", "v1", "", mapping("entrypoint", "/bin/sh", "args", `-c "echo plain: \"\$1\"" x 'one arg'`))
 	dock := usesStep("dock", "Dock", "acme/dock", "v1", "", mapping("who", exprTok("matrix.os")))
 	dock.Environment = mapping("STEP_ENV", "se")
-	url := usesStep("url", "URL", "", "", "", mapping("entrypoint", "/bin/sh", "args", `-c 'echo "url: x=$INPUT_X wd=$(pwd) $0 made=$(cat data/made.txt)"; exit 3' named`, "x", "1"))
+	url := usesStep("url", "URL", "", "", "", mapping("entrypoint", "/bin/sh", "args", `-c 'echo "url: x=$INPUT_X wd=$(pwd) $0 made=$(cat data/made.txt) via-env=$(cat "$IN_FILE")"; exit 3' named`, "x", "1"))
+	// A value naming the workspace names it where the action's container has it.
+	url.Environment = mapping("IN_FILE", exprTok("format('{0}/data/in.txt', github.workspace)"))
 	url.Reference = ActionReference{Type: Enum("containerRegistry"), Image: img}
 	url.ContinueOnError = &TemplateToken{Type: TokenBoolean, Bool: true}
 	m := testMessage(testenv.TestImage,
 		runStep("prep", "Prep", lit("mkdir -p data && echo from-job > data/in.txt && echo x > data/gone.txt")),
 		dock,
 		url,
+		plain,
 		runStep("after", "After", exprTok(`format('echo "after: $(cat data/made.txt) gone=$(test -e data/gone.txt && echo no || echo yes) out={0} env=$DOCKER_SET url={1}"', steps.dock.outputs.greeting, steps.url.outcome)`)),
 	)
 	res, d, log := runDrivenOn(t, r, m, nil, DriverOptions{Actions: src})
@@ -162,7 +168,8 @@ func testDriverDockerActions(t *testing.T, r *runner.Runner) {
 		"main: who=linux arg1=linux arg2=second arg runs-env=linux-env step-env=se pwd=/github/workspace ws=/github/workspace home=/github/home state=p1",
 		"main: in=from-job", "main: event-ok", "##[notice]from the container", "leak: [MASKED]",
 		"token-shape: airlock", // the job token's surrogate, not the token
-		"url: x=1 wd=/github/workspace named made=made-by-action",
+		"url: x=1 wd=/github/workspace named made=made-by-action via-env=from-job",
+		"plain: one arg",
 		"after: made-by-action gone=yes out=hi-linux env=yes url=failure",
 		"post: state=c-linux p1",
 	}
