@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/bmatcuk/doublestar/v4"
 	"time"
 )
 
@@ -377,4 +379,31 @@ func ChildLabels(own, job map[string]string, kind, name string) map[string]strin
 	}
 	labels[kind] = name
 	return labels
+}
+
+// ValidImagePatterns checks allowed_images-style patterns (doublestar
+// globs over image references), naming each bad one by key and index.
+func ValidImagePatterns(key string, patterns []string) []error {
+	var errs []error
+	for i, p := range patterns {
+		if strings.TrimSpace(p) == "" || !doublestar.ValidatePattern(p) {
+			errs = append(errs, fmt.Errorf("%s[%d] %q: not a valid pattern", key, i, p))
+		}
+	}
+	return errs
+}
+
+// ImageAllowed says whether image matches one of patterns (doublestar:
+// "*" stays within a path segment, "**" crosses them: "ruby:*",
+// "registry.example.com/team/**"); no patterns allow every image.
+func ImageAllowed(image string, patterns []string) bool {
+	if len(patterns) == 0 {
+		return true
+	}
+	for _, p := range patterns {
+		if ok, _ := doublestar.Match(p, image); ok {
+			return true
+		}
+	}
+	return false
 }

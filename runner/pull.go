@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/airlock-ci/airlock/executors"
+	"github.com/airlock-ci/airlock/runner/job"
 )
 
 // pullPolicies are the pull policies an image of the job is had with:
@@ -84,4 +86,26 @@ func (e *execution) withPull(image string, pols []executors.PullPolicy, create f
 		}
 	}
 	return err
+}
+
+// checkImages refuses a job whose image or a service's image the
+// runner's allowed_images / allowed_services do not allow.
+func (r *Runner) checkImages(j *job.Job) error {
+	errs := []error{allowedImage("image", j.Image, "allowed_images", r.cfg.AllowedImages)}
+	for i, s := range j.Services {
+		errs = append(errs, allowedImage(fmt.Sprintf("services[%d] image", i), s.Image, "allowed_services", r.cfg.AllowedServices))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return &DeniedError{Err: err}
+	}
+	return nil
+}
+
+// allowedImage is nil when image matches patterns (the setting named
+// key), else an error naming what, the image and the setting.
+func allowedImage(what, image, key string, patterns []string) error {
+	if executors.ImageAllowed(image, patterns) {
+		return nil
+	}
+	return fmt.Errorf("%s %q is not allowed on this runner (%s: %s)", what, image, key, strings.Join(patterns, ", "))
 }

@@ -43,6 +43,10 @@ type Config struct {
 	// AllowedPull are the pull policies a job may ask for instead
 	// (job.Job.Pull); empty: Pull alone.
 	AllowedPull []executors.PullPolicy
+	// AllowedImages are the images a job may run in (its own, a step's
+	// own container's) and AllowedServices those beside it: patterns of
+	// executors.ImageAllowed; empty: any.
+	AllowedImages, AllowedServices []string
 	// Limits for job containers (zero fields: the executor's defaults).
 	Limits executors.Limits
 	// User runs the steps ("" = the image's user).
@@ -450,6 +454,9 @@ func (e *execution) beforeCode(ctx context.Context) error {
 // admin's policy does not allow is a *DeniedError.
 func (e *execution) decide(ctx context.Context) error {
 	j, r := e.j, e.r
+	if err := r.checkImages(j); err != nil {
+		return err
+	}
 	if len(j.Secrets) > 0 && r.Broker == nil {
 		return &DeniedError{Err: fmt.Errorf("the job declares secrets (%s), but this runner has no secret store", j.Secrets[0].Name)}
 	}

@@ -38,6 +38,9 @@ func (h *stepHost) ExecContainer(ctx context.Context, x job.ContainerExec) (int,
 	if !ok || !okd || !oku {
 		return -1, errors.New("this executor cannot run a step in a container of its own image")
 	}
+	if err := allowedImage("image", x.Image, "allowed_images", e.r.cfg.AllowedImages); err != nil {
+		return -1, err
+	}
 	if !path.IsAbs(x.Root) || path.Clean(x.Root) == "/" {
 		return -1, fmt.Errorf("container step %s: root %q must be an absolute directory below /", x.Name, x.Root)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/airlock-ci/airlock/audit"
 	"github.com/airlock-ci/airlock/internal/testenv"
+	"github.com/airlock-ci/airlock/runner/config"
 	"github.com/airlock-ci/airlock/runner/job"
 )
 
@@ -213,4 +214,48 @@ func TestCollectFetchEachExecutor(t *testing.T) {
 			t.Errorf("out/x = %q, %v, want the link itself", l, err)
 		}
 	})
+}
+
+// allowed_images and allowed_services (config.toml, through the wiring)
+// refuse a job whose image or service image they do not match before
+// anything of it exists, and a step's own container of another image;
+// a matching job runs.
+func TestAllowedImages(t *testing.T) {
+	env := isoOpenWith(t, func(c *config.Config) {
+		c.Docker.AllowedImages = []string{"airlock-test:busy*"}
+		c.Docker.AllowedServices = []string{"postgres:*"}
+	})
+	run := func(j *job.Job, d StepDriver) (*Result, string) {
+		var out isoOutput
+		res, err := env.r.Run(context.Background(), j, RunOptions{Out: &out, Driver: d})
+		if err != nil {
+			t.Fatalf("Run(%s): %v", j.ID, err)
+		}
+		return res, out.String()
+	}
+	ok := isoJob("allowed", nil, []isoProbe{{cmd: "echo ran-allowed"}})
+	if res, out := run(ok, nil); res.State != Success || !strings.Contains(out, "ran-allowed") {
+		t.Errorf("a matching job: %s (%v)\n%s", res.State, res.Err, out)
+	}
+	img := isoJob("img", nil, []isoProbe{{cmd: "echo must-not-run"}})
+	img.Image = "airlock-test:other"
+	svc := isoJob("svc", nil, []isoProbe{{cmd: "echo must-not-run"}})
+	svc.Services = []job.Service{{Image: testenv.TestImage, Aliases: []string{"db"}}}
+	for _, tc := range []struct {
+		j    *job.Job
+		want string
+	}{
+		{img, `image "airlock-test:other" is not allowed on this runner (allowed_images: airlock-test:busy*`},
+		{svc, `services[0] image "airlock-test:busybox" is not allowed on this runner (allowed_services: postgres:*)`},
+	} {
+		res, out := run(tc.j, nil)
+		if res.State != Failed || res.Reason != Unauthorized || !strings.Contains(out, tc.want) || strings.Contains(out, "must-not-run") {
+			t.Errorf("job %s: %s/%s (%v), want refused with %q\n%s", tc.j.ID, res.State, res.Reason, res.Err, tc.want, out)
+		}
+	}
+	d := &siblingDriver{x: job.ContainerExec{Name: "x", Image: "airlock-test:other", Root: "/github", WorkDir: "/github"}}
+	res, out := run(isoJob("sib", nil, nil), d)
+	if len(d.codes) < 2 || d.codes[1] != -1 || res.State == Success || !strings.Contains(out, `image "airlock-test:other" is not allowed on this runner (allowed_images`) {
+		t.Errorf("a step's container of an image not allowed: codes %v, %s\n%s", d.codes, res.State, out)
+	}
 }

@@ -55,6 +55,11 @@ type Config struct {
 	// AllowedPull are the pull policies a job may ask for (GitLab's
 	// image:pull_policy); empty: Pull alone.
 	AllowedPull []string `toml:"allowed_pull_policies"`
+	// AllowedImages and AllowedServices are the images a job may run in
+	// and beside it (glob patterns, gitlab-runner's allowed_images and
+	// allowed_services); empty: any. The default image is always allowed.
+	AllowedImages   []string `toml:"allowed_images"`
+	AllowedServices []string `toml:"allowed_services"`
 	// DockerHost is the Docker engine whose images are imported when an
 	// image is not in containerd ("" = DOCKER_HOST or the default socket;
 	// "none" turns importing off).
@@ -160,6 +165,8 @@ func (c Config) Validate(prefix string) []error {
 	if _, err := executors.ParsePullPolicies(prefix+".allowed_pull_policies", c.AllowedPull); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, executors.ValidImagePatterns(prefix+".allowed_images", c.AllowedImages)...)
+	errs = append(errs, executors.ValidImagePatterns(prefix+".allowed_services", c.AllowedServices)...)
 	if c.Namespace != "" && (!identifier.MatchString(c.Namespace) || len(c.Namespace) > 76) {
 		errs = append(errs, fmt.Errorf("%s.namespace %q: letters, digits and single . _ - between them, at most 76", prefix, c.Namespace))
 	}

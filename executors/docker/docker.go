@@ -45,6 +45,11 @@ type Config struct {
 	// AllowedPull are the pull policies a job may ask for (GitLab's
 	// image:pull_policy); empty: Pull alone.
 	AllowedPull []string `toml:"allowed_pull_policies"`
+	// AllowedImages and AllowedServices are the images a job may run in
+	// and beside it (glob patterns, gitlab-runner's allowed_images and
+	// allowed_services); empty: any. The default image is always allowed.
+	AllowedImages   []string `toml:"allowed_images"`
+	AllowedServices []string `toml:"allowed_services"`
 	// Default limits for job containers.
 	PidsLimit int64   `toml:"pids_limit"`
 	Memory    string  `toml:"memory"` // e.g. "2g", "512m"
@@ -117,6 +122,8 @@ func (c Config) Validate(prefix string) []error {
 	if _, err := executors.ParsePullPolicies(prefix+".allowed_pull_policies", c.AllowedPull); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, executors.ValidImagePatterns(prefix+".allowed_images", c.AllowedImages)...)
+	errs = append(errs, executors.ValidImagePatterns(prefix+".allowed_services", c.AllowedServices)...)
 	if c.PidsLimit < 0 {
 		errs = append(errs, fmt.Errorf("%s.pids_limit: must not be negative", prefix))
 	}

@@ -144,6 +144,7 @@ func Open(ctx context.Context, cfg *config.Config, log hclog.Logger) (r *runner.
 func openExecutor(ctx context.Context, cfg *config.Config, log hclog.Logger, c *closers) (executors.Executor, runner.Config, error) {
 	pull, _ := executors.ParsePullPolicy(cfg.PullPolicy())
 	allowed, _ := executors.ParsePullPolicies("allowed_pull_policies", cfg.AllowedPullPolicies())
+	images, services := cfg.AllowedImages()
 	switch name := cfg.ExecutorName(); name {
 	case config.ExecutorDocker:
 		dcfg := cfg.Docker
@@ -153,7 +154,8 @@ func openExecutor(ctx context.Context, cfg *config.Config, log hclog.Logger, c *
 			return nil, runner.Config{}, err
 		}
 		c.add(ex.Close)
-		return ex, runner.Config{Grace: ex.Grace(), Pull: pull, AllowedPull: allowed, Limits: cfg.Docker.Limits()}, nil
+		return ex, runner.Config{Grace: ex.Grace(), Pull: pull, AllowedPull: allowed, Limits: cfg.Docker.Limits(),
+			AllowedImages: images, AllowedServices: services}, nil
 	case config.ExecutorContainerd:
 		ccfg := cfg.Containerd
 		ccfg.RuntimeDir, ccfg.StateDir = cfg.RuntimeDir, cfg.StateDir
@@ -163,7 +165,8 @@ func openExecutor(ctx context.Context, cfg *config.Config, log hclog.Logger, c *
 		}
 		c.add(ex.Close)
 		// Limits and the read-only root come from [containerd] itself.
-		return ex, runner.Config{Grace: ex.Grace(), Pull: pull, AllowedPull: allowed}, nil
+		return ex, runner.Config{Grace: ex.Grace(), Pull: pull, AllowedPull: allowed,
+			AllowedImages: images, AllowedServices: services}, nil
 	default:
 		return nil, runner.Config{}, fmt.Errorf("executor %q: must be docker or containerd", name)
 	}

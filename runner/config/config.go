@@ -264,6 +264,20 @@ func (c *Config) AllowedPullPolicies() []string {
 	return c.Docker.AllowedPull
 }
 
+// AllowedImages and AllowedServices are the selected executor's
+// allowed_images and allowed_services, each with its default image
+// added when it has patterns (the admin's own choice is always allowed).
+func (c *Config) AllowedImages() (images, services []string) {
+	ims, svcs := c.Docker.AllowedImages, c.Docker.AllowedServices
+	if c.ExecutorName() == ExecutorContainerd {
+		ims, svcs = c.Containerd.AllowedImages, c.Containerd.AllowedServices
+	}
+	if def := c.DefaultImage(); len(ims) > 0 && def != "" {
+		ims = append(append([]string{}, ims...), def)
+	}
+	return ims, svcs
+}
+
 // SetPullPolicy overrides the selected executor's pull policy (a flag).
 func (c *Config) SetPullPolicy(p string) {
 	if c.ExecutorName() == ExecutorContainerd {

@@ -81,6 +81,7 @@ bogus = 1
 [docker]
 pull_policy = "sometimes"
 allowed_pull_policies = ["always", "often"]
+allowed_images = ["ruby:*", "[unclosed"]
 memory = "lots"
 [network]
 pool = "not-a-prefix"
@@ -100,7 +101,7 @@ ceiling = ["", "http://x"]
 		t.Fatal("Load accepted a bad configuration")
 	}
 	for _, want := range []string{"config.toml", "concurrent", "check_interval", "log_format", `unknown key "bogus"`,
-		"docker.pull_policy", `docker.allowed_pull_policies[1]: pull policy "often"`, "docker.memory", "network.pool", "network.firewall", "pool.size", "pool.images[0]", "pool.recent", "pool.networks", "gateway.hosts", "egress.ceiling"} {
+		"docker.pull_policy", `docker.allowed_pull_policies[1]: pull policy "often"`, `docker.allowed_images[1] "[unclosed": not a valid pattern`, "docker.memory", "network.pool", "network.firewall", "pool.size", "pool.images[0]", "pool.recent", "pool.networks", "gateway.hosts", "egress.ceiling"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q:\n%v", want, err)
 		}

@@ -25,6 +25,7 @@ executor = "%s"
 		{name: "unknown", toml: `executor = "podman"`, err: `executor "podman": must be docker or containerd`},
 		{name: "bad namespace", toml: "[containerd]\nnamespace = \"a b\"", err: "containerd.namespace"},
 		{name: "bad pull", toml: "[containerd]\npull_policy = \"sometimes\"", err: "containerd.pull_policy"},
+		{name: "bad allowed services", toml: "executor = \"containerd\"\n[containerd]\nallowed_services = [\" \"]", err: "containerd.allowed_services[0]"},
 		{name: "bad allowed pull", toml: "executor = \"containerd\"\n[containerd]\nallowed_pull_policies = [\"always\", \"\"]", err: "containerd.allowed_pull_policies[1]"},
 	}
 	for _, tc := range tests {
