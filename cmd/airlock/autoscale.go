@@ -96,7 +96,7 @@ func autoscalers(cfg *config.Config, r *runner.Runner, m *runner.Metrics, log hc
 			WebhookSecret: hookKey, Repositories: e.Repositories, AllowForks: e.AllowForks,
 			PollInterval: e.PollInterval, IdleTimeout: e.IdleTimeout, ReconcileInterval: e.ReconcileInterval,
 			Host: host, StateDir: cfg.StateDir,
-			Factory: github.JITFactory{Convert: github.MessageConverter(cfg.Docker.Image, "airlock-"+e.Name, hc, lg),
+			Factory: github.JITFactory{Convert: github.MessageConverter(cfg.DefaultImage(), "airlock-"+e.Name, hc, lg),
 				HTTPClient: hc, Observer: obs, Logger: lg},
 			Events: decisions(am.observe(e.Name), trail.observe),
 			Logger: log,

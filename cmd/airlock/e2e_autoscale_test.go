@@ -24,14 +24,17 @@ func TestE2EAutoscaleServesQueuedJobsOnJITRunners(t *testing.T) {
 	testenv.RequireTestImage(t)
 	f := fakegithub.NewRunners(t)
 	f.PollHold = 300 * time.Millisecond
-	e := newE2E(t, e2eOptions{})
+	// On containerd, whose default image runs the job that names none
+	// (the JIT runners took Docker's, even under containerd).
+	e := newE2E(t, e2eOptions{Executor: "containerd"})
 	e.mustRun(f.AdminToken, "secret", "set", "gh-admin")
 	e2eGitHubConfig(t, e)
 	b, err := os.ReadFile(e.config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := string(b) + `
+	cfg := strings.NewReplacer("[containerd]\n", "[containerd]\nimage = \""+testenv.TestImage+"\"\n",
+		"[docker]\nimage = \""+testenv.TestImage+"\"\n", "[docker]\nimage = \"airlock-test:not-this-one\"\n").Replace(string(b)) + `
 [[autoscale]]
 name = "acme"
 url = "` + f.GitHubURL() + `"
@@ -48,7 +51,7 @@ reconcile_interval = "2s"
 	}
 	var ours []*fakegithub.Job
 	for _, name := range []string{"one", "two"} {
-		ours = append(ours, f.QueueJob(fakegithub.JobSpec{Name: name, Labels: []string{"self-hosted", "airlock"}, Container: testenv.TestImage,
+		ours = append(ours, f.QueueJob(fakegithub.JobSpec{Name: name, Labels: []string{"self-hosted", "airlock"},
 			Steps: []fakegithub.Step{{Name: "Hello", Run: "echo hello from " + name}}}))
 	}
 	gpu := f.QueueJob(fakegithub.JobSpec{Name: "gpu", Labels: []string{"self-hosted", "gpu"}, Container: testenv.TestImage,

@@ -462,7 +462,12 @@ func (p *e2eProc) waitOutput(s string, timeout time.Duration) bool {
 	return false
 }
 
+// signal sends sig; a process that already ended is left to wait, which
+// reports its output.
 func (p *e2eProc) signal(sig syscall.Signal) {
+	if p.exited() {
+		return
+	}
 	if err := p.cmd.Process.Signal(sig); err != nil {
 		p.e.t.Fatalf("sending %v to airlock: %v", sig, err)
 	}
