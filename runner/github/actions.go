@@ -99,6 +99,11 @@ func (a *action) hasPre() bool {
 	return (a.isNode() && a.manifest.Runs.Pre != "") || (a.isDocker() && a.manifest.Runs.PreEntrypoint != "")
 }
 
+// hasPost says whether the action has a post step.
+func (a *action) hasPost() bool {
+	return (a.isNode() && a.manifest.Runs.Post != "") || (a.isDocker() && a.manifest.Runs.PostEntrypoint != "")
+}
+
 func (a *action) isNode() bool {
 	switch strings.ToLower(a.manifest.Runs.Using) {
 	case "node12", "node16", "node20", "node24":
@@ -337,33 +342,25 @@ func (d *Driver) runUses(ctx context.Context, e *entry, h job.StepHost, sc *scop
 	if sc.depth == 0 {
 		e.with = inputs
 	}
+	if !a.isDocker() && !a.isNode() {
+		return d.runComposite(ctx, e, h, sc, a, inputs, stepEnv, id)
+	}
+	var state map[string]string
+	if sc.depth == 0 {
+		state = e.state // what pre saved
+	}
+	var code int
 	if a.isDocker() {
-		var state map[string]string
-		if sc.depth == 0 {
-			state = e.state // what pre saved
-		}
-		code, err := d.runDocker(ctx, e, h, sc, a, kindMain, inputs, stepEnv, id, state)
-		if err == nil && sc.depth == 0 && a.manifest.Runs.PostEntrypoint != "" {
-			d.posts = append(d.posts, &entry{kind: kindPost, step: e.step, name: "Post " + e.name, act: a, with: inputs, state: e.state})
-		} else if err == nil && a.manifest.Runs.PostEntrypoint != "" {
-			fmt.Fprintf(h.Log(), "##[warning]The post step of %s inside a composite action is not run by Airlock.\n", a.uses)
-		}
-		return code, err
+		code, err = d.runDocker(ctx, e, h, sc, a, kindMain, inputs, stepEnv, id, state)
+	} else {
+		code, err = d.runNode(ctx, e, h, sc, a, a.manifest.Runs.Main, inputs, stepEnv, id, state)
 	}
-	if a.isNode() {
-		var state map[string]string
-		if sc.depth == 0 {
-			state = e.state // what pre saved
-		}
-		code, err := d.runNode(ctx, e, h, sc, a, a.manifest.Runs.Main, inputs, stepEnv, id, state)
-		if err == nil && sc.depth == 0 && a.manifest.Runs.Post != "" {
-			d.posts = append(d.posts, &entry{kind: kindPost, step: e.step, name: "Post " + e.name, act: a, with: inputs, state: e.state})
-		} else if err == nil && a.manifest.Runs.Post != "" {
-			fmt.Fprintf(h.Log(), "##[warning]The post step of %s inside a composite action is not run by Airlock.\n", a.uses)
-		}
-		return code, err
+	if err == nil && sc.depth == 0 && a.hasPost() {
+		d.posts = append(d.posts, &entry{kind: kindPost, step: e.step, name: "Post " + e.name, act: a, with: inputs, state: e.state})
+	} else if err == nil && a.hasPost() {
+		fmt.Fprintf(h.Log(), "##[warning]The post step of %s inside a composite action is not run by Airlock.\n", a.uses)
 	}
-	return d.runComposite(ctx, e, h, sc, a, inputs, stepEnv, id)
+	return code, err
 }
 
 // inputs evaluates with: and fills in the action's defaults.
@@ -394,26 +391,24 @@ func (d *Driver) inputs(a *action, with []job.KV, sc *scope, stepEnv map[string]
 	return out, nil
 }
 
-// runNodePhase runs an action's pre or post step.
-func (d *Driver) runNodePhase(ctx context.Context, e *entry, h job.StepHost, stepEnv map[string]string, sc *scope) (int, error) {
+// runPhase runs an action's pre or post step with main's inputs, or
+// (pre runs before main) the step's with: evaluated now.
+func (d *Driver) runPhase(ctx context.Context, e *entry, h job.StepHost, stepEnv map[string]string, sc *scope) (int, error) {
+	inputs := e.with
+	if inputs == nil {
+		var err error
+		if inputs, err = d.inputs(e.act, e.step.With, sc, stepEnv); err != nil {
+			return -1, err
+		}
+	}
+	if e.act.isDocker() {
+		return d.runDocker(ctx, e, h, sc, e.act, e.kind, inputs, stepEnv, e.step.ID, e.state)
+	}
 	file := e.act.manifest.Runs.Pre
 	if e.kind == kindPost {
 		file = e.act.manifest.Runs.Post
 	}
-	inputs, err := d.phaseInputs(e, sc, stepEnv)
-	if err != nil {
-		return -1, err
-	}
 	return d.runNode(ctx, e, h, sc, e.act, file, inputs, stepEnv, e.step.ID, e.state)
-}
-
-// phaseInputs are a pre or post step's inputs: main's, or (pre runs
-// before main) the step's with: evaluated now.
-func (d *Driver) phaseInputs(e *entry, sc *scope, stepEnv map[string]string) (map[string]string, error) {
-	if e.with != nil {
-		return e.with, nil
-	}
-	return d.inputs(e.act, e.step.With, sc, stepEnv)
 }
 
 // runNode runs one JavaScript file of a node action with node from the

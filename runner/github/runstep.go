@@ -82,13 +82,8 @@ func (d *Driver) runEntry(ctx context.Context, e *entry, h job.StepHost) (job.St
 	}
 	var code int
 	switch {
-	case e.kind != kindMain && e.act.isDocker():
-		var inputs map[string]string
-		if inputs, err = d.phaseInputs(e, sc, stepEnv); err == nil {
-			code, err = d.runDocker(ctx, e, h, sc, e.act, e.kind, inputs, stepEnv, s.ID, e.state)
-		}
 	case e.kind != kindMain:
-		code, err = d.runNodePhase(ctx, e, h, stepEnv, sc)
+		code, err = d.runPhase(ctx, e, h, stepEnv, sc)
 	case s.Kind == job.StepRun:
 		code, err = d.runScript(ctx, e, h, sc, stepEnv, s.Run, s.Shell, s.WorkingDirectory, s.ID)
 	case s.Kind == job.StepUses:
