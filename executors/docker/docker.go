@@ -378,12 +378,13 @@ func (e *Executor) create(ctx context.Context, spec executors.Spec, labels map[s
 		if c.step != nil && started && ctx.Err() == nil {
 			// A container whose step server could not run stops at once:
 			// say so, not only what failed next.
-			// The hint goes with the cause whether or not err already
-			// says how the server ended (Ready adds it when it saw it).
-			if serr := c.step.EndErr(time.Second); serr != nil && strings.Contains(err.Error(), serr.Error()) {
-				err = fmt.Errorf("%w (the step server %s; if the engine cannot run it here, set [docker] step_server = \"off\")", err, e.stepd)
-			} else if serr != nil {
-				err = fmt.Errorf("%w; the step server %s ended: %v (if the engine cannot run it here, set [docker] step_server = \"off\")", err, e.stepd, serr)
+			// How it ended, unless err says so already (Ready adds it
+			// when it saw it), and the hint either way.
+			if serr := c.step.EndErr(time.Second); serr != nil {
+				if !strings.Contains(err.Error(), serr.Error()) {
+					err = fmt.Errorf("%w; it ended: %v", err, serr)
+				}
+				err = fmt.Errorf("%w (if the engine cannot run the step server %s here, set [docker] step_server = \"off\")", err, e.stepd)
 			}
 		}
 		return nil, errors.Join(fmt.Errorf("%s container for job %s: %w", what, spec.JobID, err), c.Destroy(context.WithoutCancel(ctx)))
