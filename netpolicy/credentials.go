@@ -9,8 +9,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/textproto"
+	"net/url"
+	"slices"
 	"strings"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Credential is a credential delivered by surrogate: the job holds only
@@ -32,6 +36,20 @@ type Credential struct {
 	Header   string // default "Authorization"
 	Template string
 	Value    []byte
+	// ExtraHeaders are further headers the surrogate may be presented in
+	// (GitLab's job token goes in JOB-TOKEN as well as in Authorization);
+	// there it is replaced where it appears, inside Basic credentials
+	// too, whatever Template says.
+	ExtraHeaders []string
+	// QueryParams are URL query parameters the surrogate may be presented
+	// in (GitLab's job_token); it is replaced there. Anywhere else in the
+	// URL it is refused.
+	QueryParams []string
+	// PlainHTTP lets the gateway swap the surrogate on plain-HTTP requests
+	// to the bound hosts. Only for a coordinator's own credential whose
+	// coordinator is itself reached over plain HTTP: the runner sends the
+	// value there in clear anyway.
+	PlainHTTP bool
 	// ClientCert, when set, makes this an mTLS credential: the job holds
 	// nothing at all, and the gateway terminates the job's TLS to a bound
 	// host and presents this certificate on the upstream connection.
@@ -66,6 +84,20 @@ func (c *Credential) header() string {
 	return textproto.CanonicalMIMEHeaderKey(c.Header)
 }
 
+// allowsHeader reports whether the surrogate may be presented in the
+// header named (canonical).
+func (c *Credential) allowsHeader(name string) bool {
+	if name == c.header() {
+		return true
+	}
+	for _, h := range c.ExtraHeaders {
+		if textproto.CanonicalMIMEHeaderKey(h) == name {
+			return true
+		}
+	}
+	return false
+}
+
 func (c *Credential) validate() error {
 	var errs []error
 	if c.IsMTLS() {
@@ -81,6 +113,16 @@ func (c *Credential) validate() error {
 	for _, h := range c.Hosts {
 		if err := checkHostname(strings.TrimPrefix(normalizeHost(h), "*.")); err != nil {
 			errs = append(errs, fmt.Errorf("bound host %q: %w", h, err))
+		}
+	}
+	for _, h := range c.ExtraHeaders {
+		if !httpguts.ValidHeaderFieldName(h) {
+			errs = append(errs, fmt.Errorf("extra header %q: not a header name", h))
+		}
+	}
+	for _, q := range c.QueryParams {
+		if q == "" || url.QueryEscape(q) != q {
+			errs = append(errs, fmt.Errorf("query parameter %q: empty or needs escaping", q))
 		}
 	}
 	if len(c.Value) == 0 && !c.IsMTLS() {
@@ -107,9 +149,22 @@ func (c *Credential) boundTo(host string) bool {
 	return false
 }
 
-// inject rewrites the configured header of h, replacing the surrogate.
-func (c *Credential) inject(h http.Header) {
-	name := c.header()
+// inject rewrites the headers and query parameters of r that may carry
+// the surrogate, replacing it.
+func (c *Credential) inject(r *http.Request) {
+	c.injectHeader(r.Header, c.header(), c.Template)
+	for _, name := range c.ExtraHeaders {
+		if name = textproto.CanonicalMIMEHeaderKey(name); name != c.header() {
+			c.injectHeader(r.Header, name, "")
+		}
+	}
+	if len(c.QueryParams) > 0 && r.URL.RawQuery != "" {
+		r.URL.RawQuery = c.injectQuery(r.URL.RawQuery)
+	}
+}
+
+// injectHeader rewrites header name of h by template (see Credential).
+func (c *Credential) injectHeader(h http.Header, name, template string) {
 	vals := h.Values(name)
 	if len(vals) == 0 {
 		return
@@ -120,23 +175,39 @@ func (c *Credential) inject(h http.Header) {
 			out = append(out, v)
 			continue
 		}
-		out = append(out, c.render(v))
+		out = append(out, c.render(v, template))
 	}
 	h[name] = out
 }
 
-func (c *Credential) render(v string) string {
+// injectQuery replaces the surrogate in the values of the credential's
+// query parameters, keeping every other byte of the query as sent.
+func (c *Credential) injectQuery(raw string) string {
+	pairs := strings.Split(raw, "&")
+	for i, pair := range pairs {
+		k, v, _ := strings.Cut(pair, "=")
+		key, err1 := url.QueryUnescape(k)
+		val, err2 := url.QueryUnescape(v)
+		if err1 != nil || err2 != nil || !slices.Contains(c.QueryParams, key) || !strings.Contains(val, c.Surrogate) {
+			continue
+		}
+		pairs[i] = k + "=" + url.QueryEscape(strings.ReplaceAll(val, c.Surrogate, string(c.Value)))
+	}
+	return strings.Join(pairs, "&")
+}
+
+func (c *Credential) render(v, template string) string {
 	switch {
-	case c.Template == "":
+	case template == "":
 		if user, pass, ok := decodeBasic(v); ok && strings.Contains(user+":"+pass, c.Surrogate) {
 			creds := strings.ReplaceAll(user+":"+pass, c.Surrogate, string(c.Value))
 			return "Basic " + base64.StdEncoding.EncodeToString([]byte(creds))
 		}
 		return strings.ReplaceAll(v, c.Surrogate, string(c.Value))
-	case strings.Contains(c.Template, "{{value}}"):
-		return strings.ReplaceAll(c.Template, "{{value}}", string(c.Value))
+	case strings.Contains(template, "{{value}}"):
+		return strings.ReplaceAll(template, "{{value}}", string(c.Value))
 	default:
-		return "Basic " + base64.StdEncoding.EncodeToString([]byte(c.Template+":"+string(c.Value)))
+		return "Basic " + base64.StdEncoding.EncodeToString([]byte(template+":"+string(c.Value)))
 	}
 }
 
@@ -168,6 +239,7 @@ type surrogateOwner struct {
 type surrogateHit struct {
 	surrogate string
 	header    string // canonical header name, "" when found in the URL or Host
+	query     string // the query parameter it was found in, if that is all
 }
 
 // findSurrogates returns every known surrogate in r's header values
@@ -194,8 +266,38 @@ func (g *Gateway) findSurrogates(r *http.Request) []surrogateHit {
 				}
 			}
 		}
-		if strings.Contains(r.URL.String(), s) || strings.Contains(r.Host, s) {
+		bare := *r.URL
+		bare.RawQuery = ""
+		if strings.Contains(bare.String(), s) || strings.Contains(r.Host, s) {
 			add(surrogateHit{surrogate: s})
+		}
+		if r.URL.RawQuery != "" {
+			for _, h := range queryHits(r.URL.RawQuery, s) {
+				add(h)
+			}
+		}
+	}
+	return hits
+}
+
+// queryHits finds surrogate s in a raw query, as sent and decoded: in a
+// parameter's value it names the parameter, anywhere else (a name, an
+// undecodable pair) it is a hit in the URL.
+func queryHits(raw, s string) []surrogateHit {
+	var hits []surrogateHit
+	for _, pair := range strings.Split(raw, "&") {
+		k, v, _ := strings.Cut(pair, "=")
+		key, err1 := url.QueryUnescape(k)
+		val, err2 := url.QueryUnescape(v)
+		switch {
+		case err1 != nil || err2 != nil:
+			if strings.Contains(pair, s) {
+				hits = append(hits, surrogateHit{surrogate: s})
+			}
+		case strings.Contains(k, s) || strings.Contains(key, s):
+			hits = append(hits, surrogateHit{surrogate: s})
+		case strings.Contains(v, s) || strings.Contains(val, s):
+			hits = append(hits, surrogateHit{surrogate: s, query: key})
 		}
 	}
 	return hits
@@ -220,9 +322,11 @@ func (g *Gateway) surrogateVerdict(j *jobState, host string, hits []surrogateHit
 			return nil, fmt.Sprintf("surrogate of another job (%s) presented", o.job), grant
 		case !o.cred.boundTo(host):
 			return nil, fmt.Sprintf("surrogate presented to %s, which it is not bound to", host), grant
-		case !intercepted:
+		case !intercepted && !o.cred.PlainHTTP:
 			return nil, "surrogate presented over plain HTTP", grant
-		case h.header != o.cred.header():
+		case h.query != "" && !slices.Contains(o.cred.QueryParams, h.query):
+			return nil, fmt.Sprintf("surrogate presented in query parameter %q instead of %s", h.query, o.cred.header()), grant
+		case h.query == "" && !o.cred.allowsHeader(h.header):
 			where := "the URL"
 			if h.header != "" {
 				where = "header " + h.header

@@ -20,6 +20,7 @@ const (
 	surrBasic  = "airlock-sur-basic-0003"
 	surrPass   = "airlock-sur-pass-0004"
 	surrOther  = "airlock-sur-job2-0005"
+	surrGL     = "airlock-sur-gitlab-0006"
 	realValue  = "real-secret-value-do-not-leak"
 )
 
@@ -42,7 +43,7 @@ func newCredEnvRoots(t *testing.T, trustFake bool) *credEnv {
 	t.Helper()
 	tn := newTestNet()
 	fake := newFakeCA(t)
-	up := startUpstream(t, tn.up1, 0, fake, "bound.test", "tmpl.test", "basic.test", "pass.test", "free.test")
+	up := startUpstream(t, tn.up1, 0, fake, "bound.test", "tmpl.test", "basic.test", "pass.test", "free.test", "gl.test")
 	up443 := startUpstream(t, tn.up2, 443, fake, "bound443.test")
 	plain := startUpstream(t, tn.up1, 0, nil, "plain.test")
 	res := StaticResolver{"*.test": {tn.up1}, "bound443.test": {tn.up2}}
@@ -50,12 +51,16 @@ func newCredEnvRoots(t *testing.T, trustFake bool) *credEnv {
 	pp := strconv.Itoa(plain.port)
 	policy := &Policy{
 		Allow: mustEntries(t, "bound.test:"+p, "tmpl.test:"+p, "basic.test:"+p, "pass.test:"+p, "free.test:"+p,
-			"plain.test:"+pp, "bound443.test", cidrFor(tn.up1, up.port), cidrFor(tn.up1, plain.port), cidrFor(tn.up2, 443)),
+			"gl.test:"+p, "plain.test:"+pp, "glplain.test:"+pp, "bound.test:"+pp, "bound443.test", cidrFor(tn.up1, up.port), cidrFor(tn.up1, plain.port), cidrFor(tn.up2, 443)),
 		Credentials: []Credential{
 			{GrantID: "grant-bearer", Surrogate: surrBearer, Hosts: []string{"bound.test", "bound443.test"}, Value: []byte(realValue)},
 			{GrantID: "grant-tmpl", Surrogate: surrTmpl, Hosts: []string{"tmpl.test"}, Header: "x-api-key", Template: "token {{value}}", Value: []byte(realValue)},
 			{GrantID: "grant-basic", Surrogate: surrBasic, Hosts: []string{"basic.test"}, Template: "x-access-token", Value: []byte(realValue)},
 			{GrantID: "grant-pass", Surrogate: surrPass, Hosts: []string{"*.pass.test", "pass.test"}, Value: []byte(realValue)},
+			// A coordinator's job token as GitLab takes it: in Authorization,
+			// JOB-TOKEN or ?job_token=, and over plain HTTP where GitLab is.
+			{GrantID: "grant-gl", Surrogate: surrGL, Hosts: []string{"gl.test", "glplain.test"}, ExtraHeaders: []string{"JOB-TOKEN"},
+				QueryParams: []string{"job_token"}, PlainHTTP: true, Value: []byte(realValue)},
 		},
 	}
 	opts := gatewayOpts{resolver: res}
@@ -89,6 +94,8 @@ func TestCredentialInjection(t *testing.T) {
 		{"template", "tmpl.test", "X-Api-Key", surrTmpl, "token " + realValue, "grant-tmpl"},
 		{"basic mode", "basic.test", "Authorization", basic("x-access-token", surrBasic), basic("x-access-token", realValue), "grant-basic"},
 		{"basic password replaced", "pass.test", "Authorization", basic("me", surrPass), basic("me", realValue), "grant-pass"},
+		{"extra header", "gl.test", "Job-Token", surrGL, realValue, "grant-gl"},
+		{"extra header's credential in basic", "gl.test", "Authorization", basic("gitlab-ci-token", surrGL), basic("gitlab-ci-token", realValue), "grant-gl"},
 		{"no surrogate passes unchanged", "free.test", "Authorization", "Bearer mine", "Bearer mine", ""},
 	}
 	for _, tc := range tests {
@@ -162,7 +169,7 @@ func assertNoSecretInEvents(t *testing.T, l *eventLog) {
 	if strings.Contains(string(b), realValue) || strings.Contains(string(b), base64.StdEncoding.EncodeToString([]byte(realValue))) {
 		t.Errorf("events contain the secret value: %s", b)
 	}
-	for _, s := range []string{surrBearer, surrTmpl, surrBasic, surrPass, surrOther} {
+	for _, s := range []string{surrBearer, surrTmpl, surrBasic, surrPass, surrOther, surrGL} {
 		if strings.Contains(string(b), s) {
 			t.Errorf("events contain surrogate %s", s)
 		}
@@ -184,7 +191,8 @@ func TestSurrogateRefused(t *testing.T) {
 		{"plain HTTP in basic", "http://plain.test:" + strconv.Itoa(e.plain.port) + "/", "Authorization", basic("u", surrBearer), "not bound"},
 		{"intercepted host bound to another grant", "https://basic.test:" + p + "/", "Authorization", "Bearer " + surrBearer, "not bound"},
 		{"wrong header", "https://bound.test:" + p + "/", "X-Token", surrBearer, "instead of Authorization"},
-		{"in the URL", "https://bound.test:" + p + "/?t=" + surrBearer, "", "", "the URL"},
+		{"in the URL", "https://bound.test:" + p + "/?t=" + surrBearer, "", "", `query parameter "t"`},
+		{"bound host over plain HTTP", "http://bound.test:" + strconv.Itoa(e.plain.port) + "/", "Authorization", "Bearer " + surrBearer, "over plain HTTP"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -354,4 +362,87 @@ func TestInterceptChecks(t *testing.T) {
 			return ev.Kind == KindProxied && ev.Status == http.StatusBadGateway && strings.Contains(ev.Reason, "certificate")
 		})
 	})
+}
+
+// A credential with extra places (GitLab's job token) is swapped in the
+// query parameters it names, keeping the rest of the query as sent, and
+// over plain HTTP when it allows that; anywhere else it is refused.
+func TestSurrogateInQueryAndPlainHTTP(t *testing.T) {
+	e := newCredEnv(t)
+	client := e.proxyClient(e.roots)
+	tls, plain := "https://gl.test:"+strconv.Itoa(e.up.port), "http://glplain.test:"+strconv.Itoa(e.plain.port)
+	get := func(url, header, value string) int {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if header != "" {
+			req.Header.Set(header, value)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		readBody(t, resp)
+		return resp.StatusCode
+	}
+	find := func(u *upstream, path string) *recorded {
+		for _, r := range u.requests() {
+			if r.Path == path {
+				return &r
+			}
+		}
+		return nil
+	}
+
+	if got := get(tls+"/q?job=a&job_token="+surrGL+"&x=%2F", "", ""); got != 200 {
+		t.Fatalf("job_token over TLS = %d, want 200", got)
+	}
+	if r := find(e.up, "/q"); r == nil || r.Query != "job=a&job_token="+realValue+"&x=%2F" {
+		t.Errorf("upstream query = %+v, want job_token swapped and the rest as sent", r)
+	}
+	if got := get(plain+"/plainq?job_token="+surrGL, "", ""); got != 200 {
+		t.Fatalf("job_token over plain HTTP = %d, want 200", got)
+	}
+	if r := find(e.plain, "/plainq"); r == nil || r.Query != "job_token="+realValue {
+		t.Errorf("plain upstream query = %+v, want the real value", r)
+	}
+	if got := get(plain+"/plainh", "JOB-TOKEN", surrGL); got != 200 {
+		t.Fatalf("JOB-TOKEN over plain HTTP = %d, want 200", got)
+	}
+	if r := find(e.plain, "/plainh"); r == nil || r.Header.Get("Job-Token") != realValue {
+		t.Errorf("plain upstream JOB-TOKEN = %+v, want the real value", r)
+	}
+	e.events.wait(t, "plain injection", func(ev Event) bool {
+		return ev.Kind == KindProxied && ev.GrantID == "grant-gl" && ev.Host == "glplain.test" && ev.Path == "/plainh" && ev.Status == 200
+	})
+	// (Before the refusals: a surrogate in the path is in an alert's path,
+	// which the runner's trail masks.)
+	assertNoSecretInEvents(t, e.events)
+
+	for _, tc := range []struct{ name, url, header, reason string }{
+		{"another parameter", tls + "/r1?other=" + surrGL, "", `query parameter "other"`},
+		{"a parameter's name", tls + "/r2?" + surrGL + "=1", "", "the URL"},
+		{"encoded in a value", tls + "/r3?other=" + strings.ReplaceAll(surrGL, "-", "%2D"), "", `query parameter "other"`},
+		{"the path", tls + "/r4/" + surrGL, "", "the URL"},
+		{"a header not named", tls + "/r5", "X-Token", "header X-Token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			value := surrGL
+			if tc.header == "" {
+				value = ""
+			}
+			before := len(e.up.requests())
+			if got := get(tc.url, tc.header, value); got != 403 {
+				t.Errorf("GET %s = %d, want 403", tc.url, got)
+			}
+			if n := len(e.up.requests()) - before; n != 0 {
+				t.Errorf("upstream saw %d requests, want 0", n)
+			}
+			e.events.wait(t, "alert", func(ev Event) bool {
+				return ev.Kind == KindAlert && ev.GrantID == "grant-gl" && strings.Contains(ev.Reason, tc.reason)
+			})
+		})
+	}
 }

@@ -99,6 +99,12 @@ func TestRegisterErrors(t *testing.T) {
 			Policy: &Policy{Credentials: []Credential{{GrantID: "g", Surrogate: "short", Hosts: []string{"a.test"}, Value: []byte("v")}}}}, "surrogate shorter"},
 		{"unbound credential", g.gw, JobConfig{JobID: "job-x", GatewayIP: other.gateway, JobIP: other.job,
 			Policy: &Policy{Credentials: []Credential{{GrantID: "g", Surrogate: "airlock-sur-yyyyyyyy", Value: []byte("v")}}}}, "no bound hosts"},
+		{"bad extra header", g.gw, JobConfig{JobID: "job-x", GatewayIP: other.gateway, JobIP: other.job,
+			Policy: &Policy{Credentials: []Credential{{GrantID: "g", Surrogate: "airlock-sur-yyyyyyyy", Hosts: []string{"a.test"}, Value: []byte("v"),
+				ExtraHeaders: []string{"Job Token"}}}}}, `extra header "Job Token"`},
+		{"bad query parameter", g.gw, JobConfig{JobID: "job-x", GatewayIP: other.gateway, JobIP: other.job,
+			Policy: &Policy{Credentials: []Credential{{GrantID: "g", Surrogate: "airlock-sur-yyyyyyyy", Hosts: []string{"a.test"}, Value: []byte("v"),
+				QueryParams: []string{"a&b"}}}}}, `query parameter "a&b"`},
 		{"address in use", g.gw, JobConfig{JobID: "job-x", GatewayIP: netip.MustParseAddr("192.0.2.1"), JobIP: other.job, Policy: &Policy{}}, "listening on"},
 	}
 	for _, tc := range tests {

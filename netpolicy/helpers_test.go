@@ -88,6 +88,7 @@ func (ca *fakeCA) serverCert(t testing.TB, names ...string) tls.Certificate {
 type recorded struct {
 	Host   string
 	Path   string
+	Query  string // raw, as received
 	Header http.Header
 }
 
@@ -112,7 +113,7 @@ func startUpstream(t testing.TB, addr netip.Addr, port int, ca *fakeCA, names ..
 	u := &upstream{}
 	u.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.mu.Lock()
-		u.reqs = append(u.reqs, recorded{Host: r.Host, Path: r.URL.Path, Header: r.Header.Clone()})
+		u.reqs = append(u.reqs, recorded{Host: r.Host, Path: r.URL.Path, Query: r.URL.RawQuery, Header: r.Header.Clone()})
 		u.mu.Unlock()
 		if r.URL.Path == "/switch" && r.Header.Get("Upgrade") == "echo" {
 			// A protocol switch the server accepts: 101, then an echo.

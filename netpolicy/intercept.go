@@ -124,7 +124,7 @@ func (j *jobState) serveIntercepted(w http.ResponseWriter, r *http.Request, host
 		return
 	}
 	for _, c := range inject {
-		c.inject(r.Header)
+		c.inject(r)
 	}
 	ev.GrantID = grant
 	var tr *http.Transport

@@ -153,11 +153,19 @@ func (j *jobState) forwardPlain(w http.ResponseWriter, r *http.Request, hostport
 		return
 	}
 	if hits := j.g.findSurrogates(r); len(hits) > 0 {
-		_, reason, grant := j.g.surrogateVerdict(j, host, hits, false)
-		j.emit(Event{Kind: KindAlert, Host: host, Port: port, Method: r.Method, Path: r.URL.Path,
-			Verdict: VerdictDenied, Reason: reason, GrantID: grant, Status: http.StatusForbidden})
-		http.Error(w, "airlock: credential surrogate refused", http.StatusForbidden)
-		return
+		inject, reason, grant := j.g.surrogateVerdict(j, host, hits, false)
+		if reason != "" {
+			j.emit(Event{Kind: KindAlert, Host: host, Port: port, Method: r.Method, Path: r.URL.Path,
+				Verdict: VerdictDenied, Reason: reason, GrantID: grant, Status: http.StatusForbidden})
+			http.Error(w, "airlock: credential surrogate refused", http.StatusForbidden)
+			return
+		}
+		// Only credentials that allow plain HTTP get here; the request is
+		// then reported as one the gateway swapped a credential into.
+		for _, c := range inject {
+			c.inject(r)
+		}
+		ev.Kind, ev.GrantID = KindProxied, grant
 	}
 
 	j.forward(w, r, "http", host, port, ev, start)

@@ -20,6 +20,8 @@ func httpGet(args []string) (string, error) {
 	sni := fs.String("sni", "", "TLS server name to send")
 	caFile := fs.String("ca", "", "CA bundle to trust (default: system, SSL_CERT_FILE)")
 	auth := fs.String("auth", "", "Authorization header to send")
+	var headers headerFlags
+	fs.Var(&headers, "header", `a header to send, "Name: value" (repeatable)`)
 	url := parse(fs, args)
 
 	tlsConf := &tls.Config{ServerName: *sni}
@@ -52,6 +54,10 @@ func httpGet(args []string) (string, error) {
 	if *auth != "" {
 		req.Header.Set("Authorization", *auth)
 	}
+	for _, h := range headers {
+		name, value, _ := strings.Cut(h, ":")
+		req.Header.Add(strings.TrimSpace(name), strings.TrimSpace(value))
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		return "", err
@@ -60,6 +66,12 @@ func httpGet(args []string) (string, error) {
 	line, _ := bufio.NewReader(resp.Body).ReadString('\n')
 	return fmt.Sprintf("status=%d %s", resp.StatusCode, strings.TrimSpace(line)), nil
 }
+
+// headerFlags collects repeated --header flags.
+type headerFlags []string
+
+func (h *headerFlags) String() string     { return strings.Join(*h, ", ") }
+func (h *headerFlags) Set(v string) error { *h = append(*h, v); return nil }
 
 func dnsQuery(args []string) (string, error) {
 	fs := flag.NewFlagSet("dns", flag.ContinueOnError)
