@@ -316,7 +316,7 @@ func (g *gatewayRecorder) record(evs []netpolicy.Event) {
 		switch e.Kind {
 		case netpolicy.KindProxied:
 			gi := g.grants[e.GrantID]
-			if e.GrantID != "" || e.CertGrantID == "" {
+			if e.GrantID != "" {
 				if key := e.GrantID + " " + e.Host; !g.used[key] {
 					g.used[key] = true
 					recs = append(recs, audit.NewCredentialUsed(gi.secret, e.GrantID, gi.fingerprint, e.Host))

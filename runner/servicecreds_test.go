@@ -1,10 +1,13 @@
 package runner
 
 import (
+	"encoding/base64"
+	"net/url"
 	"strings"
 	"testing"
 
 	"github.com/airlock-ci/airlock/audit"
+	"github.com/airlock-ci/airlock/internal/testenv"
 	"github.com/airlock-ci/airlock/runner/job"
 )
 
@@ -56,5 +59,73 @@ func TestServiceCredentialBySurrogate(t *testing.T) {
 	}
 	if !used {
 		t.Errorf("no credential_used record for the bound host")
+	}
+}
+
+// GitLab's job token, as its conversion binds it: the gateway swaps the
+// surrogate in JOB-TOKEN, in ?job_token=, inside Basic credentials and,
+// for a GitLab on plain HTTP, on plain-HTTP requests; a request to the
+// bound host without the surrogate records no credential use.
+func TestServiceCredentialInGitLabPlaces(t *testing.T) {
+	env := isoOpen(t, isoEgress...)
+	const real, sur = "glcbt-64_real-job-token-0123456789", "glcbt-airlock_surrogate-abcdef0123"
+	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte("gitlab-ci-token:"+sur))
+	j := env.withCA(isoJob("gltoken", isoEgress, []isoProbe{
+		{name: "header", cmd: `probe http https://api.allowed.test/jt-header --header "JOB-TOKEN: ` + sur + `"`},
+		{name: "query", cmd: `probe http "https://api.allowed.test/jt-query?job=a&job_token=` + sur + `"`},
+		{name: "basic", cmd: `probe http https://api.allowed.test/jt-basic --auth "` + basic + `"`},
+		{name: "plain", cmd: `probe http http://api.allowed.test/jt-plain --header "JOB-TOKEN: ` + sur + `"`},
+		{name: "none", cmd: `probe http https://api.allowed.test/jt-none`},
+		{name: "elsewhere", cmd: `probe http https://api.allowed.test/jt-elsewhere --header "PRIVATE-TOKEN: ` + sur + `"`},
+	}))
+	j.ServiceCredentials = []job.ServiceCredential{{Name: "gitlab-job-token", Surrogate: sur, Value: real, Hosts: []string{"api.allowed.test"},
+		Headers: []string{"JOB-TOKEN"}, Query: []string{"job_token"}, PlainHTTP: true}}
+	run := env.run(t, j, nil)
+	if run.res.State != Success {
+		t.Fatalf("job %s (%v)\n%s", run.res.State, run.res.Err, run.out)
+	}
+	for p, want := range map[string]string{"header": "ok status=200", "query": "ok status=200", "basic": "ok status=200",
+		"plain": "ok status=200", "none": "ok status=200", "elsewhere": "ok status=403"} {
+		if got := run.probe(t, p); !strings.HasPrefix(got, want) {
+			t.Errorf("probe %s = %q, want %s", p, got, want)
+		}
+	}
+	got := map[string]testenv.FakeRequest{}
+	for _, r := range env.fake.Requests() {
+		if u, err := url.Parse(r.URL); err == nil {
+			got[u.Path] = r
+		}
+	}
+	if r := got["/jt-header"]; r.Header.Get("Job-Token") != real {
+		t.Errorf("JOB-TOKEN reached the host as %q, want the real token", r.Header.Get("Job-Token"))
+	}
+	if r := got["/jt-query"]; !strings.HasSuffix(r.URL, "?job=a&job_token="+real) {
+		t.Errorf("the query reached the host as %q, want job_token swapped", r.URL)
+	}
+	if r := got["/jt-basic"]; r.Header.Get("Authorization") != "Basic "+base64.StdEncoding.EncodeToString([]byte("gitlab-ci-token:"+real)) {
+		t.Errorf("Basic credentials reached the host as %q, want the real token", r.Header.Get("Authorization"))
+	}
+	if r := got["/jt-plain"]; r.TLS || r.Header.Get("Job-Token") != real {
+		t.Errorf("plain HTTP: tls %v, JOB-TOKEN %q, want the real token over plain HTTP", r.TLS, r.Header.Get("Job-Token"))
+	}
+	if _, ok := got["/jt-elsewhere"]; ok {
+		t.Errorf("a request with the surrogate in another header reached the host")
+	}
+	var used, empty int
+	for _, rec := range run.records {
+		if rec.Type == audit.CredentialUsed {
+			switch rec.String(audit.FieldGrant) {
+			case "service:gitlab-job-token":
+				used++
+			case "":
+				empty++
+			}
+		}
+	}
+	if used == 0 || empty != 0 {
+		t.Errorf("credential_used records: %d for the job token, %d without a grant; want some, none", used, empty)
+	}
+	if strings.Contains(run.out, real) {
+		t.Errorf("the token shows in the log:\n%s", run.out)
 	}
 }

@@ -283,16 +283,24 @@ func ValidSecretName(s string) bool { return secretNameRE.MatchString(s) }
 
 // Validate returns every problem of the job at once, joined.
 // ServiceCredential is a coordinator's credential delivered by surrogate:
-// the job holds only Surrogate (the coordinator's step driver puts it
-// where the job's code looks for the credential); the egress gateway
-// swaps it for Value in the Authorization header of requests to Hosts
-// (names; others are not bound) while the job runs, and nothing redeems
-// it after. Both are masked.
+// the job holds only Surrogate (the coordinator's conversion or step
+// driver puts it where the job's code looks for the credential); the
+// egress gateway swaps it for Value in the Authorization header (and in
+// Headers and Query) of requests to Hosts (names; others are not bound)
+// while the job runs, and nothing redeems it after. Both are masked.
 type ServiceCredential struct {
 	Name      string // for the audit trail, e.g. "github-job-token"
 	Surrogate string
 	Value     string
 	Hosts     []string
+	// Headers and Query are the further headers and URL query parameters
+	// the service takes the credential in (GitLab: JOB-TOKEN, job_token).
+	Headers []string
+	Query   []string
+	// PlainHTTP: the coordinator is reached over plain HTTP, so the
+	// gateway swaps the surrogate on plain-HTTP requests too (the runner
+	// sends the value there in clear anyway).
+	PlainHTTP bool
 }
 
 // minServiceSurrogate keeps a surrogate long enough to be unguessable
