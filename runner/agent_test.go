@@ -4,6 +4,7 @@ import (
 	"archive/zip"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"hash/crc32"
 	"net/http"
@@ -264,7 +265,13 @@ func TestAgentJobs(t *testing.T) {
 	e := newAgentEnv(t)
 	const secret = "s3cr3t-Value-8f2a91"
 	bigScript := []string{"dd if=/dev/zero bs=1024 count=3584 2>/dev/null | tr '\\0' 'x'", "echo", "echo big-done"}
-	masked := gitlabSpec([]string{"echo value=$SECRET_VAL", "echo token=$CI_JOB_TOKEN"}, nil)
+	// The job holds only a surrogate of its job token (the runner keeps
+	// the token for its own calls, which the other checks exercise).
+	masked := gitlabSpec([]string{"echo value=$SECRET_VAL", "echo token=$CI_JOB_TOKEN",
+		`echo token-sha=$(printf %s "$CI_JOB_TOKEN" | sha256sum | cut -c1-16)`,
+		`case "$CI_JOB_TOKEN" in glcbt-airlock_*) echo token-is-surrogate;; esac`}, nil)
+	masked.Token = "glcbt-64_agent-test-job-token-0123"
+	realSHA := sha256.Sum256([]byte(masked.Token))
 	masked.Variables = append(masked.Variables, fakegitlab.Variable{Key: "SECRET_VAL", Value: secret, Masked: true})
 	undeclared := gitlabSpec([]string{"echo must-not-run"}, nil)
 	undeclared.Secrets = "deploy_token" // no grant (this runner has no broker at all)
@@ -280,6 +287,7 @@ func TestAgentJobs(t *testing.T) {
 		reason   string
 		exit     int
 		wantOut  []string
+		notOut   []string
 		minTrace int
 	}{
 		{name: "success", spec: gitlabSpec([]string{"echo hello from job $CI_JOB_ID"}, nil),
@@ -293,7 +301,8 @@ func TestAgentJobs(t *testing.T) {
 		{name: "ungranted secret", spec: undeclared,
 			status: "failed", reason: "unmet_prerequisites", wantOut: []string{"ERROR: Job failed (unmet_prerequisites)", "deploy_token"}},
 		{name: "masked variable and job token", spec: masked,
-			status: "success", wantOut: []string{"value=[MASKED]", "token=[MASKED]"}},
+			status: "success", wantOut: []string{"value=[MASKED]", "token=[MASKED]", "token-is-surrogate"},
+			notOut: []string{fmt.Sprintf("token-sha=%x", realSHA[:8])}},
 	}
 	ids := make([]int64, len(tests))
 	for i, tc := range tests {
@@ -318,6 +327,11 @@ func TestAgentJobs(t *testing.T) {
 			for _, w := range tc.wantOut {
 				if !bytes.Contains(trace, []byte(w)) {
 					t.Errorf("trace lacks %q:\n%.2000s", w, trace)
+				}
+			}
+			for _, w := range tc.notOut {
+				if bytes.Contains(trace, []byte(w)) {
+					t.Errorf("trace shows %q:\n%.2000s", w, trace)
 				}
 			}
 			if want := fmt.Sprintf("crc32:%08x", crc32.ChecksumIEEE(trace)); st.Checksum != want || st.Bytesize != int64(len(trace)) {

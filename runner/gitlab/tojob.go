@@ -102,6 +102,7 @@ func (r *JobResponse) ToJob() (*job.Job, error) {
 	errs = append(errs, r.convertRegistryAuth(j)...)
 	errs = append(errs, r.convertSteps(j)...)
 	errs = append(errs, r.convertVariables(j)...)
+	r.convertJobToken(j)
 
 	if len(errs) == 0 {
 		// job.Validate checks names and the step set; the image may be the

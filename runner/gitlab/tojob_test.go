@@ -34,6 +34,11 @@ func TestToJobExample(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ToJob() = %v", err)
 	}
+	// The job holds a surrogate of its job token (TestToJobTokenSurrogate).
+	if len(j.ServiceCredentials) != 1 || !strings.HasPrefix(j.ServiceCredentials[0].Surrogate, "glcbt-airlock_") {
+		t.Fatalf("ServiceCredentials = %+v, want the job token's surrogate", j.ServiceCredentials)
+	}
+	sur := j.ServiceCredentials[0].Surrogate
 	want := &job.Job{
 		ID:          "7301",
 		Source:      job.SourceGitLab,
@@ -52,7 +57,7 @@ func TestToJobExample(t *testing.T) {
 		},
 		Variables: []job.Variable{
 			{Key: "CI_JOB_ID", Value: "7301", Public: true},
-			{Key: "CI_JOB_TOKEN", Value: "glcbt-64_ExampleJobToken0000000000", Masked: true},
+			{Key: "CI_JOB_TOKEN", Value: sur, Masked: true},
 			{Key: "CI_PROJECT_PATH", Value: "platform/web-app", Public: true},
 			{Key: "CI_COMMIT_REF_NAME", Value: "main", Public: true},
 			{Key: "CI_COMMIT_REF_PROTECTED", Value: "true", Public: true},
@@ -70,6 +75,8 @@ func TestToJobExample(t *testing.T) {
 		Timeout: time.Hour,
 		// GitLab's credentials for the project's registry.
 		RegistryAuth: []job.RegistryAuth{{Registry: "registry.gitlab.example.com", Username: "gitlab-ci-token", Password: "glcbt-64_ExampleJobToken0000000000"}},
+		ServiceCredentials: []job.ServiceCredential{{Name: "gitlab-job-token", Surrogate: sur, Value: "glcbt-64_ExampleJobToken0000000000",
+			Hosts: []string{"gitlab.example.com"}, Headers: []string{"JOB-TOKEN"}, Query: []string{"job_token"}}},
 	}
 	if !reflect.DeepEqual(j, want) {
 		gb, _ := json.MarshalIndent(j, "", " ")

@@ -1,0 +1,99 @@
+package gitlab
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// The job token reaches the job only as its surrogate, in every variable
+// that held it (the job's and its services'), while the runner keeps the
+// token; the surrogate is bound to the GitLab instance's hosts, where
+// GitLab takes the token, and over plain HTTP when GitLab is on it.
+func TestToJobTokenSurrogate(t *testing.T) {
+	const token = "glcbt-64_ExampleJobToken0000000000"
+	payload := mutate(t, func(m map[string]any) {
+		for _, kv := range [][2]string{
+			{"CI_SERVER_URL", "http://GitLab.Example.com:8080"},
+			{"CI_API_V4_URL", "http://gitlab.example.com:8080/api/v4"},
+			{"CI_REGISTRY", "registry.example.com:5050"},
+			{"CI_REGISTRY_PASSWORD", token},
+			{"CI_DEPENDENCY_PROXY_SERVER", "gitlab.example.com:443"},
+			{"CI_DEPENDENCY_PROXY_PASSWORD", token},
+			{"CI_REPOSITORY_URL", "http://gitlab-ci-token:" + token + "@git.example.com/platform/web-app.git"},
+			{"NETRC_LINE", "machine gitlab.example.com login gitlab-ci-token password " + token},
+		} {
+			setVar(m, kv[0], kv[1])
+		}
+		m["services"] = []any{map[string]any{"name": "postgres:16",
+			"variables": []any{map[string]any{"key": "TOKEN", "value": "$CI_JOB_TOKEN"}}}}
+	})
+	resp, err := ParseJobResponse(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := resp.ToJob()
+	if err != nil {
+		t.Fatalf("ToJob() = %v", err)
+	}
+	if resp.Token != token {
+		t.Errorf("the runner's token = %q, want the job token", resp.Token)
+	}
+	if len(j.ServiceCredentials) != 1 {
+		t.Fatalf("ServiceCredentials = %+v, want one", j.ServiceCredentials)
+	}
+	c := j.ServiceCredentials[0]
+	sur := c.Surrogate
+	if c.Name != "gitlab-job-token" || c.Value != token || !strings.HasPrefix(sur, "glcbt-airlock_") || len(sur) < 40 || strings.Contains(sur, token) {
+		t.Errorf("credential %s: value %v, surrogate %q, want the token and a distinct surrogate", c.Name, c.Value == token, sur)
+	}
+	wantHosts := []string{"gitlab.example.com", "git.example.com", "registry.example.com"}
+	if !reflect.DeepEqual(c.Hosts, wantHosts) || !c.PlainHTTP ||
+		!reflect.DeepEqual(c.Headers, []string{"JOB-TOKEN"}) || !reflect.DeepEqual(c.Query, []string{"job_token"}) {
+		t.Errorf("credential hosts %v plain %v headers %v query %v, want %v over plain HTTP in JOB-TOKEN and job_token",
+			c.Hosts, c.PlainHTTP, c.Headers, c.Query, wantHosts)
+	}
+	want := map[string]string{
+		"CI_JOB_TOKEN":                 sur,
+		"CI_REGISTRY_PASSWORD":         sur,
+		"CI_DEPENDENCY_PROXY_PASSWORD": sur,
+		"CI_REPOSITORY_URL":            "http://gitlab-ci-token:" + sur + "@git.example.com/platform/web-app.git",
+		"NETRC_LINE":                   "machine gitlab.example.com login gitlab-ci-token password " + sur,
+	}
+	for _, v := range j.Variables {
+		if strings.Contains(v.Value, token) {
+			t.Errorf("variable %s holds the job token", v.Key)
+		}
+		if w, ok := want[v.Key]; ok && v.Value != w {
+			t.Errorf("variable %s = %q, want %q", v.Key, v.Value, w)
+		}
+	}
+	if len(j.Services) != 1 || len(j.Services[0].Variables) != 1 || j.Services[0].Variables[0].Value != sur {
+		t.Errorf("service variables = %+v, want TOKEN = the surrogate", j.Services)
+	}
+	// GitLab's registry credentials are the runner's, for its pulls.
+	if len(j.RegistryAuth) != 1 || j.RegistryAuth[0].Password != token {
+		t.Errorf("RegistryAuth = %d entries, want the job token for the runner's pulls", len(j.RegistryAuth))
+	}
+
+	// Over HTTPS no plain HTTP; a second conversion makes a new surrogate.
+	resp.Variables = resp.Variables[:0]
+	j2, err := resp.ToJob()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c2 := j2.ServiceCredentials[0]; c2.PlainHTTP || c2.Surrogate == sur || !reflect.DeepEqual(c2.Hosts, []string{"gitlab.example.com"}) {
+		t.Errorf("without variables: plain %v, same surrogate %v, hosts %v; want https, a new surrogate, the repository's host",
+			c2.PlainHTTP, c2.Surrogate == sur, c2.Hosts)
+	}
+
+	// A token too short to replace safely is left as it is.
+	resp.Token = "short-token"
+	j3, err := resp.ToJob()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(j3.ServiceCredentials) != 0 {
+		t.Errorf("a %d-byte token got a surrogate", len(resp.Token))
+	}
+}
