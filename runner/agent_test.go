@@ -600,9 +600,9 @@ func TestAgentChecksOutOnTheHost(t *testing.T) {
 			"image": {"name": %q},
 			"variables": [{"key": "CI_JOB_TOKEN", "value": %q, "masked": true}],
 			"steps": [{"name": "script", "when": "on_success", "timeout": 120,
-				"script": ["cat README", "test -d .git && echo has-git", "if grep -rqF \"$CI_JOB_TOKEN\" .; then echo TOKEN-IN-WORKSPACE; else echo workspace-clean; fi"]}],
+				"script": ["cat README", "test -d .git && echo has-git", "if grep -rqF '%s' .; then echo TOKEN-IN-WORKSPACE; else echo workspace-clean; fi"]}],
 			"features": {"failure_reasons": ["script_failure", "runner_system_failure"]}}`,
-			id, token, s.repoURL(token), s.SHAs[2], testenv.TestImage, token))
+			id, token, s.repoURL(token), s.SHAs[2], testenv.TestImage, token, token))
 	}})
 	_, stop := startAgent(t, e.config(1), e.rec)
 	defer stop()
