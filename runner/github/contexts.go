@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/airlock-ci/airlock/runner/github/expr"
+	"github.com/airlock-ci/airlock/runner/job"
 )
 
 // Value converts context data into an expression value.
@@ -33,8 +34,10 @@ func (c *ContextData) Value() any {
 }
 
 // baseEnv returns the contexts the message gives (github, needs,
-// strategy, matrix, inputs, vars), secrets, and an empty env.
-func (m *AgentJobRequestMessage) baseEnv(status *expr.Status) *expr.Env {
+// strategy, matrix, inputs, vars), secrets, and an empty env. A value
+// the job holds by surrogate (j's service credentials; nil: none) is the
+// surrogate there.
+func (m *AgentJobRequestMessage) baseEnv(status *expr.Status, j *job.Job) *expr.Env {
 	ctx := map[string]any{}
 	for k, v := range m.ContextData {
 		ctx[strings.ToLower(k)] = v.Value()
@@ -44,13 +47,11 @@ func (m *AgentJobRequestMessage) baseEnv(status *expr.Status) *expr.Env {
 		gh = expr.NewObject()
 		ctx["github"] = gh
 	}
-	if _, ok := gh.Get("token"); !ok {
-		if t := m.GitHubToken(); t != "" {
-			gh.Set("token", t)
-		}
+	if t := m.GitHubToken(); t != "" {
+		gh.Set("token", surrogateOf(j, t))
 	}
 	sec := expr.NewObject()
-	secrets := m.Secrets()
+	secrets := m.jobSecrets(j)
 	for _, k := range sortedKeys(secrets) {
 		sec.Set(k, secrets[k])
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/airlock-ci/airlock/internal/testenv"
 	"github.com/airlock-ci/airlock/runner"
+	"github.com/airlock-ci/airlock/runner/job"
 )
 
 func TestSplitArgs(t *testing.T) {
@@ -77,10 +78,12 @@ func TestJobTokenSurrogate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(j.ServiceCredentials) != 1 {
-		t.Fatalf("service credentials %+v, want the job token's", j.ServiceCredentials)
+	var c job.ServiceCredential
+	for _, sc := range j.ServiceCredentials {
+		if sc.Name == jobTokenCredential {
+			c = sc
+		}
 	}
-	c := j.ServiceCredentials[0]
 	if c.Value != m.JobToken() || c.Surrogate == c.Value || jobTokenFor(j) != c.Surrogate ||
 		strings.Join(c.Hosts, ",") != "127.0.0.1,results.example.test,cache.example.test" {
 		t.Errorf("job token credential = {%s hosts %v}, want the token by surrogate for the run, results, cache and OIDC hosts", c.Name, c.Hosts)

@@ -133,7 +133,7 @@ func (d *Driver) Begin(ctx context.Context, h job.StepHost) error {
 		fmt.Fprintf(h.Log(), "##[warning]%d of this job's secret values are shorter than %d characters: Airlock does not mask values that short, so keep them out of the log\n", n, mask.MinLength)
 	}
 	d.hostDir, d.ctrDir = h.RuntimeDir()
-	d.env = d.m.baseEnv(nil)
+	d.env = d.m.baseEnv(nil, d.j)
 	d.ctx = ctx
 	d.env.HashFiles = func(patterns []string) (string, error) { return d.hashFiles(d.ctx, h, patterns) }
 	d.contexts(h)
@@ -293,7 +293,7 @@ func (d *Driver) End(ctx context.Context, st job.RunStatus, h job.StepHost) erro
 	d.prepareEnv(d.topScope(), nil)
 	out := map[string]string{}
 	var errs []error
-	secrets := d.m.Secrets()
+	secrets := d.m.secretValues(d.j)
 	for _, kv := range d.j.Outputs {
 		v, err := expr.TemplateString(kv.Value, d.env)
 		if err != nil {

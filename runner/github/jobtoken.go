@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/airlock-ci/airlock/runner/job"
@@ -54,4 +55,95 @@ func jobTokenFor(j *job.Job) string {
 		}
 	}
 	return ""
+}
+
+// githubTokenCredential is the job's credential name for GITHUB_TOKEN.
+const githubTokenCredential = "github-token"
+
+// githubTokenSurrogate stands for GITHUB_TOKEN in the job: its "ghs_"
+// style prefix (tools tell a token's kind by it) before random letters
+// and digits, as long as the token, which GitHub accepts nowhere.
+func githubTokenSurrogate(token string) string {
+	const alnum = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+	prefix := ""
+	if i := strings.IndexByte(token, '_'); i > 0 && i <= 4 {
+		prefix = token[:i+1]
+	}
+	n := max(len(token)-len(prefix), 36)
+	b := make([]byte, n)
+	rand.Read(b)
+	for i := range b {
+		b[i] = alnum[int(b[i])%len(alnum)]
+	}
+	return prefix + string(b)
+}
+
+// githubTokenHosts are the host names GITHUB_TOKEN is presented to: the
+// server, its API and GraphQL hosts and, on github.com, the uploads host,
+// the container registry and the package registries; on GitHub
+// Enterprise Server the server's subdomains (its packages).
+func (m *AgentJobRequestMessage) githubTokenHosts() []string {
+	gh := m.ContextData.Get("github")
+	var hosts []string
+	add := func(h string) {
+		if h = strings.ToLower(h); h != "" && !slices.Contains(hosts, h) {
+			hosts = append(hosts, h)
+		}
+	}
+	server := ""
+	for i, key := range []string{"server_url", "api_url", "graphql_url"} {
+		u, err := url.Parse(gh.StringAt(key))
+		if err != nil || u.Hostname() == "" {
+			continue
+		}
+		if i == 0 {
+			server = strings.ToLower(u.Hostname())
+		}
+		add(u.Hostname())
+	}
+	switch server {
+	case "":
+	case "github.com":
+		for _, h := range []string{"uploads.github.com", "ghcr.io", "*.pkg.github.com"} {
+			add(h)
+		}
+	default:
+		add("*." + server)
+	}
+	return hosts
+}
+
+// surrogateOf is what the job holds for value v: the surrogate of j's
+// service credential of that value, else v.
+func surrogateOf(j *job.Job, v string) string {
+	if j != nil {
+		for _, c := range j.ServiceCredentials {
+			if c.Value == v {
+				return c.Surrogate
+			}
+		}
+	}
+	return v
+}
+
+// jobSecrets is the secrets context the job's expressions see: a value
+// it holds by surrogate (GITHUB_TOKEN) is the surrogate.
+func (m *AgentJobRequestMessage) jobSecrets(j *job.Job) map[string]string {
+	out := m.Secrets()
+	for k, v := range out {
+		out[k] = surrogateOf(j, v)
+	}
+	return out
+}
+
+// secretValues are the values a job's output, user or outputs must not
+// hold: the secrets and the surrogates standing for them.
+func (m *AgentJobRequestMessage) secretValues(j *job.Job) map[string]string {
+	out := m.Secrets()
+	if j != nil {
+		for _, c := range j.ServiceCredentials {
+			out["surrogate:"+c.Name] = c.Surrogate
+		}
+	}
+	return out
 }

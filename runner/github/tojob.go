@@ -57,7 +57,11 @@ func (m *AgentJobRequestMessage) ToJob(o ConvertOptions) (*job.Job, error) {
 	if m.ActionsEnvironment != nil {
 		j.Environment = m.ActionsEnvironment.Name
 	}
-	env := m.baseEnv(nil)
+	if tok := m.GitHubToken(); tok != "" {
+		j.ServiceCredentials = append(j.ServiceCredentials, job.ServiceCredential{
+			Name: githubTokenCredential, Surrogate: githubTokenSurrogate(tok), Value: tok, Hosts: m.githubTokenHosts()})
+	}
+	env := m.baseEnv(nil, j)
 
 	// Job env: workflow-level mappings first, then the job's.
 	jobEnv := expr.NewObject()
@@ -80,7 +84,7 @@ func (m *AgentJobRequestMessage) ToJob(o ConvertOptions) (*job.Job, error) {
 			jobEnv.Set(k, v)
 		}
 	}
-	secrets := m.Secrets()
+	secrets := m.secretValues(j)
 	for _, k := range jobEnv.Keys() {
 		v, _ := jobEnv.Get(k)
 		val := expr.String(v)
