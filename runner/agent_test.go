@@ -271,6 +271,9 @@ func TestAgentJobs(t *testing.T) {
 		`echo token-sha=$(printf %s "$CI_JOB_TOKEN" | sha256sum | cut -c1-16)`,
 		`case "$CI_JOB_TOKEN" in glcbt-airlock_*) echo token-is-surrogate;; esac`}, nil)
 	masked.Token = "glcbt-64_agent-test-job-token-0123"
+	// A GitLab by name (the fake's own URL is an address, which keeps
+	// the token in the job).
+	masked.Variables = append(masked.Variables, fakegitlab.Variable{Key: "CI_SERVER_URL", Value: "https://gitlab.example.test", Public: true})
 	realSHA := sha256.Sum256([]byte(masked.Token))
 	masked.Variables = append(masked.Variables, fakegitlab.Variable{Key: "SECRET_VAL", Value: secret, Masked: true})
 	undeclared := gitlabSpec([]string{"echo must-not-run"}, nil)

@@ -3,6 +3,7 @@ package github
 import (
 	"crypto/rand"
 	"encoding/base64"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -86,7 +87,11 @@ func (m *AgentJobRequestMessage) githubTokenHosts() []string {
 	gh := m.ContextData.Get("github")
 	var hosts []string
 	add := func(h string) {
-		if h = strings.ToLower(h); h != "" && !slices.Contains(hosts, h) {
+		h = strings.ToLower(h)
+		if _, err := netip.ParseAddr(h); err == nil {
+			return // the gateway binds names only
+		}
+		if h != "" && !slices.Contains(hosts, h) {
 			hosts = append(hosts, h)
 		}
 	}
@@ -98,6 +103,9 @@ func (m *AgentJobRequestMessage) githubTokenHosts() []string {
 		}
 		if i == 0 {
 			server = strings.ToLower(u.Hostname())
+			if _, err := netip.ParseAddr(server); err == nil {
+				server = ""
+			}
 		}
 		add(u.Hostname())
 	}

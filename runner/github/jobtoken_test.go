@@ -23,6 +23,7 @@ func TestGitHubTokenSurrogate(t *testing.T) {
 	}{
 		{"https://github.com", "https://api.github.com", []string{"github.com", "api.github.com", "uploads.github.com", "ghcr.io", "*.pkg.github.com"}},
 		{"https://GHE.example.test", "https://ghe.example.test/api/v3", []string{"ghe.example.test", "*.ghe.example.test"}},
+		{"https://10.0.0.7", "https://10.0.0.7/api/v3", nil}, // no name to bind: the job holds the token
 		{"", "", nil},
 	} {
 		m := testMessage(testenv.TestImage, runStep("s", "S", lit("true")))
@@ -40,6 +41,14 @@ func TestGitHubTokenSurrogate(t *testing.T) {
 				}
 				sur = c.Surrogate
 			}
+		}
+		if tc.hosts == nil {
+			for _, v := range j.Variables {
+				if v.Key == "FROM_SECRETS" && (sur != "" || v.Value != real) {
+					t.Errorf("server %q: surrogate %q, FROM_SECRETS the token %v; want no surrogate", tc.server, sur, v.Value == real)
+				}
+			}
+			continue
 		}
 		if !strings.HasPrefix(sur, "ghs_") || len(sur) < len(real) || strings.Contains(sur, real[4:]) {
 			t.Fatalf("server %q: surrogate %q, want a ghs_ one of the token's length", tc.server, sur)
@@ -78,6 +87,8 @@ func TestDriverGitHubTokenSurrogate(t *testing.T) {
 		}),
 	)
 	m.JobOutputs = mapping("tok", exprTok("steps.tok.outputs.tok"))
+	m.ContextData["github"] = Dict("event_name", "push", "repository", "acme/app", "ref", "refs/heads/main", "ref_name", "main",
+		"sha", "0123456789abcdef0123456789abcdef01234567", "run_number", "7", "server_url", "https://github.com")
 	res, d, log := runDriven(t, m, nil, DriverOptions{})
 	if res.State != runner.Success {
 		t.Fatalf("result = %s (%v)\n%s", res.State, res.Err, log)

@@ -57,9 +57,11 @@ func (m *AgentJobRequestMessage) ToJob(o ConvertOptions) (*job.Job, error) {
 	if m.ActionsEnvironment != nil {
 		j.Environment = m.ActionsEnvironment.Name
 	}
-	if tok := m.GitHubToken(); tok != "" {
+	// GITHUB_TOKEN by surrogate, where the server has a name to bind it
+	// to (else the job holds the token, as with GitHub's runner).
+	if tok, hosts := m.GitHubToken(), m.githubTokenHosts(); tok != "" && len(hosts) > 0 {
 		j.ServiceCredentials = append(j.ServiceCredentials, job.ServiceCredential{
-			Name: githubTokenCredential, Surrogate: githubTokenSurrogate(tok), Value: tok, Hosts: m.githubTokenHosts()})
+			Name: githubTokenCredential, Surrogate: githubTokenSurrogate(tok), Value: tok, Hosts: hosts})
 	}
 	env := m.baseEnv(nil, j)
 

@@ -3,6 +3,7 @@ package gitlab
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -37,7 +38,11 @@ var jobTokenHostVariables = []string{"CI_SERVER_URL", "CI_API_V4_URL", "CI_API_G
 // converted.
 func (r *JobResponse) convertJobToken(j *job.Job) {
 	token := r.Token
-	if len(token) < minJobTokenLen {
+	hosts, plain := r.jobTokenHosts()
+	if len(token) < minJobTokenLen || len(hosts) == 0 {
+		// No name to bind (a GitLab addressed by IP): a surrogate would
+		// be worthless there, so the job holds the token, as with
+		// gitlab-runner.
 		return
 	}
 	sur := jobTokenSurrogate(token)
@@ -50,7 +55,6 @@ func (r *JobResponse) convertJobToken(j *job.Job) {
 			v.Value = strings.ReplaceAll(v.Value, token, sur)
 		}
 	}
-	hosts, plain := r.jobTokenHosts()
 	j.ServiceCredentials = append(j.ServiceCredentials, job.ServiceCredential{
 		Name: jobTokenCredential, Surrogate: sur, Value: token, Hosts: hosts,
 		Headers: []string{"JOB-TOKEN"}, Query: []string{"job_token"}, PlainHTTP: plain,
@@ -69,9 +73,9 @@ func jobTokenSurrogate(token string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
-// jobTokenHosts are the host names of the GitLab instance's services,
-// from its variables and the job's repository URL, and whether GitLab
-// itself (CI_SERVER_URL) is served over plain HTTP.
+// jobTokenHosts are the host names (not addresses) of the GitLab
+// instance's services, from its variables and the job's repository URL,
+// and whether GitLab itself (CI_SERVER_URL) is served over plain HTTP.
 func (r *JobResponse) jobTokenHosts() (hosts []string, plain bool) {
 	add := func(raw string) {
 		if raw == "" {
@@ -84,7 +88,11 @@ func (r *JobResponse) jobTokenHosts() (hosts []string, plain bool) {
 		if err != nil {
 			return
 		}
-		if h := strings.ToLower(u.Hostname()); h != "" && !slices.Contains(hosts, h) {
+		h := strings.ToLower(u.Hostname())
+		if _, err := netip.ParseAddr(h); err == nil {
+			return // the gateway binds names only
+		}
+		if h != "" && !slices.Contains(hosts, h) {
 			hosts = append(hosts, h)
 		}
 	}

@@ -87,8 +87,21 @@ func TestToJobTokenSurrogate(t *testing.T) {
 			c2.PlainHTTP, c2.Surrogate == sur, c2.Hosts)
 	}
 
+	// A GitLab addressed by IP gives no name to bind: the job keeps the
+	// token, as with gitlab-runner.
+	resp.Variables = []JobVariable{{Key: "CI_JOB_TOKEN", Value: token}, {Key: "CI_SERVER_URL", Value: "https://10.0.0.5"}}
+	resp.GitInfo.RepoURL = "https://gitlab-ci-token:" + token + "@10.0.0.5/platform/web-app.git"
+	j4, err := resp.ToJob()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(j4.ServiceCredentials) != 0 || j4.Variables[0].Value != token {
+		t.Errorf("GitLab by address: %d credentials, CI_JOB_TOKEN is the token %v; want none and the token", len(j4.ServiceCredentials), j4.Variables[0].Value == token)
+	}
+
 	// A token too short to replace safely is left as it is.
 	resp.Token = "short-token"
+	resp.Variables, resp.GitInfo.RepoURL = nil, "https://gitlab.example.com/platform/web-app.git"
 	j3, err := resp.ToJob()
 	if err != nil {
 		t.Fatal(err)
