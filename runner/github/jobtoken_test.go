@@ -62,7 +62,7 @@ func TestGitHubTokenSurrogate(t *testing.T) {
 			}
 		}
 	}
-	if githubTokenSurrogate(real) == githubTokenSurrogate(real) {
+	if a, b := githubTokenSurrogate(real), githubTokenSurrogate(real); a == b {
 		t.Error("two surrogates of one token are equal")
 	}
 	if s := githubTokenSurrogate("opaque"); len(s) < 36 || strings.Contains(s, "opaque") {
