@@ -82,7 +82,7 @@ func (a *Agent) handle(c Coordinator, lease Lease) {
 	if collector != nil {
 		collect = collector.Collect
 	}
-	var resolve func(ctx context.Context) ([]job.Variable, []job.SecretRead, func(context.Context) error, error)
+	var resolve func(ctx context.Context, log io.Writer) ([]job.Variable, []job.SecretRead, func(context.Context) error, error)
 	if sr, ok := lease.(job.SecretResolver); ok {
 		resolve = sr.ResolveSecrets
 	}

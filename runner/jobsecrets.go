@@ -14,7 +14,7 @@ import (
 // job exists: the values become masked job variables, each read an audit
 // record.
 func (e *execution) resolveSecrets(ctx context.Context) error {
-	vars, reads, revoke, err := e.opts.ResolveSecrets(ctx)
+	vars, reads, revoke, err := e.opts.ResolveSecrets(ctx, e.out)
 	e.secretsRevoke, e.secretReads = revoke, reads
 	for _, v := range vars {
 		e.masker.Add(v.Value)

@@ -223,7 +223,7 @@ type RunOptions struct {
 	// ResolveSecrets, if set, resolves secrets from a store the job's
 	// coordinator names (GitLab's secrets:, see job.SecretResolver) before
 	// anything of the job exists; revoke runs at teardown.
-	ResolveSecrets func(ctx context.Context) (vars []job.Variable, reads []job.SecretRead, revoke func(context.Context) error, err error)
+	ResolveSecrets func(ctx context.Context, log io.Writer) (vars []job.Variable, reads []job.SecretRead, revoke func(context.Context) error, err error)
 	// AwaitAudit makes Run wait (bounded by the cleanup timeout) until the
 	// sealed audit trail is in the directory sink, so that
 	// Result.AuditTrail can be read (e.g. uploaded) when Run returns.

@@ -198,9 +198,18 @@ func TestSecretsRetrievalAttempts(t *testing.T) {
 			if tc.attempts != "" {
 				resp.Variables = append(resp.Variables, JobVariable{Key: "SECRETS_RETRIEVAL_ATTEMPTS", Value: tc.attempts, Public: true})
 			}
-			vars, _, revoke, err := NewPipeline(nil, resp, PipelineOptions{}).ResolveSecrets(context.Background(), SecretsOptions{VaultServers: []string{front.URL}})
+			var jobLog strings.Builder
+			vars, _, revoke, err := NewPipeline(nil, resp, PipelineOptions{}).ResolveSecrets(context.Background(),
+				SecretsOptions{VaultServers: []string{front.URL}, JobLog: &jobLog})
 			if n := reads.Load(); n != tc.reads {
 				t.Errorf("%d reads, want %d", n, tc.reads)
+			}
+			// Each retry is said in the job's log, naming the variable.
+			if n := strings.Count(jobLog.String(), ", SECRETS_RETRIEVAL_ATTEMPTS)"); n != int(tc.reads)-1 {
+				t.Errorf("job log says %d retries, want %d:\n%s", n, tc.reads-1, jobLog.String())
+			}
+			if strings.Contains(jobLog.String(), "s3cret-value") {
+				t.Errorf("the job log holds the secret")
 			}
 			if tc.ok != (err == nil) || (tc.ok && (len(vars) != 1 || vars[0].Value != "s3cret-value")) {
 				t.Errorf("ResolveSecrets() = %d vars, %v; want ok=%v", len(vars), err, tc.ok)

@@ -204,11 +204,11 @@ func (l *Lease) Deliver(ctx context.Context, o *job.Outcome, trail string, out i
 }
 
 // ResolveSecrets resolves the job's secrets: from Vault (none: nothing).
-func (l *Lease) ResolveSecrets(ctx context.Context) ([]job.Variable, []job.SecretRead, func(context.Context) error, error) {
+func (l *Lease) ResolveSecrets(ctx context.Context, log io.Writer) ([]job.Variable, []job.SecretRead, func(context.Context) error, error) {
 	if len(l.resp.Secrets) == 0 {
 		return nil, nil, nil, nil
 	}
-	return l.pl.ResolveSecrets(ctx, SecretsOptions{VaultServers: l.co.cfg.VaultServers, HTTPClient: l.co.cfg.VaultHTTPClient})
+	return l.pl.ResolveSecrets(ctx, SecretsOptions{VaultServers: l.co.cfg.VaultServers, HTTPClient: l.co.cfg.VaultHTTPClient, JobLog: log})
 }
 
 // checkout is a host-side clone with the job token, or nil when the job

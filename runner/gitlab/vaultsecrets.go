@@ -115,6 +115,8 @@ type SecretsOptions struct {
 	// and the host must not dial wherever a project says).
 	VaultServers []string
 	HTTPClient   *http.Client
+	// JobLog, if set, is the job's log: a retry is said there.
+	JobLog io.Writer
 }
 
 // vaultLogin is one Vault login of the job, revoked when it ends.
@@ -147,6 +149,9 @@ func (p *Pipeline) ResolveSecrets(ctx context.Context, o SecretsOptions) (vars [
 			break
 		}
 		p.o.Log.Warn("resolving secrets failed; retrying", "job", p.resp.ID, "attempt", i+1, "of", attempts, "error", err)
+		if o.JobLog != nil {
+			fmt.Fprintf(o.JobLog, "WARNING: Resolving secrets failed: %v\nRetrying (attempt %d of %d, SECRETS_RETRIEVAL_ATTEMPTS)\n", err, i+1, attempts)
+		}
 		if revoke != nil {
 			if rerr := revoke(ctx); rerr != nil {
 				leftover = append(leftover, revoke)

@@ -1,6 +1,9 @@
 package job
 
-import "context"
+import (
+	"context"
+	"io"
+)
 
 // SecretRead is one secret a coordinator resolved for a job from an
 // external store (GitLab's secrets: from Vault), for the audit trail. It
@@ -22,7 +25,8 @@ type SecretRead struct {
 // variables on the runtime tmpfs, values at exec time only, never in the
 // container's configuration); revoke, when not nil, is called when the job
 // ends, whatever happened. An error wrapping a *ReasonError ends the job
-// with that reason.
+// with that reason. What the job's user should see (a retry) goes to log,
+// the job's log.
 type SecretResolver interface {
-	ResolveSecrets(ctx context.Context) (vars []Variable, reads []SecretRead, revoke func(context.Context) error, err error)
+	ResolveSecrets(ctx context.Context, log io.Writer) (vars []Variable, reads []SecretRead, revoke func(context.Context) error, err error)
 }
