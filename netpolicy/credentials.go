@@ -1,12 +1,15 @@
 package netpolicy
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"mime"
 	"net/http"
 	"net/textproto"
 	"net/url"
@@ -45,6 +48,11 @@ type Credential struct {
 	// in (GitLab's job_token); it is replaced there. Anywhere else in the
 	// URL it is refused.
 	QueryParams []string
+	// FormBody lets the surrogate be in a form body (URL-encoded or
+	// multipart, up to maxFormBody) of a request to a bound host, as in
+	// GitLab's pipeline trigger (token=$CI_JOB_TOKEN); it is replaced
+	// there.
+	FormBody bool
 	// PlainHTTP lets the gateway swap the surrogate on plain-HTTP requests
 	// to the bound hosts. Only for a coordinator's own credential whose
 	// coordinator is itself reached over plain HTTP: the runner sends the
@@ -162,6 +170,48 @@ func (c *Credential) inject(r *http.Request) {
 		r.URL.RawQuery = c.injectQuery(r.URL.RawQuery)
 	}
 }
+
+// maxFormBody bounds the form body the gateway reads to swap a surrogate
+// in; a longer one passes as sent.
+const maxFormBody = 1 << 20
+
+// injectBody replaces the surrogate in r's form body when c allows it;
+// it reports whether it did.
+func (c *Credential) injectBody(r *http.Request) (bool, error) {
+	if !c.FormBody || r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 || r.ContentLength > maxFormBody {
+		return false, nil
+	}
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	var value []byte
+	switch mt {
+	case "application/x-www-form-urlencoded":
+		value = []byte(url.QueryEscape(string(c.Value)))
+	case "multipart/form-data":
+		value = c.Value
+	default:
+		return false, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body, maxFormBody+1))
+	if err != nil {
+		return false, fmt.Errorf("reading the request body: %w", err)
+	}
+	if len(b) > maxFormBody || !bytes.Contains(b, []byte(c.Surrogate)) {
+		r.Body = readCloser{io.MultiReader(bytes.NewReader(b), r.Body), r.Body}
+		return false, nil
+	}
+	b = bytes.ReplaceAll(b, []byte(c.Surrogate), value)
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	r.ContentLength, r.TransferEncoding = int64(len(b)), nil
+	return true, nil
+}
+
+// readCloser reads from r and closes c.
+type readCloser struct {
+	io.Reader
+	c io.Closer
+}
+
+func (rc readCloser) Close() error { return rc.c.Close() }
 
 // injectHeader rewrites header name of h by template (see Credential).
 func (c *Credential) injectHeader(h http.Header, name, template string) {
@@ -391,6 +441,34 @@ func (g *Gateway) dropSurrogates(jobID string) {
 			delete(g.surrogates, s)
 		}
 	}
+}
+
+// injectBodies swaps the surrogates of the job's credentials that allow
+// it in r's form body, on a request to host (intercepted: over TLS; else
+// only credentials that allow plain HTTP). A swap makes ev a proxied
+// request naming the grant. It answers and reports false when the body
+// cannot be read.
+func (j *jobState) injectBodies(w http.ResponseWriter, r *http.Request, host string, intercepted bool, ev *Event, start time.Time) bool {
+	for i := range j.cfg.Policy.Credentials {
+		c := &j.cfg.Policy.Credentials[i]
+		if !c.FormBody || c.IsMTLS() || !c.boundTo(host) || (!intercepted && !c.PlainHTTP) {
+			continue
+		}
+		swapped, err := c.injectBody(r)
+		if err != nil {
+			ev.Status, ev.Reason, ev.Duration = http.StatusBadRequest, err.Error(), time.Since(start)
+			j.emit(*ev)
+			http.Error(w, "airlock: reading the request body failed", http.StatusBadRequest)
+			return false
+		}
+		if swapped {
+			ev.Kind = KindProxied
+			if ev.GrantID == "" {
+				ev.GrantID = c.GrantID
+			}
+		}
+	}
+	return true
 }
 
 // clientCert returns the job's mTLS credential bound to host, if any.

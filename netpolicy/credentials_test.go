@@ -2,12 +2,14 @@ package netpolicy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"mime/multipart"
 	"net/http"
 	"strconv"
 	"strings"
@@ -60,7 +62,7 @@ func newCredEnvRoots(t *testing.T, trustFake bool) *credEnv {
 			// A coordinator's job token as GitLab takes it: in Authorization,
 			// JOB-TOKEN or ?job_token=, and over plain HTTP where GitLab is.
 			{GrantID: "grant-gl", Surrogate: surrGL, Hosts: []string{"gl.test", "glplain.test"}, ExtraHeaders: []string{"JOB-TOKEN"},
-				QueryParams: []string{"job_token"}, PlainHTTP: true, Value: []byte(realValue)},
+				QueryParams: []string{"job_token"}, FormBody: true, PlainHTTP: true, Value: []byte(realValue)},
 		},
 	}
 	opts := gatewayOpts{resolver: res}
@@ -417,6 +419,37 @@ func TestSurrogateInQueryAndPlainHTTP(t *testing.T) {
 	e.events.wait(t, "plain injection", func(ev Event) bool {
 		return ev.Kind == KindProxied && ev.GrantID == "grant-gl" && ev.Host == "glplain.test" && ev.Path == "/plainh" && ev.Status == 200
 	})
+	// Form bodies (GitLab's pipeline trigger), over TLS and plain HTTP;
+	// another body type passes as sent.
+	var mp bytes.Buffer
+	mw := multipart.NewWriter(&mp)
+	mw.WriteField("token", surrGL)
+	mw.WriteField("ref", "main")
+	mw.Close()
+	for _, tc := range []struct{ name, url, ctype, body, want string }{
+		{"form", tls + "/trigger", "application/x-www-form-urlencoded", "token=" + surrGL + "&ref=main", "token=" + realValue + "&ref=main"},
+		{"plain form", plain + "/ptrigger", "application/x-www-form-urlencoded", "ref=main&token=" + surrGL, "ref=main&token=" + realValue},
+		{"multipart", tls + "/mtrigger", mw.FormDataContentType(), mp.String(), strings.ReplaceAll(mp.String(), surrGL, realValue)},
+		{"json", tls + "/json", "application/json", `{"token":"` + surrGL + `"}`, `{"token":"` + surrGL + `"}`},
+	} {
+		resp, err := client.Post(tc.url, tc.ctype, strings.NewReader(tc.body))
+		if err != nil {
+			t.Fatalf("%s: POST %s: %v", tc.name, tc.url, err)
+		}
+		readBody(t, resp)
+		u := e.up
+		if strings.HasPrefix(tc.url, "http:") {
+			u = e.plain
+		}
+		path := tc.url[strings.LastIndex(tc.url, "/"):]
+		if r := find(u, path); resp.StatusCode != 200 || r == nil || r.Body != tc.want {
+			t.Errorf("%s: POST = %d, upstream got %+v, want body %q", tc.name, resp.StatusCode, r, tc.want)
+		}
+	}
+	e.events.wait(t, "form injection", func(ev Event) bool {
+		return ev.Kind == KindProxied && ev.GrantID == "grant-gl" && ev.Path == "/ptrigger" && ev.Status == 200
+	})
+
 	// (Before the refusals: a surrogate in the path is in an alert's path,
 	// which the runner's trail masks.)
 	assertNoSecretInEvents(t, e.events)

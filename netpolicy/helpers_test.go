@@ -90,6 +90,7 @@ type recorded struct {
 	Path   string
 	Query  string // raw, as received
 	Header http.Header
+	Body   string
 }
 
 // upstream is an httptest server of the fake internet that records requests.
@@ -112,8 +113,9 @@ func startUpstream(t testing.TB, addr netip.Addr, port int, ca *fakeCA, names ..
 	t.Helper()
 	u := &upstream{}
 	u.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
 		u.mu.Lock()
-		u.reqs = append(u.reqs, recorded{Host: r.Host, Path: r.URL.Path, Query: r.URL.RawQuery, Header: r.Header.Clone()})
+		u.reqs = append(u.reqs, recorded{Host: r.Host, Path: r.URL.Path, Query: r.URL.RawQuery, Header: r.Header.Clone(), Body: string(body)})
 		u.mu.Unlock()
 		if r.URL.Path == "/switch" && r.Header.Get("Upgrade") == "echo" {
 			// A protocol switch the server accepts: 101, then an echo.

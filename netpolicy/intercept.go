@@ -127,6 +127,9 @@ func (j *jobState) serveIntercepted(w http.ResponseWriter, r *http.Request, host
 		c.inject(r)
 	}
 	ev.GrantID = grant
+	if !j.injectBodies(w, r, host, true, &ev, start) {
+		return
+	}
 	var tr *http.Transport
 	if mc := j.clientCert(host); mc != nil {
 		tr = j.mtlsTransport(mc)

@@ -167,6 +167,9 @@ func (j *jobState) forwardPlain(w http.ResponseWriter, r *http.Request, hostport
 		}
 		ev.Kind, ev.GrantID = KindProxied, grant
 	}
+	if !j.injectBodies(w, r, host, false, &ev, start) {
+		return
+	}
 
 	j.forward(w, r, "http", host, port, ev, start)
 }

@@ -25,7 +25,7 @@ func (e *execution) bindServiceCredentials() {
 		}
 		e.policy.Credentials = append(e.policy.Credentials, netpolicy.Credential{
 			GrantID: "service:" + c.Name, Surrogate: c.Surrogate, Hosts: hosts, Value: []byte(c.Value),
-			ExtraHeaders: c.Headers, QueryParams: c.Query, PlainHTTP: c.PlainHTTP,
+			ExtraHeaders: c.Headers, QueryParams: c.Query, FormBody: c.FormBody, PlainHTTP: c.PlainHTTP,
 		})
 	}
 }

@@ -63,8 +63,9 @@ func TestServiceCredentialBySurrogate(t *testing.T) {
 }
 
 // GitLab's job token, as its conversion binds it: the gateway swaps the
-// surrogate in JOB-TOKEN, in ?job_token=, inside Basic credentials and,
-// for a GitLab on plain HTTP, on plain-HTTP requests; a request to the
+// surrogate in JOB-TOKEN, in ?job_token=, inside Basic credentials, in a
+// form body and, for a GitLab on plain HTTP, on plain-HTTP requests; a
+// request to the
 // bound host without the surrogate records no credential use.
 func TestServiceCredentialInGitLabPlaces(t *testing.T) {
 	env := isoOpen(t, isoEgress...)
@@ -76,16 +77,17 @@ func TestServiceCredentialInGitLabPlaces(t *testing.T) {
 		{name: "basic", cmd: `probe http https://api.allowed.test/jt-basic --auth "` + basic + `"`},
 		{name: "plain", cmd: `probe http http://api.allowed.test/jt-plain --header "JOB-TOKEN: ` + sur + `"`},
 		{name: "none", cmd: `probe http https://api.allowed.test/jt-none`},
+		{name: "form", cmd: `wget -q -O - --post-data "token=` + sur + `&ref=main" http://api.allowed.test/jt-form | grep -q fakenet && echo ok status=200`},
 		{name: "elsewhere", cmd: `probe http https://api.allowed.test/jt-elsewhere --header "PRIVATE-TOKEN: ` + sur + `"`},
 	}))
 	j.ServiceCredentials = []job.ServiceCredential{{Name: "gitlab-job-token", Surrogate: sur, Value: real, Hosts: []string{"api.allowed.test"},
-		Headers: []string{"JOB-TOKEN"}, Query: []string{"job_token"}, PlainHTTP: true}}
+		Headers: []string{"JOB-TOKEN"}, Query: []string{"job_token"}, FormBody: true, PlainHTTP: true}}
 	run := env.run(t, j, nil)
 	if run.res.State != Success {
 		t.Fatalf("job %s (%v)\n%s", run.res.State, run.res.Err, run.out)
 	}
 	for p, want := range map[string]string{"header": "ok status=200", "query": "ok status=200", "basic": "ok status=200",
-		"plain": "ok status=200", "none": "ok status=200", "elsewhere": "ok status=403"} {
+		"plain": "ok status=200", "none": "ok status=200", "form": "ok status=200", "elsewhere": "ok status=403"} {
 		if got := run.probe(t, p); !strings.HasPrefix(got, want) {
 			t.Errorf("probe %s = %q, want %s", p, got, want)
 		}
@@ -107,6 +109,9 @@ func TestServiceCredentialInGitLabPlaces(t *testing.T) {
 	}
 	if r := got["/jt-plain"]; r.TLS || r.Header.Get("Job-Token") != real {
 		t.Errorf("plain HTTP: tls %v, JOB-TOKEN %q, want the real token over plain HTTP", r.TLS, r.Header.Get("Job-Token"))
+	}
+	if r := got["/jt-form"]; r.Body != "token="+real+"&ref=main" {
+		t.Errorf("the form body reached the host as %q, want token swapped", r.Body)
 	}
 	if _, ok := got["/jt-elsewhere"]; ok {
 		t.Errorf("a request with the surrogate in another header reached the host")

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -110,6 +111,7 @@ type FakeRequest struct {
 	Method string
 	URL    string
 	Header http.Header
+	Body   string // the first 64 KiB
 	// ClientCert is the common name of the client certificate (mTLS).
 	ClientCert string
 }
@@ -307,6 +309,9 @@ func (f *FakeInternet) handle(w http.ResponseWriter, r *http.Request) {
 	local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
 	addr := addrOf(local)
 	req := FakeRequest{Host: hostNames[addr], Addr: addr, TLS: r.TLS != nil, Method: r.Method, URL: r.URL.String(), Header: r.Header.Clone()}
+	if body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10)); err == nil {
+		req.Body = string(body)
+	}
 	if r.TLS != nil {
 		req.SNI = r.TLS.ServerName
 		if len(r.TLS.PeerCertificates) > 0 {

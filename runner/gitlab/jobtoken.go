@@ -32,7 +32,8 @@ var jobTokenHostVariables = []string{"CI_SERVER_URL", "CI_API_V4_URL", "CI_API_G
 // token in CI_REPOSITORY_URL, a variable expanded from it) holds the
 // surrogate instead, and the gateway swaps the token back in on requests
 // to the GitLab instance's hosts, where GitLab takes it: Authorization
-// (Basic gitlab-ci-token:<token>, Bearer), JOB-TOKEN and ?job_token=.
+// (Basic gitlab-ci-token:<token>, Bearer), JOB-TOKEN, ?job_token= and
+// the pipeline trigger's token= (query or form body).
 // The runner keeps the token for its own calls (sources, artifacts,
 // cache, the trace). Call it once the variables and services are
 // converted.
@@ -57,7 +58,7 @@ func (r *JobResponse) convertJobToken(j *job.Job) {
 	}
 	j.ServiceCredentials = append(j.ServiceCredentials, job.ServiceCredential{
 		Name: jobTokenCredential, Surrogate: sur, Value: token, Hosts: hosts,
-		Headers: []string{"JOB-TOKEN"}, Query: []string{"job_token"}, PlainHTTP: plain,
+		Headers: []string{"JOB-TOKEN"}, Query: []string{"job_token", "token"}, FormBody: true, PlainHTTP: plain,
 	})
 }
 

@@ -49,7 +49,7 @@ func TestToJobTokenSurrogate(t *testing.T) {
 	}
 	wantHosts := []string{"gitlab.example.com", "git.example.com", "registry.example.com"}
 	if !reflect.DeepEqual(c.Hosts, wantHosts) || !c.PlainHTTP ||
-		!reflect.DeepEqual(c.Headers, []string{"JOB-TOKEN"}) || !reflect.DeepEqual(c.Query, []string{"job_token"}) {
+		!reflect.DeepEqual(c.Headers, []string{"JOB-TOKEN"}) || !reflect.DeepEqual(c.Query, []string{"job_token", "token"}) || !c.FormBody {
 		t.Errorf("credential hosts %v plain %v headers %v query %v, want %v over plain HTTP in JOB-TOKEN and job_token",
 			c.Hosts, c.PlainHTTP, c.Headers, c.Query, wantHosts)
 	}

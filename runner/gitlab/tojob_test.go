@@ -76,7 +76,7 @@ func TestToJobExample(t *testing.T) {
 		// GitLab's credentials for the project's registry.
 		RegistryAuth: []job.RegistryAuth{{Registry: "registry.gitlab.example.com", Username: "gitlab-ci-token", Password: "glcbt-64_ExampleJobToken0000000000"}},
 		ServiceCredentials: []job.ServiceCredential{{Name: "gitlab-job-token", Surrogate: sur, Value: "glcbt-64_ExampleJobToken0000000000",
-			Hosts: []string{"gitlab.example.com"}, Headers: []string{"JOB-TOKEN"}, Query: []string{"job_token"}}},
+			Hosts: []string{"gitlab.example.com"}, Headers: []string{"JOB-TOKEN"}, Query: []string{"job_token", "token"}, FormBody: true}},
 	}
 	if !reflect.DeepEqual(j, want) {
 		gb, _ := json.MarshalIndent(j, "", " ")

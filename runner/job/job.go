@@ -297,6 +297,9 @@ type ServiceCredential struct {
 	// the service takes the credential in (GitLab: JOB-TOKEN, job_token).
 	Headers []string
 	Query   []string
+	// FormBody: the service takes it in a form body too (GitLab's
+	// pipeline trigger, token=$CI_JOB_TOKEN).
+	FormBody bool
 	// PlainHTTP: the coordinator is reached over plain HTTP, so the
 	// gateway swaps the surrogate on plain-HTTP requests too (the runner
 	// sends the value there in clear anyway).
