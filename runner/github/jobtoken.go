@@ -80,8 +80,8 @@ func githubTokenSurrogate(token string) string {
 }
 
 // githubTokenHosts are the host names GITHUB_TOKEN is presented to: the
-// server, its API and GraphQL hosts and, on github.com, the uploads host,
-// the container registry and the package registries; on GitHub
+// server, its API and GraphQL hosts and, on github.com, the uploads and
+// raw content hosts, the container registry and the package registries; on GitHub
 // Enterprise Server the server's subdomains (its packages).
 func (m *AgentJobRequestMessage) githubTokenHosts() []string {
 	gh := m.ContextData.Get("github")
@@ -112,7 +112,7 @@ func (m *AgentJobRequestMessage) githubTokenHosts() []string {
 	switch server {
 	case "":
 	case "github.com":
-		for _, h := range []string{"uploads.github.com", "ghcr.io", "*.pkg.github.com"} {
+		for _, h := range []string{"uploads.github.com", "raw.githubusercontent.com", "ghcr.io", "*.pkg.github.com"} {
 			add(h)
 		}
 	default:
