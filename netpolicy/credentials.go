@@ -300,57 +300,57 @@ func (g *Gateway) findSurrogates(r *http.Request) []surrogateHit {
 	if len(g.surrogates) == 0 {
 		return nil
 	}
+	// Where a surrogate may be, each decoded once: the gateway knows the
+	// surrogates of every job of the last day.
+	places := requestPlaces(r)
 	var hits []surrogateHit
 	seen := map[surrogateHit]bool{}
-	add := func(h surrogateHit) {
-		if !seen[h] {
-			seen[h] = true
-			hits = append(hits, h)
-		}
-	}
 	for s := range g.surrogates {
-		for name, vals := range r.Header {
-			for _, v := range vals {
-				if strings.Contains(v, s) || basicContains(v, s) {
-					add(surrogateHit{surrogate: s, header: textproto.CanonicalMIMEHeaderKey(name)})
-				}
-			}
-		}
-		bare := *r.URL
-		bare.RawQuery = ""
-		if strings.Contains(bare.String(), s) || strings.Contains(r.Host, s) {
-			add(surrogateHit{surrogate: s})
-		}
-		if r.URL.RawQuery != "" {
-			for _, h := range queryHits(r.URL.RawQuery, s) {
-				add(h)
+		for _, p := range places {
+			if h := (surrogateHit{surrogate: s, header: p.header, query: p.query}); strings.Contains(p.text, s) && !seen[h] {
+				seen[h] = true
+				hits = append(hits, h)
 			}
 		}
 	}
 	return hits
 }
 
-// queryHits finds surrogate s in a raw query, as sent and decoded: in a
-// parameter's value it names the parameter, anywhere else (a name, an
-// undecodable pair) it is a hit in the URL.
-func queryHits(raw, s string) []surrogateHit {
-	var hits []surrogateHit
-	for _, pair := range strings.Split(raw, "&") {
+// place is a text of a request a surrogate may be found in, and where it
+// is (header and query empty: the URL or Host).
+type place struct{ text, header, query string }
+
+// requestPlaces lists r's header values (and their Basic credentials,
+// decoded), its URL without the query, its Host, and its query's names
+// and values as sent and decoded.
+func requestPlaces(r *http.Request) []place {
+	var out []place
+	for name, vals := range r.Header {
+		name = textproto.CanonicalMIMEHeaderKey(name)
+		for _, v := range vals {
+			out = append(out, place{text: v, header: name})
+			if user, pass, ok := decodeBasic(v); ok {
+				out = append(out, place{text: user + ":" + pass, header: name})
+			}
+		}
+	}
+	bare := *r.URL
+	bare.RawQuery = ""
+	out = append(out, place{text: bare.String()}, place{text: r.Host})
+	if r.URL.RawQuery == "" {
+		return out
+	}
+	for _, pair := range strings.Split(r.URL.RawQuery, "&") {
 		k, v, _ := strings.Cut(pair, "=")
 		key, err1 := url.QueryUnescape(k)
 		val, err2 := url.QueryUnescape(v)
-		switch {
-		case err1 != nil || err2 != nil:
-			if strings.Contains(pair, s) {
-				hits = append(hits, surrogateHit{surrogate: s})
-			}
-		case strings.Contains(k, s) || strings.Contains(key, s):
-			hits = append(hits, surrogateHit{surrogate: s})
-		case strings.Contains(v, s) || strings.Contains(val, s):
-			hits = append(hits, surrogateHit{surrogate: s, query: key})
+		if err1 != nil || err2 != nil {
+			out = append(out, place{text: pair})
+			continue
 		}
+		out = append(out, place{text: k}, place{text: key}, place{text: v, query: key}, place{text: val, query: key})
 	}
-	return hits
+	return out
 }
 
 // surrogateVerdict decides what to do with the surrogates found in a request
