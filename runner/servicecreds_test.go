@@ -79,6 +79,7 @@ func TestServiceCredentialInGitLabPlaces(t *testing.T) {
 		{name: "none", cmd: `probe http https://api.allowed.test/jt-none`},
 		{name: "form", cmd: `wget -q -O - --post-data "token=` + sur + `&ref=main" http://api.allowed.test/jt-form | grep -q fakenet && echo ok status=200`},
 		{name: "elsewhere", cmd: `probe http https://api.allowed.test/jt-elsewhere --header "PRIVATE-TOKEN: ` + sur + `"`},
+		{name: "unbound", cmd: `probe http http://` + isoWildName + `/jt-unbound --header "JOB-TOKEN: ` + sur + `"`},
 	}))
 	j.ServiceCredentials = []job.ServiceCredential{{Name: "gitlab-job-token", Surrogate: sur, Value: real, Hosts: []string{"api.allowed.test"},
 		Headers: []string{"JOB-TOKEN"}, Query: []string{"job_token"}, FormBody: true, PlainHTTP: true}}
@@ -87,7 +88,7 @@ func TestServiceCredentialInGitLabPlaces(t *testing.T) {
 		t.Fatalf("job %s (%v)\n%s", run.res.State, run.res.Err, run.out)
 	}
 	for p, want := range map[string]string{"header": "ok status=200", "query": "ok status=200", "basic": "ok status=200",
-		"plain": "ok status=200", "none": "ok status=200", "form": "ok status=200", "elsewhere": "ok status=403"} {
+		"plain": "ok status=200", "none": "ok status=200", "form": "ok status=200", "elsewhere": "ok status=403", "unbound": "ok status=403"} {
 		if got := run.probe(t, p); !strings.HasPrefix(got, want) {
 			t.Errorf("probe %s = %q, want %s", p, got, want)
 		}
@@ -113,8 +114,10 @@ func TestServiceCredentialInGitLabPlaces(t *testing.T) {
 	if r := got["/jt-form"]; r.Body != "token="+real+"&ref=main" {
 		t.Errorf("the form body reached the host as %q, want token swapped", r.Body)
 	}
-	if _, ok := got["/jt-elsewhere"]; ok {
-		t.Errorf("a request with the surrogate in another header reached the host")
+	for _, p := range []string{"/jt-elsewhere", "/jt-unbound"} {
+		if _, ok := got[p]; ok {
+			t.Errorf("%s: a request with the surrogate in another header or to another host reached it", p)
+		}
 	}
 	var used, empty int
 	for _, rec := range run.records {
