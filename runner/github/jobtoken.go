@@ -81,8 +81,8 @@ func githubTokenSurrogate(token string) string {
 
 // githubTokenHosts are the host names GITHUB_TOKEN is presented to: the
 // server, its API and GraphQL hosts and, on github.com, the uploads and
-// raw content hosts, the container registry and the package registries; on GitHub
-// Enterprise Server the server's subdomains (its packages).
+// raw content hosts, the container registry and the package registries;
+// on GitHub Enterprise Server the server's subdomains (its packages).
 func (m *AgentJobRequestMessage) githubTokenHosts() []string {
 	gh := m.ContextData.Get("github")
 	var hosts []string
