@@ -300,20 +300,46 @@ func (g *Gateway) findSurrogates(r *http.Request) []surrogateHit {
 	if len(g.surrogates) == 0 {
 		return nil
 	}
-	// Where a surrogate may be, each decoded once: the gateway knows the
-	// surrogates of every job of the last day.
-	places := requestPlaces(r)
+	// Where a surrogate may be, each decoded once, and each searched for
+	// the surrogates ending at each of its bytes: the gateway knows those
+	// of every job of the last day, and the work stays linear in the
+	// request's length however many they are.
 	var hits []surrogateHit
 	seen := map[surrogateHit]bool{}
-	for s := range g.surrogates {
-		for _, p := range places {
-			if h := (surrogateHit{surrogate: s, header: p.header, query: p.query}); strings.Contains(p.text, s) && !seen[h] {
-				seen[h] = true
-				hits = append(hits, h)
+	for _, p := range requestPlaces(r) {
+		for end := surrogateTailLen; end <= len(p.text); end++ {
+			for _, s := range g.surTails[p.text[end-surrogateTailLen:end]] {
+				h := surrogateHit{surrogate: s, header: p.header, query: p.query}
+				if end >= len(s) && p.text[end-len(s):end] == s && !seen[h] {
+					seen[h] = true
+					hits = append(hits, h)
+				}
 			}
 		}
 	}
 	return hits
+}
+
+// surrogateTailLen is how many of a surrogate's last bytes index it
+// (its random part: surrogates of one kind share their prefix).
+const surrogateTailLen = 8
+
+// addSurrogate knows s as o's; the caller holds surMu.
+func (g *Gateway) addSurrogate(s string, o *surrogateOwner) {
+	g.surrogates[s] = o
+	tail := s[len(s)-surrogateTailLen:]
+	g.surTails[tail] = append(g.surTails[tail], s)
+}
+
+// forgetSurrogate forgets s; the caller holds surMu.
+func (g *Gateway) forgetSurrogate(s string) {
+	delete(g.surrogates, s)
+	tail := s[len(s)-surrogateTailLen:]
+	if rest := slices.DeleteFunc(g.surTails[tail], func(x string) bool { return x == s }); len(rest) > 0 {
+		g.surTails[tail] = rest
+	} else {
+		delete(g.surTails, tail)
+	}
 }
 
 // place is a text of a request a surrogate may be found in, and where it
@@ -398,7 +424,7 @@ func (g *Gateway) addSurrogates(jobID string, creds []Credential) error {
 	now := time.Now()
 	for s, o := range g.surrogates {
 		if !o.retired.IsZero() && now.Sub(o.retired) > retiredSurrogateTTL {
-			delete(g.surrogates, s)
+			g.forgetSurrogate(s)
 		}
 	}
 	for i := range creds {
@@ -414,7 +440,7 @@ func (g *Gateway) addSurrogates(jobID string, creds []Credential) error {
 		if c.IsMTLS() {
 			continue
 		}
-		g.surrogates[c.Surrogate] = &surrogateOwner{job: jobID, cred: &c}
+		g.addSurrogate(c.Surrogate, &surrogateOwner{job: jobID, cred: &c})
 	}
 	return nil
 }
@@ -438,7 +464,7 @@ func (g *Gateway) dropSurrogates(jobID string) {
 	defer g.surMu.Unlock()
 	for s, o := range g.surrogates {
 		if o.job == jobID && o.retired.IsZero() {
-			delete(g.surrogates, s)
+			g.forgetSurrogate(s)
 		}
 	}
 }

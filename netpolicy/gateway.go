@@ -113,6 +113,8 @@ type Gateway struct {
 
 	surMu      sync.RWMutex
 	surrogates map[string]*surrogateOwner
+	// surTails indexes surrogates by their last surrogateTailLen bytes.
+	surTails map[string][]string
 }
 
 // NewGateway validates cfg and returns a gateway with no jobs.
@@ -149,6 +151,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		guard:      NewDialGuard(cfg.Guard),
 		jobs:       map[string]*jobState{},
 		surrogates: map[string]*surrogateOwner{},
+		surTails:   map[string][]string{},
 	}, nil
 }
 
