@@ -172,8 +172,13 @@ func (c *Credential) inject(r *http.Request) {
 }
 
 // maxFormBody bounds the form body the gateway reads to swap a surrogate
-// in; a longer one passes as sent.
-const maxFormBody = 1 << 20
+// in (a form carrying a token is small); a longer one passes as sent.
+// maxFormBodies bound how many a job's requests have read at once: the
+// others wait, so a job cannot make the gateway hold more than 512 KiB.
+const (
+	maxFormBody   = 64 << 10
+	maxFormBodies = 8
+)
 
 // injectBody replaces the surrogate in r's form body when c allows it;
 // it reports whether it did.
@@ -480,7 +485,13 @@ func (j *jobState) injectBodies(w http.ResponseWriter, r *http.Request, host str
 		if !c.FormBody || c.IsMTLS() || !c.boundTo(host) || (!intercepted && !c.PlainHTTP) {
 			continue
 		}
+		select {
+		case j.bodies <- struct{}{}:
+		case <-r.Context().Done():
+			return false
+		}
 		swapped, err := c.injectBody(r)
+		<-j.bodies
 		if err != nil {
 			ev.Status, ev.Reason, ev.Duration = http.StatusBadRequest, err.Error(), time.Since(start)
 			j.emit(*ev)

@@ -9,10 +9,12 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"mime/multipart"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -444,6 +446,37 @@ func TestSurrogateInQueryAndPlainHTTP(t *testing.T) {
 		path := tc.url[strings.LastIndex(tc.url, "/"):]
 		if r := find(u, path); resp.StatusCode != 200 || r == nil || r.Body != tc.want {
 			t.Errorf("%s: POST = %d, upstream got %+v, want body %q", tc.name, resp.StatusCode, r, tc.want)
+		}
+	}
+	// A form over maxFormBody passes as sent; many at once all get
+	// through the job's bound on bodies read together.
+	big := "token=" + surrGL + "&pad=" + strings.Repeat("x", maxFormBody)
+	if resp, err := client.Post(tls+"/big", "application/x-www-form-urlencoded", strings.NewReader(big)); err != nil {
+		t.Fatal(err)
+	} else if readBody(t, resp); resp.StatusCode != 200 {
+		t.Errorf("a big form = %d, want 200", resp.StatusCode)
+	}
+	if r := find(e.up, "/big"); r == nil || r.Body != big {
+		t.Errorf("a form over %d bytes was changed", maxFormBody)
+	}
+	var wg sync.WaitGroup
+	codes := make([]int, 3*maxFormBodies)
+	for i := range codes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := client.Post(fmt.Sprintf("%s/many%d", tls, i), "application/x-www-form-urlencoded", strings.NewReader("token="+surrGL))
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				codes[i] = resp.StatusCode
+			}
+		}()
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if r := find(e.up, fmt.Sprintf("/many%d", i)); c != 200 || r == nil || r.Body != "token="+realValue {
+			t.Errorf("form %d of %d at once: %d, upstream %+v; want 200 and the real value", i, len(codes), c, r)
 		}
 	}
 	e.events.wait(t, "form injection", func(ev Event) bool {

@@ -214,6 +214,10 @@ type jobState struct {
 	conns  map[net.Conn]struct{}
 	closed bool
 	wg     sync.WaitGroup
+
+	// bodies bounds the form bodies read at once to swap a surrogate in
+	// (maxFormBodies of at most maxFormBody each).
+	bodies chan struct{}
 }
 
 // Register starts the listeners of a job on cfg.GatewayIP. On error nothing
@@ -223,10 +227,11 @@ func (g *Gateway) Register(ctx context.Context, cfg JobConfig) (*Registration, e
 		return nil, fmt.Errorf("registering job %s with the gateway: %w", cfg.JobID, err)
 	}
 	j := &jobState{
-		g:     g,
-		cfg:   cfg,
-		log:   g.log.With("job", cfg.JobID),
-		conns: map[net.Conn]struct{}{},
+		g:      g,
+		cfg:    cfg,
+		log:    g.log.With("job", cfg.JobID),
+		conns:  map[net.Conn]struct{}{},
+		bodies: make(chan struct{}, maxFormBodies),
 	}
 	j.transport = &http.Transport{
 		DialContext:           j.dialContext,
