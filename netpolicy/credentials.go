@@ -53,6 +53,13 @@ type Credential struct {
 	// GitLab's pipeline trigger (token=$CI_JOB_TOKEN); it is replaced
 	// there.
 	FormBody bool
+	// StripUnbound: a header carrying the surrogate on a request of its
+	// job to a host it is not bound to is removed and the request goes
+	// on (an alert says so), where other surrogates are refused. For a
+	// coordinator's token, which clients send along when they follow a
+	// redirect (curl -L -H "JOB-TOKEN: ..." to an object store); the
+	// surrogate is worthless there anyway.
+	StripUnbound bool
 	// PlainHTTP lets the gateway swap the surrogate on plain-HTTP requests
 	// to the bound hosts. Only for a coordinator's own credential whose
 	// coordinator is itself reached over plain HTTP: the runner sends the
@@ -382,6 +389,27 @@ func requestPlaces(r *http.Request) []place {
 		out = append(out, place{text: k}, place{text: key}, place{text: v, query: key}, place{text: val, query: key})
 	}
 	return out
+}
+
+// stripUnbound removes from r the headers that carry a surrogate of the
+// job's own active credential with StripUnbound to a host it is not
+// bound to, each with an alert, and returns the other hits.
+func (j *jobState) stripUnbound(r *http.Request, host string, port int, hits []surrogateHit) []surrogateHit {
+	var rest []surrogateHit
+	for _, h := range hits {
+		j.g.surMu.RLock()
+		o := j.g.surrogates[h.surrogate]
+		strip := o != nil && o.cred.StripUnbound && h.header != "" && o.job == j.cfg.JobID && o.retired.IsZero() && !o.cred.boundTo(host)
+		j.g.surMu.RUnlock()
+		if !strip {
+			rest = append(rest, h)
+			continue
+		}
+		r.Header.Del(h.header)
+		j.emit(Event{Kind: KindAlert, Host: host, Port: port, Method: r.Method, Path: r.URL.Path, Verdict: VerdictDenied, GrantID: o.cred.GrantID,
+			Reason: fmt.Sprintf("surrogate presented to %s, which it is not bound to, in header %s: the header was removed", host, h.header)})
+	}
+	return rest
 }
 
 // surrogateVerdict decides what to do with the surrogates found in a request

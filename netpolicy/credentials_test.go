@@ -64,7 +64,7 @@ func newCredEnvRoots(t *testing.T, trustFake bool) *credEnv {
 			// A coordinator's job token as GitLab takes it: in Authorization,
 			// JOB-TOKEN or ?job_token=, and over plain HTTP where GitLab is.
 			{GrantID: "grant-gl", Surrogate: surrGL, Hosts: []string{"gl.test", "glplain.test"}, ExtraHeaders: []string{"JOB-TOKEN"},
-				QueryParams: []string{"job_token"}, FormBody: true, PlainHTTP: true, Value: []byte(realValue)},
+				QueryParams: []string{"job_token"}, FormBody: true, PlainHTTP: true, StripUnbound: true, Value: []byte(realValue)},
 		},
 	}
 	opts := gatewayOpts{resolver: res}
@@ -482,6 +482,28 @@ func TestSurrogateInQueryAndPlainHTTP(t *testing.T) {
 	e.events.wait(t, "form injection", func(ev Event) bool {
 		return ev.Kind == KindProxied && ev.GrantID == "grant-gl" && ev.Path == "/ptrigger" && ev.Status == 200
 	})
+
+	// Sent along to a host it is not bound to (a redirect the client
+	// followed), its header is removed and the request goes on, with an
+	// alert; over plain HTTP and to a host intercepted for another grant.
+	for _, tc := range []struct {
+		url string
+		up  *upstream
+	}{
+		{"http://plain.test:" + strconv.Itoa(e.plain.port) + "/strip", e.plain},
+		{"https://bound.test:" + strconv.Itoa(e.up.port) + "/strip2", e.up},
+	} {
+		if got := get(tc.url, "JOB-TOKEN", surrGL); got != 200 {
+			t.Errorf("GET %s with the surrogate in JOB-TOKEN = %d, want 200", tc.url, got)
+		}
+		path := tc.url[strings.LastIndex(tc.url, "/"):]
+		if r := find(tc.up, path); r == nil || r.Header.Get("Job-Token") != "" {
+			t.Errorf("GET %s reached the host as %+v, want it without JOB-TOKEN", tc.url, r)
+		}
+		e.events.wait(t, "removed header", func(ev Event) bool {
+			return ev.Kind == KindAlert && ev.GrantID == "grant-gl" && ev.Path == path && strings.Contains(ev.Reason, "header Job-Token: the header was removed")
+		})
+	}
 
 	// (Before the refusals: a surrogate in the path is in an alert's path,
 	// which the runner's trail masks.)

@@ -114,7 +114,7 @@ func (j *jobState) serveIntercepted(w http.ResponseWriter, r *http.Request, host
 		http.Error(w, "airlock: Host does not match the TLS server name", http.StatusForbidden)
 		return
 	}
-	inject, reason, grant := j.g.surrogateVerdict(j, host, j.g.findSurrogates(r), true)
+	inject, reason, grant := j.g.surrogateVerdict(j, host, j.stripUnbound(r, host, port, j.g.findSurrogates(r)), true)
 	if reason != "" {
 		ev.Kind, ev.Status, ev.Reason, ev.GrantID = KindAlert, http.StatusForbidden, reason, grant
 		ev.Duration = time.Since(start)

@@ -152,7 +152,7 @@ func (j *jobState) forwardPlain(w http.ResponseWriter, r *http.Request, hostport
 		http.Error(w, "airlock: egress to "+net.JoinHostPort(host, strconv.Itoa(port))+" refused: "+reason, http.StatusForbidden)
 		return
 	}
-	if hits := j.g.findSurrogates(r); len(hits) > 0 {
+	if hits := j.stripUnbound(r, host, port, j.g.findSurrogates(r)); len(hits) > 0 {
 		inject, reason, grant := j.g.surrogateVerdict(j, host, hits, false)
 		if reason != "" {
 			j.emit(Event{Kind: KindAlert, Host: host, Port: port, Method: r.Method, Path: r.URL.Path,

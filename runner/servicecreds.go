@@ -26,6 +26,7 @@ func (e *execution) bindServiceCredentials() {
 		e.policy.Credentials = append(e.policy.Credentials, netpolicy.Credential{
 			GrantID: "service:" + c.Name, Surrogate: c.Surrogate, Hosts: hosts, Value: []byte(c.Value),
 			ExtraHeaders: c.Headers, QueryParams: c.Query, FormBody: c.FormBody, PlainHTTP: c.PlainHTTP,
+			StripUnbound: true, // a client following a redirect sends the service's token along
 		})
 	}
 }
