@@ -294,7 +294,13 @@ func cidrFor(a netip.Addr, port int) string { return fmt.Sprintf("%s/32:%d", a, 
 // returns the listener's address.
 func serveTCP(t testing.TB, addr netip.Addr, handle func(c net.Conn)) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp4", netip.AddrPortFrom(addr, 0).String())
+	return serveTCPOn(t, netip.AddrPortFrom(addr, 0), handle)
+}
+
+// serveTCPOn is serveTCP on a given port (0: any).
+func serveTCPOn(t testing.TB, ap netip.AddrPort, handle func(c net.Conn)) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp4", ap.String())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,24 +62,8 @@ func TestNFTablesHostChainConfines(t *testing.T) {
 	if err != nil {
 		t.Fatalf("plumbing the job's namespace: %v", err)
 	}
-	listen := func(port int) {
-		l, err := net.Listen("tcp4", fmt.Sprintf("%s:%d", spec.GatewayIP, port))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
-	}
-	listen(3128) // a gateway port of the spec
-	listen(4444) // another port of the host
+	serveTCPOn(t, netip.AddrPortFrom(spec.GatewayIP, 3128), func(net.Conn) {}) // a gateway port of the spec
+	serveTCPOn(t, netip.AddrPortFrom(spec.GatewayIP, 4444), func(net.Conn) {}) // another port of the host
 	dial := func(port int) error {
 		return testenv.InNetNS(nsPath, func() error {
 			c, err := net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", spec.GatewayIP, port), time.Second)
