@@ -3,9 +3,7 @@ package github
 import (
 	"crypto/rand"
 	"encoding/base64"
-	"net/netip"
 	"net/url"
-	"slices"
 	"strings"
 
 	"github.com/airlock-ci/airlock/runner/job"
@@ -86,37 +84,16 @@ func githubTokenSurrogate(token string) string {
 func (m *AgentJobRequestMessage) githubTokenHosts() []string {
 	gh := m.ContextData.Get("github")
 	var hosts []string
-	add := func(h string) {
-		h = strings.ToLower(h)
-		if _, err := netip.ParseAddr(h); err == nil {
-			return // the gateway binds names only
-		}
-		if h != "" && !slices.Contains(hosts, h) {
-			hosts = append(hosts, h)
-		}
+	for _, key := range []string{"server_url", "api_url", "graphql_url"} {
+		hosts = job.AddBindableHost(hosts, gh.StringAt(key))
 	}
-	server := ""
-	for i, key := range []string{"server_url", "api_url", "graphql_url"} {
-		u, err := url.Parse(gh.StringAt(key))
-		if err != nil || u.Hostname() == "" {
-			continue
-		}
-		if i == 0 {
-			server = strings.ToLower(u.Hostname())
-			if _, err := netip.ParseAddr(server); err == nil {
-				server = ""
-			}
-		}
-		add(u.Hostname())
-	}
-	switch server {
-	case "":
-	case "github.com":
-		for _, h := range []string{"uploads.github.com", "raw.githubusercontent.com", "ghcr.io", "*.pkg.github.com"} {
-			add(h)
-		}
+	server := job.AddBindableHost(nil, gh.StringAt("server_url"))
+	switch {
+	case len(server) == 0:
+	case server[0] == "github.com":
+		hosts = append(hosts, "uploads.github.com", "raw.githubusercontent.com", "ghcr.io", "*.pkg.github.com")
 	default:
-		add("*." + server)
+		hosts = append(hosts, "*."+server[0])
 	}
 	return hosts
 }

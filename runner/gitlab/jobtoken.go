@@ -3,9 +3,7 @@ package gitlab
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"net/netip"
 	"net/url"
-	"slices"
 	"strings"
 
 	"github.com/airlock-ci/airlock/runner/job"
@@ -78,34 +76,14 @@ func jobTokenSurrogate(token string) string {
 // instance's services, from its variables and the job's repository URL,
 // and whether GitLab itself (CI_SERVER_URL) is served over plain HTTP.
 func (r *JobResponse) jobTokenHosts() (hosts []string, plain bool) {
-	add := func(raw string) {
-		if raw == "" {
-			return
-		}
-		if !strings.Contains(raw, "://") {
-			raw = "//" + raw // host[:port]
-		}
-		u, err := url.Parse(raw)
-		if err != nil {
-			return
-		}
-		h := strings.ToLower(u.Hostname())
-		if _, err := netip.ParseAddr(h); err == nil {
-			return // the gateway binds names only
-		}
-		if h != "" && !slices.Contains(hosts, h) {
-			hosts = append(hosts, h)
-		}
-	}
 	for _, name := range jobTokenHostVariables {
 		v, _ := r.variable(name)
-		add(v)
+		hosts = job.AddBindableHost(hosts, v)
 		if name == "CI_SERVER_URL" {
 			if u, err := url.Parse(v); err == nil && u.Scheme == "http" {
 				plain = true
 			}
 		}
 	}
-	add(r.GitInfo.RepoURL)
-	return hosts, plain
+	return job.AddBindableHost(hosts, r.GitInfo.RepoURL), plain
 }

@@ -6,7 +6,10 @@ package job
 import (
 	"errors"
 	"fmt"
+	"net/netip"
+	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -304,6 +307,27 @@ type ServiceCredential struct {
 	// gateway swaps the surrogate on plain-HTTP requests too (the runner
 	// sends the value there in clear anyway).
 	PlainHTTP bool
+}
+
+// AddBindableHost appends to hosts the host name of raw (a URL, or
+// host[:port]) in lower case, unless it is empty, an address (the
+// gateway binds service credentials to names only) or already there.
+func AddBindableHost(hosts []string, raw string) []string {
+	if raw == "" {
+		return hosts
+	}
+	if !strings.Contains(raw, "://") {
+		raw = "//" + raw
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return hosts
+	}
+	h := strings.ToLower(u.Hostname())
+	if _, err := netip.ParseAddr(h); err == nil || h == "" || slices.Contains(hosts, h) {
+		return hosts
+	}
+	return append(hosts, h)
 }
 
 // minServiceSurrogate keeps a surrogate long enough to be unguessable
