@@ -10,9 +10,9 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/bmatcuk/doublestar/v4"
-	"time"
 )
 
 // PullPolicy says when an image is pulled.

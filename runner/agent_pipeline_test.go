@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"fmt"
-	"github.com/airlock-ci/airlock/audit"
 	"hash/crc32"
 	"io"
 	"io/fs"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/airlock-ci/airlock/audit"
 	"github.com/airlock-ci/airlock/internal/testenv/fakegitlab"
 	"github.com/airlock-ci/airlock/runner/cache"
 	"github.com/airlock-ci/airlock/runner/gitlab"

@@ -20,7 +20,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	dockerclient "github.com/docker/docker/client"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -29,6 +28,7 @@ import (
 
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/namespaces"
+	dockerclient "github.com/docker/docker/client"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/airlock-ci/airlock/executors"
