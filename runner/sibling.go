@@ -119,9 +119,9 @@ func (h *stepHost) ExecContainer(ctx context.Context, x job.ContainerExec) (int,
 	return code, nil
 }
 
-// bundleIn is one tar stream, relative to x.Root, of x.Dirs and the
+// bundleIn is one tar stream, relative to x.Root, of x.Dirs, the
 // contents of every In copy (read from the job's container) under its
-// To. A failed read ends the stream with its error.
+// To, and x.Links. A failed read ends the stream with its error.
 func bundleIn(ctx context.Context, down executors.Downloader, x job.ContainerExec) io.Reader {
 	pr, pw := io.Pipe()
 	go func() {
@@ -165,6 +165,20 @@ func bundleIn(ctx context.Context, down executors.Downloader, x job.ContainerExe
 				rc.Close()
 				if err != nil {
 					return fmt.Errorf("reading %s: %w", c.From, err)
+				}
+			}
+			for _, l := range x.Links {
+				rel, err := below(x.Root, l.Path)
+				if err != nil {
+					return err
+				}
+				if dir := path.Dir(rel); dir != "." {
+					if err := mkdir(dir); err != nil {
+						return err
+					}
+				}
+				if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: rel, Linkname: l.Target, Mode: 0o777, ModTime: time.Now()}); err != nil {
+					return err
 				}
 			}
 			return tw.Close()

@@ -36,10 +36,13 @@ func validImageRef(ref string) error {
 
 // runDocker runs a Docker container action's phase (pre-entrypoint,
 // the main entrypoint with its args, or post-entrypoint) in a container
-// of its image beside the job's: the workspace and the step's
-// file-command files are copied in and back (GITHUB_WORKSPACE is
-// /github/workspace, HOME /github/home, as on GitHub), its inputs are
-// INPUT_* variables, its output passes the workflow-command writer.
+// of its image beside the job's: the workspace and RUNNER_TEMP are
+// copied in and back (GITHUB_WORKSPACE is /github/workspace,
+// RUNNER_TEMP /github/runner_temp, and HOME /github/home and the file
+// commands' /github/file_commands are its _github_home and
+// _runner_file_commands, as GitHub's runner mounts them: what one
+// action leaves in its home the next finds), its inputs are INPUT_*
+// variables, its output passes the workflow-command writer.
 func (d *Driver) runDocker(ctx context.Context, e *entry, h job.StepHost, sc *scope, a *action, kind entryKind, inputs, stepEnv map[string]string, id string, state map[string]string) (int, error) {
 	ch, ok := h.(job.ContainerStepHost)
 	if !ok {
@@ -111,8 +114,8 @@ func (d *Driver) runDocker(ctx context.Context, e *entry, h job.StepHost, sc *sc
 	}
 	full := d.runtimeEnv(h, &nsc, inCtr, action, env, d.actionEnv(inputs, state)...)
 	// The image's own PATH stays: the job container's is no use there.
-	// A value naming the workspace names it where this container has it
-	// (GitHub translates such paths too).
+	// A value naming the workspace or RUNNER_TEMP names it where this
+	// container has it (GitHub translates such paths too).
 	kept := full[:0]
 	wd := h.WorkDir()
 	for _, kv := range full {
@@ -120,8 +123,11 @@ func (d *Driver) runDocker(ctx context.Context, e *entry, h job.StepHost, sc *sc
 		if k == "PATH" {
 			continue
 		}
-		if v == wd || strings.HasPrefix(v, wd+"/") {
-			kv = k + "=" + dockerWorkspace + strings.TrimPrefix(v, wd)
+		for _, m := range [][2]string{{wd, dockerWorkspace}, {runnerTemp, dockerTemp}} {
+			if v == m[0] || strings.HasPrefix(v, m[0]+"/") {
+				kv = k + "=" + m[1] + strings.TrimPrefix(v, m[0])
+				break
+			}
 		}
 		kept = append(kept, kv)
 	}
@@ -144,9 +150,12 @@ func (d *Driver) runDocker(ctx context.Context, e *entry, h job.StepHost, sc *sc
 		Env:        kept,
 		Root:       dockerRoot,
 		WorkDir:    dockerWorkspace,
-		Dirs:       []string{dockerHome, dockerTemp},
-		In:         []job.DirCopy{{From: h.WorkDir(), To: dockerWorkspace}, {From: fileCmdDir, To: dockerFileCmds}},
-		Out:        []job.DirCopy{{From: dockerWorkspace, To: h.WorkDir()}, {From: dockerFileCmds, To: fileCmdDir}},
+		In:         []job.DirCopy{{From: h.WorkDir(), To: dockerWorkspace}, {From: runnerTemp, To: dockerTemp}},
+		Links: []job.Symlink{
+			{Path: dockerHome, Target: dockerTemp + strings.TrimPrefix(githubHome, runnerTemp)},
+			{Path: dockerFileCmds, Target: dockerTemp + strings.TrimPrefix(fileCmdDir, runnerTemp)},
+		},
+		Out: []job.DirCopy{{From: dockerWorkspace, To: h.WorkDir()}, {From: dockerTemp, To: runnerTemp}},
 	}
 	return d.runStep(ctx, e, h, sc, fc, id, func(stdout *commandWriter) (int, error) {
 		x.Stdout = stdout

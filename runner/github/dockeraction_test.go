@@ -124,9 +124,12 @@ echo "cleanup=c-$INPUT_WHO" >> "$GITHUB_STATE"
 echo "::notice title=Docker::from the container"
 echo "leak: $ACTIONS_RUNTIME_TOKEN"
 echo "token-shape: ${ACTIONS_RUNTIME_TOKEN%%-*}"
+echo kept-in-home > "$HOME/.kept"
+echo "temp: $RUNNER_TEMP $(cat "$RUNNER_TEMP/from-job")"
+echo from-action > "$RUNNER_TEMP/from-action"
 `,
 	"/action/post.sh": `#!/bin/sh
-echo "post: state=$STATE_cleanup $STATE_frompre"
+echo "post: state=$STATE_cleanup $STATE_frompre home=$(cat "$HOME/.kept")"
 `,
 }
 
@@ -150,17 +153,17 @@ func testDriverDockerActions(t *testing.T, r *runner.Runner) {
 	plain := usesStep("plain", "Plain", "acme/plain", "v1", "", mapping("entrypoint", "/bin/sh", "args", `-c "echo plain: \"\$1\"" x 'one arg'`))
 	dock := usesStep("dock", "Dock", "acme/dock", "v1", "", mapping("who", exprTok("matrix.os")))
 	dock.Environment = mapping("STEP_ENV", "se")
-	url := usesStep("url", "URL", "", "", "", mapping("entrypoint", "/bin/sh", "args", `-c 'echo "url: x=$INPUT_X wd=$(pwd) $0 made=$(cat data/made.txt) via-env=$(cat "$IN_FILE")"; exit 3' named`, "x", "1"))
+	url := usesStep("url", "URL", "", "", "", mapping("entrypoint", "/bin/sh", "args", `-c 'echo "url: x=$INPUT_X wd=$(pwd) $0 made=$(cat data/made.txt) via-env=$(cat "$IN_FILE") home=$(cat "$HOME/.kept") tmp=$TMP_FILE"; exit 3' named`, "x", "1"))
 	// A value naming the workspace names it where the action's container has it.
-	url.Environment = mapping("IN_FILE", exprTok("format('{0}/data/in.txt', github.workspace)"))
+	url.Environment = mapping("IN_FILE", exprTok("format('{0}/data/in.txt', github.workspace)"), "TMP_FILE", exprTok("format('{0}/x', runner.temp)"))
 	url.Reference = ActionReference{Type: Enum("containerRegistry"), Image: img}
 	url.ContinueOnError = &TemplateToken{Type: TokenBoolean, Bool: true}
 	m := testMessage(testenv.TestImage,
-		runStep("prep", "Prep", lit("mkdir -p data && echo from-job > data/in.txt && echo x > data/gone.txt")),
+		runStep("prep", "Prep", lit(`mkdir -p data && echo from-job > data/in.txt && echo x > data/gone.txt && echo in-temp > "$RUNNER_TEMP/from-job"`)),
 		dock,
 		url,
 		plain,
-		runStep("after", "After", exprTok(`format('echo "after: $(cat data/made.txt) gone=$(test -e data/gone.txt && echo no || echo yes) out={0} env=$DOCKER_SET url={1}"', steps.dock.outputs.greeting, steps.url.outcome)`)),
+		runStep("after", "After", exprTok(`format('echo "after: $(cat data/made.txt) gone=$(test -e data/gone.txt && echo no || echo yes) out={0} env=$DOCKER_SET url={1} temp=$(cat "$RUNNER_TEMP/from-action")"', steps.dock.outputs.greeting, steps.url.outcome)`)),
 	)
 	res, d, log := runDrivenOn(t, r, m, nil, DriverOptions{Actions: src})
 	if res.State != runner.Success {
@@ -171,10 +174,13 @@ func testDriverDockerActions(t *testing.T, r *runner.Runner) {
 		"main: who=linux arg1=linux arg2=second arg runs-env=linux-env step-env=se pwd=/github/workspace ws=/github/workspace home=/github/home state=p1",
 		"main: in=from-job", "main: event-ok", "##[notice]from the container", "leak: [MASKED]",
 		"token-shape: airlock", // the job token's surrogate, not the token
-		"url: x=1 wd=/github/workspace named made=made-by-action via-env=from-job",
+		"temp: /github/runner_temp in-temp",
+		// HOME persists from one action's container to the next, as GitHub's
+		// runner mounts one directory at /github/home in each.
+		"url: x=1 wd=/github/workspace named made=made-by-action via-env=from-job home=kept-in-home tmp=/github/runner_temp/x",
 		"plain: one arg",
-		"after: made-by-action gone=yes out=hi-linux env=yes url=failure",
-		"post: state=c-linux p1",
+		"after: made-by-action gone=yes out=hi-linux env=yes url=failure temp=from-action",
+		"post: state=c-linux p1 home=kept-in-home",
 	}
 	inOrder(t, log, order)
 	if strings.Contains(log, "job-token-value-0123456789") {

@@ -99,11 +99,15 @@ type entry struct {
 	state map[string]string // GITHUB_STATE of the main step, for post
 }
 
-// Paths in the job's container.
+// Paths in the job's container, laid out as GitHub's runner lays out
+// its work directory: the file commands and the Docker actions' home
+// are in RUNNER_TEMP, the tool cache beside it.
 const (
-	runnerTemp    = "/tmp/airlock-runner"
+	runnerRoot    = "/tmp/airlock-runner"
+	runnerTemp    = runnerRoot + "/_temp"
 	fileCmdDir    = runnerTemp + "/_runner_file_commands"
-	toolCache     = runnerTemp + "/_tool"
+	githubHome    = runnerTemp + "/_github_home"
+	toolCache     = runnerRoot + "/_tool"
 	eventFile     = "github-event.json"
 	actionsSubdir = "actions"
 )
@@ -140,7 +144,7 @@ func (d *Driver) Begin(ctx context.Context, h job.StepHost) error {
 
 	var out strings.Builder
 	probe := `command -v bash >/dev/null 2>&1 && echo bash=1; command -v node >/dev/null 2>&1 && echo node=1; printf 'path=%s\n' "$PATH"; mkdir -p "$1" "$2" "$3"`
-	code, err := h.Exec(ctx, job.StepExec{Cmd: []string{"/bin/sh", "-c", probe, "probe", runnerTemp, fileCmdDir, toolCache}, Stdout: &out, Stderr: &out})
+	code, err := h.Exec(ctx, job.StepExec{Cmd: []string{"/bin/sh", "-c", probe, "probe", fileCmdDir, githubHome, toolCache}, Stdout: &out, Stderr: &out})
 	if err != nil {
 		return fmt.Errorf("probing the job's image: %w", err)
 	}

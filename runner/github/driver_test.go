@@ -419,7 +419,7 @@ func TestDriverStepEnvironment(t *testing.T) {
 		t.Fatalf("result = %s (%v)\n%s", res.State, res.Err, log)
 	}
 	for _, w := range []string{
-		"actions=true ci=true os=Linux temp=/tmp/airlock-runner repo=acme/app ref=refs/heads/main sha=0123456789abcdef0123456789abcdef01234567 action=plain",
+		"actions=true ci=true os=Linux temp=/tmp/airlock-runner/_temp repo=acme/app ref=refs/heads/main sha=0123456789abcdef0123456789abcdef01234567 action=plain",
 		"token vars: 0", "gh-token-present",
 		`##[error]GITHUB_ENV: X: heredoc delimiter "EOF" not found`, "badenv=failure X=unset",
 	} {

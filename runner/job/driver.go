@@ -97,13 +97,19 @@ type ContainerExec struct {
 	// In copies land under; WorkDir is where the command starts.
 	Root, WorkDir string
 	Dirs          []string // empty directories made under Root first
-	In, Out       []DirCopy
-	Stdout        io.Writer // stdout and stderr; nil: the job log
+	// Links are symbolic links made under Root after Dirs and the In
+	// copies: one directory seen at two paths, as a bind mount shows it.
+	Links   []Symlink
+	In, Out []DirCopy
+	Stdout  io.Writer // stdout and stderr; nil: the job log
 }
 
 // DirCopy copies directory From's contents to directory To (In: from
 // the job's container to the step's, To below Root; Out: back).
 type DirCopy struct{ From, To string }
+
+// Symlink is a link at Path (below the container step's Root) to Target.
+type Symlink struct{ Path, Target string }
 
 // Driven is an optional capability of a Lease whose job needs its
 // coordinator's step semantics: the agent passes the driver to the runner
