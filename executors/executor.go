@@ -235,6 +235,13 @@ type SiblingCreator interface {
 // ImageCommand is an image's ENTRYPOINT and CMD.
 type ImageCommand struct{ Entrypoint, Cmd []string }
 
+// ImageCommander is an optional Container capability: the ENTRYPOINT
+// and CMD of the image the container was made from (none of them runs:
+// the container's init is the idle entrypoint).
+type ImageCommander interface {
+	ImageCommand(ctx context.Context) (ImageCommand, error)
+}
+
 // LabelSibling marks a job's sibling container (its value: the name).
 const LabelSibling = "io.airlock.sibling"
 

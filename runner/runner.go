@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -288,6 +289,10 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 		res.Reason, res.Err = ConfigurationError, fmt.Errorf("invalid job: %w", err)
 		return res, nil
 	}
+	if o.Driver != nil && (len(j.StepEntrypoint) > 0 || j.EntrypointFromImage) {
+		res.Reason, res.Err = ConfigurationError, errors.New("invalid job: a step entrypoint is for script steps; this job's coordinator drives its steps")
+		return res, nil
+	}
 	if r.Audit != nil {
 		// No job runs unaudited: a trail that cannot be written fails it.
 		var err error
@@ -373,11 +378,39 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 	}
 	if o.Driver != nil {
 		e.runDriven(ctx, jobCtx, res)
+	} else if err := e.resolveEntrypoint(jobCtx); err != nil {
+		res.Err = err
+		fmt.Fprintf(masker, "\x1b[31;1mPreparing the job failed: %v\x1b[0;m\n", err)
 	} else {
 		e.runSteps(ctx, jobCtx, res)
 	}
 	e.collect(ctx, res)
 	return res, nil
+}
+
+// resolveEntrypoint sets the command of the job's script steps: the
+// shell, after the job's step entrypoint (its own, or its image's
+// ENTRYPOINT read from the executor) when that is more than a shell.
+func (e *execution) resolveEntrypoint(ctx context.Context) error {
+	ep := e.j.StepEntrypoint
+	if e.j.EntrypointFromImage {
+		ic, ok := e.ctr.(executors.ImageCommander)
+		if !ok {
+			return errors.New("this executor cannot read the image's ENTRYPOINT, which the job's steps run through")
+		}
+		cmd, err := ic.ImageCommand(ctx)
+		if err != nil {
+			return err
+		}
+		ep = cmd.Entrypoint
+	}
+	e.stepCmd = stepShell
+	if job.ShellEntrypoint(ep) {
+		return nil
+	}
+	fmt.Fprintf(e.out, "Running every step through the image's entrypoint %q (image: entrypoint: [\"\"] runs the steps in the shell directly)\n", ep)
+	e.stepCmd = append(slices.Clip(ep), stepShell...)
+	return nil
 }
 
 // endState sets a result's state from why the job's context ended.
@@ -424,6 +457,10 @@ type execution struct {
 	// holder keeps the namespace of the pooled network the job claimed
 	// (executors.NetworkHolder); removed after the job's container.
 	holder executors.Holder
+
+	// stepCmd is what every script step runs: the shell, wrapped in
+	// the job's step entrypoint when it has one (resolveEntrypoint).
+	stepCmd []string
 
 	services  *jobServices
 	svcMounts []executors.Mount // what services mount (hosts, resolv.conf)
@@ -585,7 +622,7 @@ func (e *execution) step(ctx, jobCtx context.Context, s job.Step) StepResult {
 	e.trail.note(ctx, audit.NewStepStarted(s.Name))
 	start := time.Now()
 	code, err := e.ctr.Exec(stepCtx, executors.Exec{
-		Cmd:     stepShell,
+		Cmd:     e.stepCmd,
 		Env:     e.env,
 		WorkDir: e.r.cfg.WorkDir,
 		User:    e.user(),

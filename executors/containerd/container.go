@@ -54,6 +54,8 @@ var (
 	_ executors.Uploader      = (*Container)(nil)
 	_ executors.ImageReporter = (*Container)(nil)
 	_ executors.Liveness      = (*Container)(nil)
+
+	_ executors.ImageCommander = (*Container)(nil)
 )
 
 // Alive implements executors.Liveness: the task's init (the idle
@@ -69,6 +71,21 @@ func (c *Container) ID() string { return c.id }
 
 // ImageID implements executors.ImageReporter.
 func (c *Container) ImageID() string { return c.image }
+
+// ImageCommand implements executors.ImageCommander: the configuration of
+// the image the container's record names.
+func (c *Container) ImageCommand(ctx context.Context) (executors.ImageCommand, error) {
+	ctx = c.e.ctx(ctx)
+	img, err := c.ctr.Image(ctx)
+	if err != nil {
+		return executors.ImageCommand{}, fmt.Errorf("reading the image of job %s: %w", c.job, err)
+	}
+	ociImg, err := img.Spec(ctx)
+	if err != nil {
+		return executors.ImageCommand{}, fmt.Errorf("reading the image of job %s: %w", c.job, err)
+	}
+	return executors.ImageCommand{Entrypoint: ociImg.Config.Entrypoint, Cmd: ociImg.Config.Cmd}, nil
+}
 
 // NetNS implements executors.Container: the joined namespace, or the
 // task's own.

@@ -507,9 +507,10 @@ type Container struct {
 }
 
 var (
-	_ executors.Container     = (*Container)(nil)
-	_ executors.ImageReporter = (*Container)(nil)
-	_ executors.Liveness      = (*Container)(nil)
+	_ executors.Container      = (*Container)(nil)
+	_ executors.ImageReporter  = (*Container)(nil)
+	_ executors.ImageCommander = (*Container)(nil)
+	_ executors.Liveness       = (*Container)(nil)
 )
 
 // Alive implements executors.Liveness: the idle entrypoint (the step
@@ -529,6 +530,19 @@ func (c *Container) ID() string { return c.id }
 
 // ImageID implements executors.ImageReporter.
 func (c *Container) ImageID() string { return c.image }
+
+// ImageCommand implements executors.ImageCommander: the configuration of
+// the image (by ID) the container was made from.
+func (c *Container) ImageCommand(ctx context.Context) (executors.ImageCommand, error) {
+	img, err := c.e.cli.ImageInspect(ctx, c.image)
+	if err != nil {
+		return executors.ImageCommand{}, fmt.Errorf("inspecting the image of job %s: %w", c.job, err)
+	}
+	if img.Config == nil {
+		return executors.ImageCommand{}, nil
+	}
+	return executors.ImageCommand{Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd}, nil
+}
 
 // NetNS implements executors.Container.
 func (c *Container) NetNS() string { return fmt.Sprintf("/proc/%d/ns/net", c.pid) }

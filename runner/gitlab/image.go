@@ -20,11 +20,20 @@ func (r *JobResponse) expander() func(string) string {
 	return func(s string) string { return os.Expand(s, func(k string) string { return vars[k] }) }
 }
 
-// convertImage takes the job image's pull_policy and image:docker: user
-// and platform.
+// convertImage takes the job image's entrypoint, pull_policy and
+// image:docker: user and platform.
 func (r *JobResponse) convertImage(j *job.Job) []error {
 	errs := checkImageOptions("image", r.Image)
 	j.Pull = r.Image.PullPolicy
+	// The image's ENTRYPOINT, or image:entrypoint, wraps every step's
+	// shell, as it wraps the shell of gitlab-runner's build container;
+	// [""] and a plain shell leave the shell alone.
+	switch ep := r.Image.Entrypoint; {
+	case len(ep) == 0:
+		j.EntrypointFromImage = true
+	case !job.ShellEntrypoint(ep):
+		j.StepEntrypoint = ep
+	}
 	// Expanded with public variables only: the user is in the
 	// container's configuration, where no secret may be.
 	public := map[string]string{}

@@ -37,10 +37,6 @@ func TestToJobRefusesUnsupported(t *testing.T) {
 			delete(m, "secrets")
 			m["artifacts"] = []any{map[string]any{"name": "junit.xml", "paths": []string{"x"}, "artifact_type": "junit", "artifact_format": "zip"}}
 		}, "artifact_format"},
-		{"job image entrypoint", func(m map[string]any) {
-			delete(m, "secrets")
-			m["image"] = map[string]any{"name": "alpine", "entrypoint": []string{"/docker-entrypoint.sh"}}
-		}, "image.entrypoint"},
 		{"unknown pull policy", func(m map[string]any) {
 			delete(m, "secrets")
 			m["image"] = map[string]any{"name": "alpine", "pull_policy": []string{"if-not-present", "sometimes"}}
@@ -133,6 +129,47 @@ func TestToJobImageOptions(t *testing.T) {
 	}
 	if len(j.Services) != 1 || !reflect.DeepEqual(j.Services[0].Pull, []string{"never"}) {
 		t.Errorf("services %+v, want postgres with pull [never]", j.Services)
+	}
+}
+
+// The image's ENTRYPOINT wraps the steps unless image:entrypoint names
+// another (which then does) or clears it or names a plain shell.
+func TestToJobImageEntrypoint(t *testing.T) {
+	raw, err := os.ReadFile("testdata/job-example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		ep        any
+		fromImage bool
+		want      []string
+	}{
+		{ep: nil, fromImage: true},
+		{ep: []string{}, fromImage: true},
+		{ep: []string{""}},
+		{ep: []string{"/bin/sh", "-c"}},
+		{ep: []string{"bash"}},
+		{ep: []string{"/docker-entrypoint.sh"}, want: []string{"/docker-entrypoint.sh"}},
+		{ep: []string{"/usr/bin/tini", "--"}, want: []string{"/usr/bin/tini", "--"}},
+	} {
+		resp, err := ParseJobResponse(mutateRaw(t, raw, func(m map[string]any) {
+			delete(m, "secrets")
+			im := map[string]any{"name": "alpine"}
+			if tc.ep != nil {
+				im["entrypoint"] = tc.ep
+			}
+			m["image"] = im
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		j, err := resp.ToJob()
+		if err != nil {
+			t.Fatalf("entrypoint %v: %v", tc.ep, err)
+		}
+		if j.EntrypointFromImage != tc.fromImage || !reflect.DeepEqual(j.StepEntrypoint, tc.want) {
+			t.Errorf("entrypoint %v: from image %v, step entrypoint %q; want %v, %q", tc.ep, j.EntrypointFromImage, j.StepEntrypoint, tc.fromImage, tc.want)
+		}
 	}
 }
 

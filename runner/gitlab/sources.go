@@ -2,7 +2,6 @@ package gitlab
 
 import (
 	"fmt"
-	"path"
 	"strconv"
 	"strings"
 
@@ -131,13 +130,6 @@ func (r *JobResponse) checkSources() []error {
 	default:
 		errs = append(errs, fmt.Errorf("variable GIT_SUBMODULE_STRATEGY %q: must be none, normal or recursive", truncate(v)))
 	}
-	// Steps are exec'd into a container whose entrypoint is Airlock's idle
-	// process: the image's ENTRYPOINT never runs. Clearing it ([""]) or
-	// naming a plain shell (["/bin/sh", "-c"]) is what a job gets anyway;
-	// anything else would be ignored, so it is refused.
-	if !shellEntrypoint(r.Image.Entrypoint) {
-		errs = append(errs, fmt.Errorf("image.entrypoint %q is not supported by Airlock: steps are executed by a shell directly, the image's entrypoint never runs (accepted: [\"\"] or a shell such as [\"/bin/sh\", \"-c\"])", truncate(strings.Join(r.Image.Entrypoint, " "))))
-	}
 	if v, _ := r.variable("GIT_CHECKOUT"); strings.EqualFold(v, "false") {
 		errs = append(errs, fmt.Errorf("variable GIT_CHECKOUT=false is not supported by Airlock"))
 	}
@@ -172,27 +164,4 @@ func (r *JobResponse) postSourcesScript() []string {
 		}
 	}
 	return nil
-}
-
-// shellEntrypoint: none, cleared, or a plain shell with at most -c/-l.
-func shellEntrypoint(ep []string) bool {
-	if len(ep) == 0 || (len(ep) == 1 && ep[0] == "") {
-		return true
-	}
-	if len(ep) > 2 {
-		return false
-	}
-	switch path.Base(ep[0]) {
-	case "sh", "bash", "ash", "dash":
-	default:
-		return false
-	}
-	if len(ep) == 2 {
-		switch ep[1] {
-		case "-c", "-l", "-lc", "-ec":
-		default:
-			return false
-		}
-	}
-	return true
 }

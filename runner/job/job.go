@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"path"
 	"regexp"
 	"slices"
 	"strings"
@@ -102,7 +103,16 @@ type Job struct {
 	Pull []string
 	// User runs the job's container and steps (GitLab's
 	// image:docker:user); "": the runner's, else the image's.
-	User      string
+	User string
+	// StepEntrypoint wraps every script step as gitlab-runner's build
+	// container's ENTRYPOINT wraps its shell: the step's shell command is
+	// appended to it as arguments, so it must exec them (a wrapper script
+	// ending in exec "$@", tini --). EntrypointFromImage: the image's own
+	// ENTRYPOINT, read when the job starts (GitLab's default). Neither: the
+	// steps run in the shell directly.
+	StepEntrypoint      []string
+	EntrypointFromImage bool
+
 	Steps     []Step
 	Variables []Variable
 	Secrets   []SecretRequest
@@ -353,6 +363,19 @@ func (j *Job) Validate() error {
 	if j.User != "" && !ValidUser(j.User) {
 		add("user: must be a user name or uid, with an optional :group or :gid")
 	}
+	if len(j.StepEntrypoint) > 0 {
+		if j.EntrypointFromImage {
+			add("entrypoint: either given or the image's, not both")
+		}
+		if strings.TrimSpace(j.StepEntrypoint[0]) == "" {
+			add("entrypoint: its command is empty")
+		}
+		for i, a := range j.StepEntrypoint {
+			if strings.ContainsRune(a, 0) {
+				add("entrypoint[%d]: contains a NUL byte", i)
+			}
+		}
+	}
 	if len(j.Steps) == 0 {
 		add("steps: at least one step is required")
 	}
@@ -482,3 +505,28 @@ var userRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_]
 // ValidUser reports whether s can be Job.User: a user name or uid, with
 // an optional :group or :gid.
 func ValidUser(s string) bool { return userRE.MatchString(s) }
+
+// ShellEntrypoint reports whether an ENTRYPOINT is none, cleared ([""])
+// or a plain shell with at most -c/-l: one that adds nothing to a step run
+// in a shell.
+func ShellEntrypoint(ep []string) bool {
+	if len(ep) == 0 || (len(ep) == 1 && ep[0] == "") {
+		return true
+	}
+	if len(ep) > 2 {
+		return false
+	}
+	switch path.Base(ep[0]) {
+	case "sh", "bash", "ash", "dash":
+	default:
+		return false
+	}
+	if len(ep) == 2 {
+		switch ep[1] {
+		case "-c", "-l", "-lc", "-ec":
+		default:
+			return false
+		}
+	}
+	return true
+}

@@ -130,7 +130,9 @@ func (p *parser) job(n *yaml.Node) *job.Job {
 		p.fail(n, "", "a job file must be a mapping of keys (%s), not %s", strings.Join(topKeys, ", "), kind(n))
 		return nil
 	}
-	j := &job.Job{Timeout: DefaultTimeout}
+	// Steps run through the image's ENTRYPOINT unless image: entrypoint
+	// says otherwise, as GitLab's do.
+	j := &job.Job{Timeout: DefaultTimeout, EntrypointFromImage: true}
 	var before, script, after []string
 	afterTimeout := DefaultAfterTimeout
 	var scriptNode *yaml.Node
@@ -145,7 +147,7 @@ func (p *parser) job(n *yaml.Node) *job.Job {
 		seen[key] = true
 		switch key {
 		case "image":
-			j.Image = p.image(v)
+			j.Image = p.image(v, j)
 		case "variables":
 			j.Variables = p.variables(v)
 		case "timeout":
@@ -215,15 +217,20 @@ func (p *parser) str(n *yaml.Node, key string) (string, bool) {
 	return n.Value, true
 }
 
-func (p *parser) image(n *yaml.Node) string {
+// image is the image's name, a string or image.name; image.entrypoint
+// (a list, as GitLab's) goes to j.
+func (p *parser) image(n *yaml.Node, j *job.Job) string {
 	if n.Kind == yaml.MappingNode {
 		var name string
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
-			if k.Value == "name" {
+			switch k.Value {
+			case "name":
 				name, _ = p.str(v, "image.name")
-			} else {
-				p.fail(k, "image."+k.Value, "unknown key (known keys: name)")
+			case "entrypoint":
+				p.entrypoint(v, j)
+			default:
+				p.fail(k, "image."+k.Value, "unknown key (known keys: name, entrypoint)")
 			}
 		}
 		if name == "" {
@@ -276,6 +283,33 @@ func ParseDuration(s string) (time.Duration, error) {
 
 // lines reads a script: a string or a list of strings (nested lists are
 // flattened, as GitLab does with !reference).
+// entrypoint sets j's step entrypoint from image.entrypoint: a list of
+// strings; [] leaves the image's, [""] or a plain shell clears it.
+func (p *parser) entrypoint(n *yaml.Node, j *job.Job) {
+	const key = "image.entrypoint"
+	if n.Kind != yaml.SequenceNode {
+		p.fail(n, key, "must be a list of strings (e.g. [\"\"] or [\"/entry.sh\"]), not %s", kind(n))
+		return
+	}
+	var ep []string
+	for i, c := range n.Content {
+		s, ok := p.str(c, fmt.Sprintf("%s[%d]", key, i))
+		if !ok {
+			return
+		}
+		ep = append(ep, s)
+	}
+	switch {
+	case len(ep) == 0:
+	case job.ShellEntrypoint(ep):
+		j.EntrypointFromImage = false
+	case strings.TrimSpace(ep[0]) == "":
+		p.fail(n, key, "its command is empty")
+	default:
+		j.EntrypointFromImage, j.StepEntrypoint = false, ep
+	}
+}
+
 func (p *parser) lines(n *yaml.Node, key string) []string {
 	switch n.Kind {
 	case yaml.ScalarNode:

@@ -84,6 +84,31 @@ egress:
 	}
 }
 
+// image: entrypoint, as GitLab's: absent or [] keeps the image's, [""]
+// or a shell clears it, another names it.
+func TestParseEntrypoint(t *testing.T) {
+	for _, tc := range []struct {
+		image     string
+		fromImage bool
+		want      []string
+	}{
+		{image: "a", fromImage: true},
+		{image: "{name: a}", fromImage: true},
+		{image: "{name: a, entrypoint: []}", fromImage: true},
+		{image: "{name: a, entrypoint: ['']}"},
+		{image: "{name: a, entrypoint: [/bin/sh, -c]}"},
+		{image: "{name: a, entrypoint: [/usr/bin/tini, --]}", want: []string{"/usr/bin/tini", "--"}},
+	} {
+		j, err := Parse("job.yml", []byte("image: "+tc.image+"\nscript: b\n"))
+		if err != nil {
+			t.Fatalf("image %s: %v", tc.image, err)
+		}
+		if j.EntrypointFromImage != tc.fromImage || !reflect.DeepEqual(j.StepEntrypoint, tc.want) {
+			t.Errorf("image %s: from image %v, entrypoint %q; want %v, %q", tc.image, j.EntrypointFromImage, j.StepEntrypoint, tc.fromImage, tc.want)
+		}
+	}
+}
+
 func TestParseErrors(t *testing.T) {
 	tests := []struct {
 		name string
@@ -104,7 +129,10 @@ func TestParseErrors(t *testing.T) {
 		{"script entry wrong type", "image: a\nscript:\n  - echo\n  - {x: 1}\n", []string{"job.yml:4: script[1]: must be a string, not a mapping"}},
 		{"script null entry", "image: a\nscript:\n  - ~\n", []string{"job.yml:3: script[0]: must be a string, not null"}},
 		{"image wrong type", "image: [a]\nscript: b\n", []string{"job.yml:1: image: must be a string, not a list"}},
-		{"image mapping without name", "image: {entrypoint: x}\nscript: b\n", []string{"image.entrypoint: unknown key", "image.name: required"}},
+		{"image mapping without name", "image: {pull: x}\nscript: b\n", []string{"image.pull: unknown key", "image.name: required"}},
+		{"entrypoint not a list", "image: {name: a, entrypoint: /entry.sh}\nscript: b\n", []string{"job.yml:1: image.entrypoint: must be a list of strings"}},
+		{"entrypoint entry not a string", "image: {name: a, entrypoint: [[x]]}\nscript: b\n", []string{"image.entrypoint[0]: must be a string, not a list"}},
+		{"entrypoint command empty", "image: {name: a, entrypoint: ['', x]}\nscript: b\n", []string{"image.entrypoint: its command is empty"}},
 		{"bad duration", "image: a\nscript: b\ntimeout: soon\n", []string{"job.yml:3: timeout: duration \"soon\""}},
 		{"negative duration", "image: a\nscript: b\ntimeout: -5m\n", []string{"timeout: duration \"-5m\": must be positive"}},
 		{"huge duration", "image: a\nscript: b\ntimeout: 9999h\n", []string{"more than the"}},
