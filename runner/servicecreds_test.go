@@ -75,6 +75,8 @@ func TestServiceCredentialInGitLabPlaces(t *testing.T) {
 		{name: "header", cmd: `probe http https://api.allowed.test/jt-header --header "JOB-TOKEN: ` + sur + `"`},
 		{name: "query", cmd: `probe http "https://api.allowed.test/jt-query?job=a&job_token=` + sur + `"`},
 		{name: "basic", cmd: `probe http https://api.allowed.test/jt-basic --auth "` + basic + `"`},
+		// kubectl with GitLab's KUBECONFIG for agent access, to KAS.
+		{name: "kas", cmd: `probe http https://api.allowed.test/jt-kas --auth "Bearer ci:7:` + sur + `"`},
 		{name: "plain", cmd: `probe http http://api.allowed.test/jt-plain --header "JOB-TOKEN: ` + sur + `"`},
 		{name: "none", cmd: `probe http https://api.allowed.test/jt-none`},
 		{name: "form", cmd: `wget -q -O - --post-data "token=` + sur + `&ref=main" http://api.allowed.test/jt-form | grep -q fakenet && echo ok status=200`},
@@ -87,7 +89,7 @@ func TestServiceCredentialInGitLabPlaces(t *testing.T) {
 	if run.res.State != Success {
 		t.Fatalf("job %s (%v)\n%s", run.res.State, run.res.Err, run.out)
 	}
-	for p, want := range map[string]string{"header": "ok status=200", "query": "ok status=200", "basic": "ok status=200",
+	for p, want := range map[string]string{"header": "ok status=200", "query": "ok status=200", "basic": "ok status=200", "kas": "ok status=200",
 		"plain": "ok status=200", "none": "ok status=200", "form": "ok status=200", "elsewhere": "ok status=403", "unbound": "ok status=200"} {
 		if got := run.probe(t, p); !strings.HasPrefix(got, want) {
 			t.Errorf("probe %s = %q, want %s", p, got, want)
@@ -107,6 +109,9 @@ func TestServiceCredentialInGitLabPlaces(t *testing.T) {
 	}
 	if r := got["/jt-basic"]; r.Header.Get("Authorization") != "Basic "+base64.StdEncoding.EncodeToString([]byte("gitlab-ci-token:"+real)) {
 		t.Errorf("Basic credentials reached the host as %q, want the real token", r.Header.Get("Authorization"))
+	}
+	if r := got["/jt-kas"]; r.Header.Get("Authorization") != "Bearer ci:7:"+real {
+		t.Errorf("the KAS token reached the host as %q, want the real token in it", r.Header.Get("Authorization"))
 	}
 	if r := got["/jt-plain"]; r.TLS || r.Header.Get("Job-Token") != real {
 		t.Errorf("plain HTTP: tls %v, JOB-TOKEN %q, want the real token over plain HTTP", r.TLS, r.Header.Get("Job-Token"))

@@ -4,7 +4,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net/url"
+	"slices"
 	"strings"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/airlock-ci/airlock/runner/job"
 )
@@ -85,5 +88,46 @@ func (r *JobResponse) jobTokenHosts() (hosts []string, plain bool) {
 			}
 		}
 	}
-	return job.AddBindableHost(hosts, r.GitInfo.RepoURL), plain
+	hosts = job.AddBindableHost(hosts, r.GitInfo.RepoURL)
+	if v, ok := r.variable("KUBECONFIG"); ok && r.Token != "" && strings.Contains(v, r.Token) {
+		hosts = kasHosts(hosts, v)
+	}
+	return hosts, plain
+}
+
+// kasHosts adds to GitLab's hosts those of kubeconfig's cluster servers
+// that are GitLab's agent server (KAS). GitLab's KUBECONFIG for a job
+// with agent access names KAS's Kubernetes proxy as the server and
+// ci:<agent id>:<job token> as the token. A server counts as KAS when it
+// is one of GitLab's hosts (KAS under /-/kubernetes-agent/) or kas. on
+// a GitLab host or on its parent domain (kas.gitlab.com,
+// kas.example.com beside gitlab.example.com): the job can write a
+// KUBECONFIG of its own, and any other server would let it send the
+// token wherever it likes.
+func kasHosts(hosts []string, kubeconfig string) []string {
+	var kc struct {
+		Clusters []struct {
+			Cluster struct {
+				Server string `yaml:"server"`
+			} `yaml:"cluster"`
+		} `yaml:"clusters"`
+	}
+	if err := yaml.Unmarshal([]byte(kubeconfig), &kc); err != nil {
+		return hosts
+	}
+	gitlab := slices.Clone(hosts)
+	for _, c := range kc.Clusters {
+		u, err := url.Parse(c.Cluster.Server)
+		if err != nil || u.Scheme != "https" {
+			continue
+		}
+		h := strings.ToLower(u.Hostname())
+		for _, g := range gitlab {
+			_, parent, _ := strings.Cut(g, ".")
+			if h == "kas."+g || (strings.Contains(parent, ".") && h == "kas."+parent) {
+				hosts = job.AddBindableHost(hosts, h)
+			}
+		}
+	}
+	return hosts
 }

@@ -1,6 +1,7 @@
 package gitlab
 
 import (
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -108,5 +109,61 @@ func TestToJobTokenSurrogate(t *testing.T) {
 	}
 	if len(j3.ServiceCredentials) != 0 {
 		t.Errorf("a %d-byte token got a surrogate", len(resp.Token))
+	}
+}
+
+// GitLab's KUBECONFIG for agent access (a file variable) holds
+// ci:<agent id>:<job token> for KAS's Kubernetes proxy: the token becomes
+// the surrogate there too, and KAS's host is bound when GitLab puts KAS
+// there (one of its hosts, kas. on one or on its parent domain), never
+// another server a job's own KUBECONFIG names.
+func TestToJobTokenKubeconfig(t *testing.T) {
+	const token = "glcbt-64_ExampleJobToken0000000000"
+	kubeconfig := func(servers ...string) string {
+		s := "apiVersion: v1\nkind: Config\nclusters:\n"
+		for i, srv := range servers {
+			s += fmt.Sprintf("- name: c%d\n  cluster:\n    server: %s\n", i, srv)
+		}
+		return s + "users:\n- name: agent:7\n  user:\n    token: ci:7:" + token + "\n"
+	}
+	for _, tc := range []struct {
+		name       string
+		kubeconfig string
+		want       []string
+	}{
+		{"kas beside gitlab", kubeconfig("https://kas.example.com/k8s-proxy/"), []string{"gitlab.example.com", "kas.example.com"}},
+		{"kas under gitlab", kubeconfig("https://kas.gitlab.example.com/k8s-proxy", "https://gitlab.example.com/-/kubernetes-agent/k8s-proxy/"),
+			[]string{"gitlab.example.com", "kas.gitlab.example.com"}},
+		{"another server", kubeconfig("https://evil.example.net/k8s-proxy", "https://kas.evil.example.net", "http://kas.example.com"), []string{"gitlab.example.com"}},
+		{"not yaml", "clusters: [\n" + token, []string{"gitlab.example.com"}},
+		{"without the token", strings.ReplaceAll(kubeconfig("https://kas.example.com"), token, "other-token-0000000000"), []string{"gitlab.example.com"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := ParseJobResponse(mutate(t, func(m map[string]any) {
+				setVar(m, "CI_SERVER_URL", "https://gitlab.example.com")
+				m["variables"] = append(m["variables"].([]any), map[string]any{"key": "KUBECONFIG", "value": tc.kubeconfig, "file": true})
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Token = token
+			resp.GitInfo.RepoURL = "https://gitlab.example.com/platform/web-app.git"
+			j, err := resp.ToJob()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(j.ServiceCredentials) != 1 {
+				t.Fatalf("ServiceCredentials = %d, want one", len(j.ServiceCredentials))
+			}
+			c := j.ServiceCredentials[0]
+			if !reflect.DeepEqual(c.Hosts, tc.want) {
+				t.Errorf("hosts = %v, want %v", c.Hosts, tc.want)
+			}
+			for _, v := range j.Variables {
+				if v.Key == "KUBECONFIG" && (strings.Contains(v.Value, token) || (strings.Contains(tc.kubeconfig, token) && !strings.Contains(v.Value, c.Surrogate))) {
+					t.Errorf("KUBECONFIG = %q, want the surrogate for the token", v.Value)
+				}
+			}
+		})
 	}
 }
