@@ -79,7 +79,8 @@ func githubTokenSurrogate(token string) string {
 
 // githubTokenHosts are the host names GITHUB_TOKEN is presented to: the
 // server, its API and GraphQL hosts and, on github.com, the uploads and
-// raw content hosts, the container registry and the package registries;
+// raw content hosts, the container registry, the package registries and
+// GitHub Models (a workflow with models: read calls it with GITHUB_TOKEN);
 // on GitHub Enterprise Server the server's subdomains (its packages).
 func (m *AgentJobRequestMessage) githubTokenHosts() []string {
 	gh := m.ContextData.Get("github")
@@ -91,7 +92,7 @@ func (m *AgentJobRequestMessage) githubTokenHosts() []string {
 	switch {
 	case len(server) == 0:
 	case server[0] == "github.com":
-		hosts = append(hosts, "uploads.github.com", "raw.githubusercontent.com", "ghcr.io", "*.pkg.github.com")
+		hosts = append(hosts, "uploads.github.com", "raw.githubusercontent.com", "ghcr.io", "*.pkg.github.com", "models.github.ai")
 	default:
 		hosts = append(hosts, "*."+server[0])
 	}

@@ -21,7 +21,7 @@ func TestGitHubTokenSurrogate(t *testing.T) {
 		server, api string
 		hosts       []string
 	}{
-		{"https://github.com", "https://api.github.com", []string{"github.com", "api.github.com", "uploads.github.com", "raw.githubusercontent.com", "ghcr.io", "*.pkg.github.com"}},
+		{"https://github.com", "https://api.github.com", []string{"github.com", "api.github.com", "uploads.github.com", "raw.githubusercontent.com", "ghcr.io", "*.pkg.github.com", "models.github.ai"}},
 		{"https://GHE.example.test", "https://ghe.example.test/api/v3", []string{"ghe.example.test", "*.ghe.example.test"}},
 		{"https://10.0.0.7", "https://10.0.0.7/api/v3", nil}, // no name to bind: the job holds the token
 		{"", "", nil},
