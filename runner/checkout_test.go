@@ -297,6 +297,33 @@ func TestCheckoutFetchFlags(t *testing.T) {
 	}
 }
 
+// GIT_CHECKOUT=false fetches without a working tree: the job's commit
+// and the branch are there to check out, no file of the tree is.
+func TestCheckoutNoCheckout(t *testing.T) {
+	s := newCheckoutServer(t)
+	for _, cached := range []bool{false, true} {
+		spec := CheckoutSpec{RepoURL: s.repoURL(s.Token), Ref: "main", RefType: "branch", SHA: s.SHAs[1], NoCheckout: true}
+		if cached {
+			spec.CacheDir = t.TempDir()
+		}
+		dir := t.TempDir()
+		var out bytes.Buffer
+		if err := Checkout(context.Background(), spec, dir, &out); err != nil {
+			t.Fatalf("Checkout(cache %v) = %v\n%s", cached, err, out.String())
+		}
+		if _, err := os.Stat(filepath.Join(dir, "README")); !os.IsNotExist(err) {
+			t.Errorf("cache %v: README is in the workspace (%v), want no working tree", cached, err)
+		}
+		if !strings.Contains(out.String(), "Skipping Git checkout") {
+			t.Errorf("cache %v: the log does not say the checkout was skipped:\n%s", cached, out.String())
+		}
+		checkoutRun(t, dir, "-c", "advice.detachedHead=false", "checkout", "--quiet", s.SHAs[1])
+		if b, err := os.ReadFile(filepath.Join(dir, "README")); err != nil || string(b) != "two\n" {
+			t.Errorf("cache %v: after the job's own checkout README = %q, %v; want the job's commit", cached, b, err)
+		}
+	}
+}
+
 // A SHA-256 repository (git_info.repo_object_format) is checked out,
 // directly and through the host's cache; made SHA-1, the workspace
 // found none of its commits.

@@ -90,6 +90,10 @@ type Spec struct {
 	// ":!path"); none: every one. Nested submodules of a chosen one are
 	// all checked out (recursive).
 	SubmodulePaths []string
+	// NoCheckout fetches only (GitLab's GIT_CHECKOUT=false): the commit
+	// and refs are in the repository for the job to check out itself; no
+	// working tree, no submodules.
+	NoCheckout bool
 }
 
 var shaRE = regexp.MustCompile(`^[0-9a-f]{40}([0-9a-f]{24})?$`)
@@ -198,6 +202,10 @@ func Run(ctx context.Context, spec Spec, dir string, out io.Writer) error {
 		if err := fg.run(ctx, append(fetch, spec.SHA)...); err != nil {
 			return err
 		}
+	}
+	if spec.NoCheckout {
+		fmt.Fprintf(out, "Skipping Git checkout (GIT_CHECKOUT=false): %s is fetched\n", short(target))
+		return scrub(dir)
 	}
 	fmt.Fprintf(out, "Checking out %s as %s\n", short(target), spec.Ref)
 	if err := g.run(ctx, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--force", target); err != nil {

@@ -81,6 +81,9 @@ func (r *JobResponse) CheckoutSpec(cacheDir string) (checkout.Spec, bool) {
 	if v, ok := r.variable("GIT_SUBMODULE_PATHS"); ok {
 		spec.SubmodulePaths = strings.Fields(v)
 	}
+	if v, _ := r.variable("GIT_CHECKOUT"); strings.EqualFold(v, "false") {
+		spec.NoCheckout = true
+	}
 	if v, ok := r.variable("GIT_SUBMODULE_DEPTH"); ok {
 		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
 			spec.SubmoduleDepth = n
@@ -129,9 +132,6 @@ func (r *JobResponse) checkSources() []error {
 	case "", "none", "normal", "recursive":
 	default:
 		errs = append(errs, fmt.Errorf("variable GIT_SUBMODULE_STRATEGY %q: must be none, normal or recursive", truncate(v)))
-	}
-	if v, _ := r.variable("GIT_CHECKOUT"); strings.EqualFold(v, "false") {
-		errs = append(errs, fmt.Errorf("variable GIT_CHECKOUT=false is not supported by Airlock"))
 	}
 	for _, name := range attemptsVariables {
 		if v, ok := r.variable(name); ok && v != "" {

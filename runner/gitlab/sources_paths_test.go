@@ -30,3 +30,16 @@ func TestCheckoutSpecFormatAndFetchFlags(t *testing.T) {
 		t.Errorf("CheckoutSpec = %v, format %q, fetch flags %q; want sha256 and --tags --prune", ok, spec.ObjectFormat, spec.FetchFlags)
 	}
 }
+
+// GIT_CHECKOUT=false (any case) fetches without checking out; other
+// values check out.
+func TestCheckoutSpecNoCheckout(t *testing.T) {
+	for v, want := range map[string]bool{"false": true, "FALSE": true, "true": false, "": false} {
+		r := &JobResponse{GitInfo: GitInfo{RepoURL: "https://gitlab.example/g/p.git", Ref: "main", SHA: "0123456789abcdef0123456789abcdef01234567"},
+			Variables: []JobVariable{{Key: "GIT_CHECKOUT", Value: v}}}
+		spec, ok := r.CheckoutSpec("")
+		if !ok || spec.NoCheckout != want || len(r.checkSources()) != 0 {
+			t.Errorf("GIT_CHECKOUT=%q: NoCheckout %v, refusals %v; want %v and none", v, spec.NoCheckout, r.checkSources(), want)
+		}
+	}
+}
