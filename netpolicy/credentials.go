@@ -6,10 +6,12 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
+	"mime/multipart"
 	"net/http"
 	"net/textproto"
 	"net/url"
@@ -48,10 +50,16 @@ type Credential struct {
 	// in (GitLab's job_token); it is replaced there. Anywhere else in the
 	// URL it is refused.
 	QueryParams []string
-	// FormBody lets the surrogate be in a form body (URL-encoded or
-	// multipart, up to maxFormBody) of a request to a bound host, as in
-	// GitLab's pipeline trigger (token=$CI_JOB_TOKEN); it is replaced
-	// there.
+	// FormBody lets the surrogate be in the request body of a request
+	// to a bound host, in the fields QueryParams names (as GitLab's API
+	// takes its parameters from the query or the body alike): a
+	// URL-encoded or multipart form, or a JSON object's top-level
+	// string, up to maxFormBody, as in GitLab's pipeline trigger
+	// (token=$CI_JOB_TOKEN). It is replaced there only when every
+	// occurrence of it in the body is in such a field; a body that
+	// carries it anywhere else (another form field, a nested value)
+	// passes as sent, surrogate and all, so that the token cannot be
+	// stored where the job reads it back.
 	FormBody bool
 	// StripUnbound: a header carrying the surrogate on a request of its
 	// job to a host it is not bound to is removed and the request goes
@@ -193,13 +201,16 @@ func (c *Credential) injectBody(r *http.Request) (bool, error) {
 	if !c.FormBody || r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 || r.ContentLength > maxFormBody {
 		return false, nil
 	}
-	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	mt, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	var value []byte
-	switch mt {
-	case "application/x-www-form-urlencoded":
+	switch {
+	case mt == "application/x-www-form-urlencoded":
 		value = []byte(url.QueryEscape(string(c.Value)))
-	case "multipart/form-data":
+	case mt == "multipart/form-data" && params["boundary"] != "":
 		value = c.Value
+	case mt == "application/json" || strings.HasSuffix(mt, "+json"):
+		q, _ := json.Marshal(string(c.Value))
+		value = q[1 : len(q)-1]
 	default:
 		return false, nil
 	}
@@ -207,7 +218,8 @@ func (c *Credential) injectBody(r *http.Request) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("reading the request body: %w", err)
 	}
-	if len(b) > maxFormBody || !bytes.Contains(b, []byte(c.Surrogate)) {
+	n := bytes.Count(b, []byte(c.Surrogate))
+	if len(b) > maxFormBody || n == 0 || c.bodyFieldHits(mt, params["boundary"], b) != n {
 		r.Body = readCloser{io.MultiReader(bytes.NewReader(b), r.Body), r.Body}
 		return false, nil
 	}
@@ -215,6 +227,81 @@ func (c *Credential) injectBody(r *http.Request) (bool, error) {
 	r.Body = io.NopCloser(bytes.NewReader(b))
 	r.ContentLength, r.TransferEncoding = int64(len(b)), nil
 	return true, nil
+}
+
+// bodyFieldHits counts the surrogate's occurrences in body b (of media
+// type mt) that are inside the fields QueryParams names: a URL-encoded
+// pair's value, a multipart part's content, a JSON object's top-level
+// string. An occurrence split by an escape is not counted (nor is it
+// one of bytes.Count's), so the caller's comparison stays exact.
+func (c *Credential) bodyFieldHits(mt, boundary string, b []byte) int {
+	sur := []byte(c.Surrogate)
+	hits := 0
+	switch mt {
+	case "application/x-www-form-urlencoded":
+		for _, pair := range bytes.Split(b, []byte("&")) {
+			k, v, _ := bytes.Cut(pair, []byte("="))
+			key, err := url.QueryUnescape(string(k))
+			if err == nil && slices.Contains(c.QueryParams, key) {
+				hits += bytes.Count(v, sur)
+			}
+		}
+	case "multipart/form-data":
+		mr := multipart.NewReader(bytes.NewReader(b), boundary)
+		for {
+			p, err := mr.NextRawPart()
+			if err != nil {
+				break
+			}
+			content, err := io.ReadAll(p)
+			if err != nil {
+				return -1
+			}
+			// The part's headers count too: a surrogate in a file name is
+			// not in a field's value.
+			if slices.Contains(c.QueryParams, p.FormName()) && p.FileName() == "" {
+				hits += bytes.Count(content, sur)
+			}
+		}
+	default: // JSON
+		var obj map[string]json.RawMessage
+		if json.Unmarshal(b, &obj) != nil {
+			return -1
+		}
+		for _, k := range c.QueryParams {
+			var v string
+			if raw, ok := obj[k]; ok && json.Unmarshal(raw, &v) == nil && bytes.Contains(raw, sur) {
+				hits += bytes.Count(raw, sur)
+			}
+		}
+		// A key given twice: json keeps the last, the body holds both.
+		if dec := json.NewDecoder(bytes.NewReader(b)); duplicateKeys(dec) {
+			return -1
+		}
+	}
+	return hits
+}
+
+// duplicateKeys reports whether the JSON object dec reads has a top-level
+// key twice (or cannot be read).
+func duplicateKeys(dec *json.Decoder) bool {
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return true
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		k, ok := t.(string)
+		if err != nil || !ok || seen[k] {
+			return true
+		}
+		seen[k] = true
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // readCloser reads from r and closes c.

@@ -64,7 +64,7 @@ func newCredEnvRoots(t *testing.T, trustFake bool) *credEnv {
 			// A coordinator's job token as GitLab takes it: in Authorization,
 			// JOB-TOKEN or ?job_token=, and over plain HTTP where GitLab is.
 			{GrantID: "grant-gl", Surrogate: surrGL, Hosts: []string{"gl.test", "glplain.test"}, ExtraHeaders: []string{"JOB-TOKEN"},
-				QueryParams: []string{"job_token"}, FormBody: true, PlainHTTP: true, StripUnbound: true, Value: []byte(realValue)},
+				QueryParams: []string{"job_token", "token"}, FormBody: true, PlainHTTP: true, StripUnbound: true, Value: []byte(realValue)},
 		},
 	}
 	opts := gatewayOpts{resolver: res}
@@ -421,19 +421,45 @@ func TestSurrogateInQueryAndPlainHTTP(t *testing.T) {
 	e.events.wait(t, "plain injection", func(ev Event) bool {
 		return ev.Kind == KindProxied && ev.GrantID == "grant-gl" && ev.Host == "glplain.test" && ev.Path == "/plainh" && ev.Status == 200
 	})
-	// Form bodies (GitLab's pipeline trigger), over TLS and plain HTTP;
-	// another body type passes as sent.
-	var mp bytes.Buffer
-	mw := multipart.NewWriter(&mp)
-	mw.WriteField("token", surrGL)
-	mw.WriteField("ref", "main")
-	mw.Close()
+	// Bodies (GitLab's pipeline trigger), over TLS and plain HTTP: the
+	// surrogate is swapped in the credential's fields only, and a body
+	// that also carries it anywhere else (a variable the trigger would
+	// store, a file, a nested value, a key twice) or of another type
+	// passes as sent.
+	form := func(fields ...[3]string) (string, string) {
+		var mp bytes.Buffer
+		mw := multipart.NewWriter(&mp)
+		for _, f := range fields {
+			if f[2] != "" {
+				w, _ := mw.CreateFormFile(f[0], f[2])
+				io.WriteString(w, f[1])
+			} else {
+				mw.WriteField(f[0], f[1])
+			}
+		}
+		mw.Close()
+		return mw.FormDataContentType(), mp.String()
+	}
+	mpType, mpBody := form([3]string{"token", surrGL}, [3]string{"ref", "main"})
+	mpVarType, mpVarBody := form([3]string{"token", surrGL}, [3]string{"variables[T]", surrGL})
+	mpFileType, mpFileBody := form([3]string{"token", surrGL, "token.txt"})
 	for _, tc := range []struct{ name, url, ctype, body, want string }{
 		{"form", tls + "/trigger", "application/x-www-form-urlencoded", "token=" + surrGL + "&ref=main", "token=" + realValue + "&ref=main"},
 		{"plain form", plain + "/ptrigger", "application/x-www-form-urlencoded", "ref=main&token=" + surrGL, "ref=main&token=" + realValue},
-		{"multipart", tls + "/mtrigger", mw.FormDataContentType(), mp.String(), strings.ReplaceAll(mp.String(), surrGL, realValue)},
-		{"json", tls + "/json", "application/json", `{"token":"` + surrGL + `"}`, `{"token":"` + surrGL + `"}`},
+		{"form, also in a variable", tls + "/fvar", "application/x-www-form-urlencoded", "token=" + surrGL + "&variables%5BT%5D=" + surrGL, ""},
+		{"form, in a key", tls + "/fkey", "application/x-www-form-urlencoded", "token=" + surrGL + "&" + surrGL + "=1", ""},
+		{"multipart", tls + "/mtrigger", mpType, mpBody, strings.ReplaceAll(mpBody, surrGL, realValue)},
+		{"multipart, also in a variable", tls + "/mvar", mpVarType, mpVarBody, ""},
+		{"multipart file", tls + "/mfile", mpFileType, mpFileBody, ""},
+		{"json", tls + "/json", "application/json", `{"token": "` + surrGL + `", "ref": "main"}`, `{"token": "` + realValue + `", "ref": "main"}`},
+		{"json, also nested", tls + "/jnest", "application/json", `{"token":"` + surrGL + `","variables":{"T":"` + surrGL + `"}}`, ""},
+		{"json, key twice", tls + "/jtwice", "application/json", `{"token":"` + surrGL + `","token":"x"}`, ""},
+		{"json, not an object", tls + "/jlist", "application/json", `["` + surrGL + `"]`, ""},
+		{"text", tls + "/text", "text/plain", "token=" + surrGL, ""},
 	} {
+		if tc.want == "" {
+			tc.want = tc.body // as sent
+		}
 		resp, err := client.Post(tc.url, tc.ctype, strings.NewReader(tc.body))
 		if err != nil {
 			t.Fatalf("%s: POST %s: %v", tc.name, tc.url, err)

@@ -84,7 +84,7 @@ func TestServiceCredentialInGitLabPlaces(t *testing.T) {
 		{name: "unbound", cmd: `probe http http://` + isoWildName + `/jt-unbound --header "JOB-TOKEN: ` + sur + `"`},
 	}))
 	j.ServiceCredentials = []job.ServiceCredential{{Name: "gitlab-job-token", Surrogate: sur, Value: real, Hosts: []string{"api.allowed.test"},
-		Headers: []string{"JOB-TOKEN"}, Query: []string{"job_token"}, FormBody: true, PlainHTTP: true}}
+		Headers: []string{"JOB-TOKEN"}, Query: []string{"job_token", "token"}, FormBody: true, PlainHTTP: true}}
 	run := env.run(t, j, nil)
 	if run.res.State != Success {
 		t.Fatalf("job %s (%v)\n%s", run.res.State, run.res.Err, run.out)
