@@ -196,10 +196,11 @@ const (
 )
 
 // injectBody replaces the surrogate in r's form body when c allows it;
-// it reports whether it did.
-func (c *Credential) injectBody(r *http.Request) (bool, error) {
+// it reports whether it did, and stray when the body it read carries the
+// surrogate where it may not (passed as sent).
+func (c *Credential) injectBody(r *http.Request) (swapped, stray bool, err error) {
 	if !c.FormBody || r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 || r.ContentLength > maxFormBody {
-		return false, nil
+		return false, false, nil
 	}
 	mt, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	var value []byte
@@ -212,21 +213,21 @@ func (c *Credential) injectBody(r *http.Request) (bool, error) {
 		q, _ := json.Marshal(string(c.Value))
 		value = q[1 : len(q)-1]
 	default:
-		return false, nil
+		return false, false, nil
 	}
 	b, err := io.ReadAll(io.LimitReader(r.Body, maxFormBody+1))
 	if err != nil {
-		return false, fmt.Errorf("reading the request body: %w", err)
+		return false, false, fmt.Errorf("reading the request body: %w", err)
 	}
 	n := bytes.Count(b, []byte(c.Surrogate))
 	if len(b) > maxFormBody || n == 0 || c.bodyFieldHits(mt, params["boundary"], b) != n {
 		r.Body = readCloser{io.MultiReader(bytes.NewReader(b), r.Body), r.Body}
-		return false, nil
+		return false, n > 0 && len(b) <= maxFormBody, nil
 	}
 	b = bytes.ReplaceAll(b, []byte(c.Surrogate), value)
 	r.Body = io.NopCloser(bytes.NewReader(b))
 	r.ContentLength, r.TransferEncoding = int64(len(b)), nil
-	return true, nil
+	return true, false, nil
 }
 
 // bodyFieldHits counts the surrogate's occurrences in body b (of media
@@ -605,8 +606,12 @@ func (j *jobState) injectBodies(w http.ResponseWriter, r *http.Request, host str
 		case <-r.Context().Done():
 			return false
 		}
-		swapped, err := c.injectBody(r)
+		swapped, stray, err := c.injectBody(r)
 		<-j.bodies
+		if stray {
+			j.emit(Event{Kind: KindAlert, Host: host, Port: ev.Port, Method: r.Method, Path: r.URL.Path, Verdict: VerdictDenied, GrantID: c.GrantID,
+				Reason: fmt.Sprintf("surrogate in the request body outside its fields (%s): the body went as sent, the surrogate not swapped", strings.Join(c.QueryParams, ", "))})
+		}
 		if err != nil {
 			ev.Status, ev.Reason, ev.Duration = http.StatusBadRequest, err.Error(), time.Since(start)
 			j.emit(*ev)

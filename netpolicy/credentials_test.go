@@ -474,6 +474,9 @@ func TestSurrogateInQueryAndPlainHTTP(t *testing.T) {
 			t.Errorf("%s: POST = %d, upstream got %+v, want body %q", tc.name, resp.StatusCode, r, tc.want)
 		}
 	}
+	e.events.wait(t, "stray body surrogate alert", func(ev Event) bool {
+		return ev.Kind == KindAlert && ev.Path == "/fvar" && ev.GrantID == "grant-gl" && strings.Contains(ev.Reason, "outside its fields")
+	})
 	// A form over maxFormBody passes as sent; many at once all get
 	// through the job's bound on bodies read together.
 	big := "token=" + surrGL + "&pad=" + strings.Repeat("x", maxFormBody)
