@@ -50,7 +50,7 @@ func testStepEntrypoint(t *testing.T) {
 	}
 
 	res, out = run("ep-job", func(j *job.Job) { j.StepEntrypoint = []string{"/other.sh"} }, `echo "step: $FROM_ENTRY args=$OTHER_ARGS"`, "exit 7")
-	if res.State != Failed || res.ExitCode != 7 || !strings.Contains(out, "step: job-entrypoint args=3\n") || !strings.Contains(out, "after: job-entrypoint\n") {
+	if res.State != Failed || res.ExitCode != 7 || !strings.Contains(out, "step: job-entrypoint args=3\n") || !strings.Contains(out, `through the job's entrypoint ["/other.sh"]`) || !strings.Contains(out, "after: job-entrypoint\n") {
 		t.Errorf("through the job's entrypoint: %s exit %d %v, want failed with 7\n%s", res.State, res.ExitCode, res.Err, out)
 	}
 

@@ -380,6 +380,9 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 		e.runDriven(ctx, jobCtx, res)
 	} else if err := e.resolveEntrypoint(jobCtx); err != nil {
 		res.Err = err
+		if jobCtx.Err() != nil {
+			r.endState(res, ctx, jobCtx)
+		}
 		fmt.Fprintf(masker, "\x1b[31;1mPreparing the job failed: %v\x1b[0;m\n", err)
 	} else {
 		e.runSteps(ctx, jobCtx, res)
@@ -408,7 +411,11 @@ func (e *execution) resolveEntrypoint(ctx context.Context) error {
 	if job.ShellEntrypoint(ep) {
 		return nil
 	}
-	fmt.Fprintf(e.out, "Running every step through the image's entrypoint %q (image: entrypoint: [\"\"] runs the steps in the shell directly)\n", ep)
+	whose := "the job's"
+	if e.j.EntrypointFromImage {
+		whose = "the image's"
+	}
+	fmt.Fprintf(e.out, "Running every step through %s entrypoint %q (image: entrypoint: [\"\"] runs the steps in the shell directly)\n", whose, ep)
 	e.stepCmd = append(slices.Clip(ep), stepShell...)
 	return nil
 }
