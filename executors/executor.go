@@ -66,6 +66,22 @@ type Limits struct {
 	// WorkDirSize and TmpSize bound the writable tmpfs on the work dir
 	// and /tmp when ReadOnly is set (bytes; 0: the executor's default).
 	WorkDirSize, TmpSize int64
+	// ShmSize is the size of /dev/shm in bytes (0: the executor's
+	// shm_size, else 64 MiB). Its pages count against Memory, which it
+	// may not exceed.
+	ShmSize int64
+}
+
+// DefaultShmSize is /dev/shm's size when nothing sets it, as Docker's.
+const DefaultShmSize = 64 << 20
+
+// CheckShm refuses a /dev/shm larger than the memory limit l has (both
+// filled with the executor's defaults).
+func (l Limits) CheckShm() error {
+	if l.ShmSize > l.Memory {
+		return fmt.Errorf("a /dev/shm of %d MiB is more than the container's memory limit of %d MiB", l.ShmSize>>20, l.Memory>>20)
+	}
+	return nil
 }
 
 // Mount is a host path mounted into the job container, always read-only.

@@ -24,7 +24,7 @@ import (
 func (p *Pool) note(j *job.Job) {
 	// Credentials for another registry do not count: GitLab gives every
 	// job its own registry's.
-	if p == nil || p.recent == 0 || j.Image == "" || len(j.Services) > 0 ||
+	if p == nil || p.recent == 0 || j.Image == "" || len(j.Services) > 0 || j.ShmSize != 0 ||
 		executors.AuthFor(executors.RegistryHost(j.Image), registryAuth(j)) != nil ||
 		slices.ContainsFunc(privateValues(j), func(v string) bool { return strings.Contains(j.Image, v) }) {
 		return

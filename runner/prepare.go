@@ -58,7 +58,7 @@ func (e *execution) prepare(ctx context.Context) error {
 		RunnerID: e.r.cfg.RunnerID,
 		JobID:    e.j.ID,
 		Image:    e.j.Image,
-		Limits:   e.r.cfg.Limits,
+		Limits:   e.limits(),
 		WorkDir:  e.r.cfg.WorkDir,
 		User:     e.user(),
 		Mounts:   mounts,
@@ -122,6 +122,13 @@ func (e *execution) prepare(ctx context.Context) error {
 		}
 	}
 	return e.ready(ctx, env)
+}
+
+// limits are the runner's container limits with the job's /dev/shm.
+func (e *execution) limits() executors.Limits {
+	l := e.r.cfg.Limits
+	l.ShmSize = e.j.ShmSize
+	return l
 }
 
 // user is who runs the job's container: the job's (GitLab's

@@ -517,9 +517,10 @@ func (e *execution) decide(ctx context.Context) error {
 	e.bindServiceCredentials()
 	var w *warmSandbox
 	r.pool.Load().note(j)
-	if len(j.Services) == 0 && e.user() == r.cfg.User {
+	if len(j.Services) == 0 && e.user() == r.cfg.User && j.ShmSize == 0 {
 		// A warm sandbox's container has no /etc/hosts for services'
-		// aliases, and runs as the runner's user.
+		// aliases, and runs as the runner's user with the runner's
+		// /dev/shm.
 		w = r.pool.Load().claim(ctx, j, e.firstPull())
 	}
 	if w != nil {

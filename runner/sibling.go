@@ -62,7 +62,7 @@ func (h *stepHost) ExecContainer(ctx context.Context, x job.ContainerExec) (int,
 		Image:        x.Image,
 		Pull:         e.r.cfg.Pull,
 		RegistryAuth: e.registryAuth(),
-		Limits:       e.r.cfg.Limits,
+		Limits:       e.limits(),
 		WorkDir:      x.Root,
 		Mounts:       mounts,
 	})

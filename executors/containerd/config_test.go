@@ -57,6 +57,9 @@ func TestConfigValidate(t *testing.T) {
 		{Config{Namespace: "bad ns"}, []string{"containerd.namespace"}},
 		{Config{Pull: "sometimes", PidsLimit: -1, Memory: "lots", CPUs: -1, Grace: -1}, []string{"pull_policy", "pids_limit", "memory", "cpus", "stop_grace"}},
 		{Config{Registries: []Registry{{Username: "u"}}}, []string{"registry[0].host", "registry[0]: username and password_file"}},
+		{Config{ShmSize: "512m", Memory: "1g"}, nil},
+		{Config{ShmSize: "2g", Memory: "1g"}, []string{"containerd.shm_size 2g: more than"}},
+		{Config{ShmSize: "none"}, []string{"containerd.shm_size: size \"none\""}},
 	}
 	for _, tc := range tests {
 		errs := tc.cfg.Validate("containerd")

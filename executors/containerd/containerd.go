@@ -70,6 +70,9 @@ type Config struct {
 	PidsLimit int64   `toml:"pids_limit"`
 	Memory    string  `toml:"memory"`
 	CPUs      float64 `toml:"cpus"`
+	// ShmSize is the size of job containers' /dev/shm (default 64m), at
+	// most Memory.
+	ShmSize string `toml:"shm_size"`
 	// Grace is how long processes get between SIGTERM and SIGKILL.
 	Grace time.Duration `toml:"stop_grace"`
 	// ReadOnly makes every job's root file system read-only, with a
@@ -181,6 +184,9 @@ func (c Config) Validate(prefix string) []error {
 	if c.CPUs < 0 {
 		errs = append(errs, fmt.Errorf("%s.cpus: must not be negative", prefix))
 	}
+	if err := docker.ValidShm(prefix, c.ShmSize, c.Memory); err != nil {
+		errs = append(errs, err)
+	}
 	if c.Grace < 0 {
 		errs = append(errs, fmt.Errorf("%s.stop_grace: must not be negative", prefix))
 	}
@@ -203,6 +209,7 @@ type Executor struct {
 	log  hclog.Logger
 	pull executors.PullPolicy
 	mem  int64
+	shm  int64 // /dev/shm's default size
 
 	hostsFile string // read-only /etc/hosts of every job
 	stepd     string // host path of the step server; "" for task execs
@@ -245,6 +252,10 @@ func New(ctx context.Context, cfg Config, log hclog.Logger) (*Executor, error) {
 	if cfg.Memory != "" {
 		mem, _ = docker.ParseBytes(cfg.Memory)
 	}
+	shm := int64(executors.DefaultShmSize)
+	if cfg.ShmSize != "" {
+		shm, _ = docker.ParseBytes(cfg.ShmSize)
+	}
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
@@ -271,7 +282,7 @@ func New(ctx context.Context, cfg Config, log hclog.Logger) (*Executor, error) {
 		cli.Close()
 		return nil, err
 	}
-	return &Executor{cli: cli, cfg: cfg, log: log, pull: pull, mem: mem, hostsFile: hosts, stepd: stepServer,
+	return &Executor{cli: cli, cfg: cfg, log: log, pull: pull, mem: mem, shm: shm, hostsFile: hosts, stepd: stepServer,
 		private: private, imps: map[string]*importCall{}}, nil
 }
 

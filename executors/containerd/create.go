@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/containerd/containerd"
@@ -53,6 +55,9 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 // and command.
 func (e *Executor) create(ctx context.Context, spec executors.Spec, id string, labels map[string]string, cmd *executors.ImageCommand) (*Container, error) {
 	ctx = e.ctx(ctx)
+	if lim := e.filled(spec.Limits); lim.CheckShm() != nil {
+		return nil, fmt.Errorf("creating container for job %s: %w", spec.JobID, lim.CheckShm())
+	}
 	// The lease keeps the image's content and the new snapshot from the
 	// garbage collector until the container record references them.
 	lctx, doneLease, err := e.withLease(ctx)
@@ -207,17 +212,7 @@ func (c *Container) endStepOnExit(exited <-chan containerd.ExitStatus, diag *ste
 // AppArmor, the default masked and read-only /proc paths, pids/memory/CPU limits, the runner's read-only mounts, and an
 // environment with nothing but the image's own variables.
 func (e *Executor) specOpts(img containerd.Image, spec executors.Spec) []oci.SpecOpts {
-	lim := spec.Limits
-	if lim.Pids == 0 {
-		lim.Pids = e.cfg.PidsLimit
-	}
-	if lim.Memory == 0 {
-		lim.Memory = e.mem
-	}
-	if lim.CPUs == 0 {
-		lim.CPUs = e.cfg.CPUs
-	}
-	lim.ReadOnly = lim.ReadOnly || e.cfg.ReadOnly
+	lim := e.filled(spec.Limits)
 	const period = 100000
 	opts := []oci.SpecOpts{
 		oci.WithImageConfig(img),
@@ -282,8 +277,47 @@ func (e *Executor) specOpts(img containerd.Image, spec executors.Spec) []oci.Spe
 		mounts = append(mounts, specs.Mount{Type: "bind", Source: e.hostsFile, Destination: "/etc/hosts",
 			Options: []string{"rbind", "ro", "nosuid", "nodev"}})
 	}
-	opts = append(opts, oci.WithMounts(mounts))
+	opts = append(opts, oci.WithMounts(mounts), withShmSize(lim.ShmSize))
 	return opts
+}
+
+// filled is l with its zero fields the executor's defaults.
+func (e *Executor) filled(l executors.Limits) executors.Limits {
+	if l.Pids == 0 {
+		l.Pids = e.cfg.PidsLimit
+	}
+	if l.Memory == 0 {
+		l.Memory = e.mem
+	}
+	if l.CPUs == 0 {
+		l.CPUs = e.cfg.CPUs
+	}
+	if l.ShmSize == 0 {
+		l.ShmSize = e.shm
+	}
+	l.ReadOnly = l.ReadOnly || e.cfg.ReadOnly
+	return l
+}
+
+// withShmSize sets the size of the spec's /dev/shm (containerd's default
+// spec has one of 64 MiB).
+func withShmSize(n int64) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		for i, m := range s.Mounts {
+			if m.Destination != "/dev/shm" {
+				continue
+			}
+			opts := m.Options[:0:0]
+			for _, o := range m.Options {
+				if !strings.HasPrefix(o, "size=") {
+					opts = append(opts, o)
+				}
+			}
+			s.Mounts[i].Options = append(opts, "size="+strconv.FormatInt(n, 10))
+			return nil
+		}
+		return errors.New("the container's spec has no /dev/shm")
+	}
 }
 
 func tmpfs(dst string, opts ...string) specs.Mount {

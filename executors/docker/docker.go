@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -62,6 +63,9 @@ type Config struct {
 	ReadOnly    bool   `toml:"read_only"`
 	WorkDirSize string `toml:"work_dir_size"`
 	TmpSize     string `toml:"tmp_size"`
+	// ShmSize is the size of job containers' /dev/shm (default 64m, as
+	// the engine's), at most Memory: browsers under test want more.
+	ShmSize string `toml:"shm_size"`
 	// StepServer is the host path of the static airlock-stepd, the job
 	// container's entrypoint that starts each step itself (a fork instead
 	// of the engine's exec round trips). Empty takes airlock-stepd next to
@@ -94,6 +98,35 @@ func (c Config) Limits() executors.Limits {
 		l.TmpSize, _ = ParseBytes(c.TmpSize)
 	}
 	return l
+}
+
+// ShmBytes parses ShmSize ("" = executors.DefaultShmSize).
+func (c Config) ShmBytes() (int64, error) {
+	if c.ShmSize == "" {
+		return executors.DefaultShmSize, nil
+	}
+	return ParseBytes(c.ShmSize)
+}
+
+// ValidShm checks a shm_size against the memory limit it shares.
+func ValidShm(prefix, shm, memory string) error {
+	if shm == "" {
+		return nil
+	}
+	n, err := ParseBytes(shm)
+	if err != nil {
+		return fmt.Errorf("%s.shm_size: %w", prefix, err)
+	}
+	mem := int64(DefaultMemory)
+	if memory != "" {
+		if mem, err = ParseBytes(memory); err != nil {
+			return nil // memory's own error says it
+		}
+	}
+	if n > mem {
+		return fmt.Errorf("%s.shm_size %s: more than the containers' memory limit (%s.memory), which /dev/shm counts against", prefix, shm, prefix)
+	}
+	return nil
 }
 
 // Defaults for Config's zero fields.
@@ -133,6 +166,9 @@ func (c Config) Validate(prefix string) []error {
 	if c.CPUs < 0 {
 		errs = append(errs, fmt.Errorf("%s.cpus: must not be negative", prefix))
 	}
+	if err := ValidShm(prefix, c.ShmSize, c.Memory); err != nil {
+		errs = append(errs, err)
+	}
 	if c.Grace < 0 {
 		errs = append(errs, fmt.Errorf("%s.stop_grace: must not be negative", prefix))
 	}
@@ -165,6 +201,9 @@ func ParseBytes(s string) (int64, error) {
 	n, err := strconv.ParseInt(t, 10, 64)
 	if err != nil || n <= 0 {
 		return 0, fmt.Errorf("size %q: want a positive number with an optional k, m or g suffix", s)
+	}
+	if n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("size %q: too large", s)
 	}
 	return n * mult, nil
 }
@@ -303,6 +342,9 @@ func (e *Executor) Create(ctx context.Context, spec executors.Spec) (executors.C
 // one of the container holderPid runs in (network "container:ID").
 func (e *Executor) create(ctx context.Context, spec executors.Spec, labels map[string]string, name string, network container.NetworkMode, holderPid int) (*Container, error) {
 	lim := e.limits(spec.Limits)
+	if err := lim.CheckShm(); err != nil {
+		return nil, fmt.Errorf("creating container for job %s: %w", spec.JobID, err)
+	}
 	hc := e.hardened(network, lim, spec.Mounts)
 	if !executors.MountsHosts(spec.Mounts) {
 		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: e.hostsFile, Target: "/etc/hosts", ReadOnly: true})
@@ -758,6 +800,9 @@ func (e *Executor) limits(l executors.Limits) executors.Limits {
 			l.CPUs = DefaultCPUs
 		}
 	}
+	if l.ShmSize == 0 {
+		l.ShmSize, _ = e.cfg.ShmBytes()
+	}
 	return l
 }
 
@@ -790,6 +835,7 @@ func (e *Executor) hardened(network container.NetworkMode, lim executors.Limits,
 			MemorySwap: lim.Memory,
 			NanoCPUs:   int64(lim.CPUs * 1e9),
 		},
+		ShmSize: lim.ShmSize,
 	}
 	for _, m := range mounts {
 		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: true})

@@ -308,6 +308,8 @@ func TestParseBytes(t *testing.T) {
 		{"", 0, true},
 		{"-1m", 0, true},
 		{"lots", 0, true},
+		{"99999999999g", 0, true}, // overflows int64
+		{"9223372036854775807", 1<<63 - 1, false},
 	}
 	for _, tc := range tests {
 		got, err := ParseBytes(tc.in)
@@ -389,9 +391,13 @@ func TestConfigLimits(t *testing.T) {
 	if got := c.Limits(); !got.ReadOnly || got.WorkDirSize != 2<<30 || got.TmpSize != 256<<20 {
 		t.Errorf("Limits() = %+v", got)
 	}
-	bad := Config{TmpSize: "lots", WorkDirSize: "1g"}
+	if errs := (Config{ShmSize: "1g", Memory: "1g"}).Validate("docker"); len(errs) > 0 {
+		t.Errorf("shm_size = memory: %v", errs)
+	}
+	bad := Config{TmpSize: "lots", WorkDirSize: "1g", ShmSize: "3g"}
 	errs := fmt.Sprint(bad.Validate("docker"))
-	for _, want := range []string{"docker.tmp_size", "docker.work_dir_size: applies only with docker.read_only"} {
+	for _, want := range []string{"docker.tmp_size", "docker.work_dir_size: applies only with docker.read_only",
+		"docker.shm_size 3g: more than the containers' memory limit"} {
 		if !strings.Contains(errs, want) {
 			t.Errorf("Validate errors %s lack %q", errs, want)
 		}

@@ -177,6 +177,19 @@ func TestDockerReadOnlyKeys(t *testing.T) {
 	}
 }
 
+func TestShmSizeKeys(t *testing.T) {
+	c, err := Load(write(t, "[docker]\nshm_size = \"256m\"\n[containerd]\nshm_size = \"1g\"\n"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Docker.ShmBytes(); err != nil || n != 256<<20 || c.Containerd.ShmSize != "1g" {
+		t.Errorf("docker shm %d %v, containerd %q", n, err, c.Containerd.ShmSize)
+	}
+	if _, err := Load(write(t, "[docker]\nmemory = \"1g\"\nshm_size = \"2g\"\n"), false); err == nil || !strings.Contains(err.Error(), "docker.shm_size 2g: more than") {
+		t.Errorf("shm_size over memory: %v", err)
+	}
+}
+
 func TestPoolNetworksKey(t *testing.T) {
 	for _, tc := range []struct{ conf, wantErr string }{
 		{"[pool]\nnetworks = 4\n", ""},                            // Docker: held by holders

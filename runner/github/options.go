@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/airlock-ci/airlock/executors/docker"
 	"github.com/airlock-ci/airlock/runner/job"
 )
 
@@ -128,19 +129,26 @@ func envFlag(f flag) (string, string, error) {
 }
 
 // jobContainerOptionNames are the flags a job container's options may
-// hold: its environment, its user, and --init, which changes nothing
-// (the job's processes always run under an init as PID 1). Anything else
-// is refused by name.
-var jobContainerOptionNames = []string{"-e", "--env", "-u", "--user", "--init"}
+// hold: its environment, its user, the size of its /dev/shm (browsers
+// under test want more than 64 MiB; it counts against the container's
+// memory limit, which stays the admin's), and --init, which changes
+// nothing (the job's processes always run under an init as PID 1).
+// Anything else is refused by name.
+var jobContainerOptionNames = []string{"-e", "--env", "-u", "--user", "--shm-size", "--init"}
 
-// jobContainerOptions returns the variables a job container's options
-// set (-e/--env), delivered like container.env: at each step's exec,
-// never in the container's configuration; and the user it runs as
-// (-u/--user, "" for the image's).
-func jobContainerOptions(options string) ([]job.KV, string, error) {
+// containerOptions is what a job container's options say.
+type containerOptions struct {
+	// env are the variables -e/--env set, delivered like container.env:
+	// at each step's exec, never in the container's configuration.
+	env  []job.KV
+	user string // -u/--user, "" for the image's
+	shm  int64  // --shm-size in bytes, 0 for the runner's
+}
+
+// jobContainerOptions reads a job container's options.
+func jobContainerOptions(options string) (containerOptions, error) {
 	flags, errs := parseFlags(options, jobContainerOptionNames, []string{"--init"})
-	var env []job.KV
-	user := ""
+	var o containerOptions
 	for _, f := range flags {
 		switch f.name {
 		case "--init":
@@ -150,7 +158,14 @@ func jobContainerOptions(options string) ([]job.KV, string, error) {
 				// The value is not repeated: options may hold expressions.
 				errs = append(errs, fmt.Errorf("%s: not a user name or uid, with an optional :group or :gid", f.name))
 			}
-			user = f.val
+			o.user = f.val
+			continue
+		case "--shm-size":
+			n, err := docker.ParseBytes(f.val)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", f.name, err))
+			}
+			o.shm = n
 			continue
 		}
 		k, v, err := envFlag(f)
@@ -158,9 +173,9 @@ func jobContainerOptions(options string) ([]job.KV, string, error) {
 			errs = append(errs, err)
 			continue
 		}
-		env = append(env, job.KV{Key: k, Value: v})
+		o.env = append(o.env, job.KV{Key: k, Value: v})
 	}
-	return env, user, errors.Join(errs...)
+	return o, errors.Join(errs...)
 }
 
 // applyServiceOptions sets what a service's options say on svc. Every

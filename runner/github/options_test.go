@@ -129,25 +129,28 @@ func FuzzServiceOptions(f *testing.F) {
 }
 
 // A job container's options may set variables (-e/--env, delivered like
-// container.env), its user (-u/--user) and --init (its processes always
-// have one); anything else is refused by name.
+// container.env), its user (-u/--user), its /dev/shm (--shm-size) and
+// --init (its processes always have one); anything else is refused by
+// name.
 func TestJobContainerOptions(t *testing.T) {
-	env, user, err := jobContainerOptions("--init -e FOO=bar --user 1001:121 --env=EMPTY= --env 'SPACED=a b'")
+	o, err := jobContainerOptions("--init -e FOO=bar --user 1001:121 --env=EMPTY= --env 'SPACED=a b' --shm-size=2g")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if user != "1001:121" {
-		t.Errorf("user = %q, want 1001:121", user)
+	if o.user != "1001:121" || o.shm != 2<<30 {
+		t.Errorf("user = %q, shm %d; want 1001:121, 2 GiB", o.user, o.shm)
 	}
 	var got []string
-	for _, kv := range env {
+	for _, kv := range o.env {
 		got = append(got, kv.Key+"="+kv.Value)
 	}
 	if want := []string{"FOO=bar", "EMPTY=", "SPACED=a b"}; !slices.Equal(got, want) {
 		t.Errorf("variables = %q, want %q", got, want)
 	}
 	for opts, want := range map[string]string{
-		"--hostname h":               "--hostname is not supported by Airlock (supported: -e, --env, -u, --user, --init)",
+		"--hostname h":               "--hostname is not supported by Airlock (supported: -e, --env, -u, --user, --shm-size, --init)",
+		"--shm-size lots":            `--shm-size: size "lots"`,
+		"--shm-size 99999999999g":    `--shm-size: size "99999999999g": too large`,
 		"-u 'root; rm'":              "-u: not a user name or uid",
 		"--privileged -e A=1":        "--privileged is not supported",
 		"-v /var/run/docker.sock:/x": "-v is not supported",
@@ -155,7 +158,7 @@ func TestJobContainerOptions(t *testing.T) {
 		"--init=true":                "--init takes no value",
 		"--cpus 2":                   "--cpus is not supported",
 	} {
-		if _, _, err := jobContainerOptions(opts); err == nil || !strings.Contains(err.Error(), want) {
+		if _, err := jobContainerOptions(opts); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: error %v, want it to say %q", opts, err, want)
 		}
 	}

@@ -130,6 +130,7 @@ func (m *AgentJobRequestMessage) ToJob(o ConvertOptions) (*job.Job, error) {
 		} else {
 			j.User = jc.user
 		}
+		j.ShmSize = jc.shm
 		cenv := jc.env
 		// container.env is the container's own environment: every step
 		// has it, under the job's env (which wins), and it is not in the
@@ -448,6 +449,7 @@ type jobContainer struct {
 	env   []job.KV
 	cred  *job.RegistryAuth // without a registry: the caller knows the image
 	user  string            // options' -u/--user
+	shm   int64             // options' --shm-size
 }
 
 // containerImage reads a container: a string (the image) or a mapping
@@ -495,11 +497,11 @@ func containerImage(c *TemplateToken, env *expr.Env) (jobContainer, error) {
 			if err != nil {
 				return jc, fmt.Errorf("container.options: %w", err)
 			}
-			oenv, user, err := jobContainerOptions(expr.String(v))
+			o, err := jobContainerOptions(expr.String(v))
 			if err != nil {
 				return jc, fmt.Errorf("container.options: %w", err)
 			}
-			jc.env, jc.user = append(jc.env, oenv...), user
+			jc.env, jc.user, jc.shm = append(jc.env, o.env...), o.user, o.shm
 		default:
 			if e.Value != nil && e.Value.Type != TokenNull {
 				return jc, fmt.Errorf("container.%s is not supported by Airlock", k)

@@ -233,17 +233,18 @@ func TestToJobRegistryCredentials(t *testing.T) {
 }
 
 // container.options --user runs the job as that user, unless it holds a
-// secret's value (it would be in the container's configuration).
+// secret's value (it would be in the container's configuration);
+// --shm-size sizes its /dev/shm.
 func TestToJobContainerUser(t *testing.T) {
 	m := loadMessage(t)
-	options := &TemplateToken{Lit: "--user 1001 -e A=1"}
+	options := &TemplateToken{Lit: "--user 1001 -e A=1 --shm-size 1g"}
 	m.JobContainer = &TemplateToken{Type: TokenMapping, Map: []MapEntry{
 		{Key: &TemplateToken{Lit: "image"}, Value: &TemplateToken{Lit: "airlock-test:busybox"}},
 		{Key: &TemplateToken{Lit: "options"}, Value: options},
 	}}
 	j, err := m.ToJob(ConvertOptions{})
-	if err != nil || j.User != "1001" {
-		t.Fatalf("ToJob = user %q, %v; want 1001", j.User, err)
+	if err != nil || j.User != "1001" || j.ShmSize != 1<<30 {
+		t.Fatalf("ToJob = user %q, shm %d, %v; want 1001, 1 GiB", j.User, j.ShmSize, err)
 	}
 	*options = TemplateToken{Type: TokenExpression, Expr: "format('--user {0}', secrets.DEPLOY_KEY)"}
 	if _, err := m.ToJob(ConvertOptions{}); err == nil || !strings.Contains(err.Error(), "container.options --user: holds a secret's value") || strings.Contains(err.Error(), "s3cr3t") {

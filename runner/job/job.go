@@ -112,6 +112,10 @@ type Job struct {
 	// steps run in the shell directly.
 	StepEntrypoint      []string
 	EntrypointFromImage bool
+	// ShmSize is the size of /dev/shm the job asks for in bytes (GitHub's
+	// container.options --shm-size); 0: the runner's. At most the
+	// container's memory limit, which the executor checks.
+	ShmSize int64
 
 	Steps     []Step
 	Variables []Variable
@@ -375,6 +379,9 @@ func (j *Job) Validate() error {
 				add("entrypoint[%d]: contains a NUL byte", i)
 			}
 		}
+	}
+	if j.ShmSize < 0 {
+		add("shm_size: must not be negative")
 	}
 	if len(j.Steps) == 0 {
 		add("steps: at least one step is required")
