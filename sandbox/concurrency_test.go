@@ -135,7 +135,7 @@ func allocateConcurrently(t testing.TB, p *pool, runner string, count int) []net
 	for i := range count {
 		wg.Go(func() {
 			pr, err := p.allocate(allocation{RunnerID: runner, JobID: fmt.Sprint("job-", i), PID: os.Getpid(), PIDStart: start,
-				HostIf: netpolicy.HostIfName(runner, fmt.Sprint("job-", i)), Time: time.Now()})
+				HostIf: netpolicy.HostIfName(runner, fmt.Sprint("job-", i)), Time: time.Now()}, nil)
 			if err != nil {
 				t.Errorf("allocate() error = %v", err)
 			}

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/airlock-ci/airlock/internal/atomicfile"
@@ -206,9 +207,11 @@ func (p *pool) removeTemps() error {
 	return errors.Join(errs...)
 }
 
-// allocate reserves the lowest free /30 for a job owned by this process.
-// It fails when an allocation with the same host interface exists.
-func (p *pool) allocate(a allocation) (netip.Prefix, error) {
+// allocate reserves the lowest free /30 for a job owned by this process,
+// passing over those in taken (addresses the host already has: another
+// runner's pool file, a VPN). It fails when an allocation with the same
+// host interface exists.
+func (p *pool) allocate(a allocation, taken map[netip.Prefix]bool) (netip.Prefix, error) {
 	var got netip.Prefix
 	err := p.update(func(st *poolState) (bool, error) {
 		used := make(map[netip.Prefix]bool, len(st.Allocations))
@@ -223,16 +226,43 @@ func (p *pool) allocate(a allocation) (netip.Prefix, error) {
 			used[e.Prefix] = true
 		}
 		for i := range p.size() {
-			if s := p.slot(i); !used[s] {
+			if s := p.slot(i); !used[s] && !taken[s] {
 				got = s
 				a.Prefix = s
 				st.Allocations = append(st.Allocations, a)
 				return true, nil
 			}
 		}
+		if len(taken) > 0 {
+			return false, fmt.Errorf("address pool %s is exhausted (%d allocations, %d more /30s hold addresses of the host's interfaces)", p.prefix, len(st.Allocations), len(taken))
+		}
 		return false, fmt.Errorf("address pool %s is exhausted (%d allocations)", p.prefix, len(st.Allocations))
 	})
 	return got, err
+}
+
+// hostTaken returns the pool's /30s that hold an address of one of the
+// host's interfaces. The pool file only knows the runners that share it:
+// a second runner with a pool file of its own, or a VPN, may use the same
+// addresses, and a job given one of them would share a route with
+// another network — its packets going to the other's veth.
+func (p *pool) hostTaken() (map[netip.Prefix]bool, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("listing the host's addresses: %w", err)
+	}
+	var taken map[netip.Prefix]bool
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		if !ok || !p.prefix.Contains(ip) {
+			continue
+		}
+		if taken == nil {
+			taken = map[netip.Prefix]bool{}
+		}
+		taken[netip.PrefixFrom(ip, 30).Masked()] = true
+	}
+	return taken, nil
 }
 
 // release frees the allocation of prefix held by hostIf. Releasing twice is

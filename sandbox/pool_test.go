@@ -36,7 +36,7 @@ func TestPoolGroupCommitKeepsEachOutcome(t *testing.T) {
 			if i%3 == 1 {
 				name = fmt.Sprintf("if%d", i-1)
 			}
-			pr, err := p.allocate(allocation{HostIf: name, JobID: fmt.Sprint(i), PID: os.Getpid()})
+			pr, err := p.allocate(allocation{HostIf: name, JobID: fmt.Sprint(i), PID: os.Getpid()}, nil)
 			results[i] = result{pr, err}
 		})
 	}

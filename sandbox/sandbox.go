@@ -149,10 +149,14 @@ func (m *Manager) Setup(ctx context.Context, jobID string, netnsPath string) (*N
 	}
 	hostIf := netpolicy.HostIfName(m.cfg.RunnerID, jobID)
 	t0 := time.Now()
+	taken, err := m.pool.hostTaken()
+	if err != nil {
+		return nil, fmt.Errorf("setting up network for job %s: %w", jobID, err)
+	}
 	prefix, err := m.pool.allocate(allocation{
 		RunnerID: m.cfg.RunnerID, JobID: jobID, PID: m.pid, PIDStart: m.pidStart,
 		HostIf: hostIf, Time: time.Now().UTC(),
-	})
+	}, taken)
 	if err != nil {
 		return nil, fmt.Errorf("setting up network for job %s: allocating address: %w", jobID, err)
 	}

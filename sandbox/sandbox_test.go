@@ -163,3 +163,30 @@ func TestSetupRefusesADuplicateJob(t *testing.T) {
 		t.Errorf("first sandbox's veth after the refused Setup: %v", err)
 	}
 }
+
+// TestSetupPassesOverAddressesTheHostHas runs two runners of one pool
+// prefix with pool files of their own: neither file knows the other's
+// /30, so the second must see the first's address on the host and take
+// the next one, or its job's route would lead to the first job's veth.
+func TestSetupPassesOverAddressesTheHostHas(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := t.TempDir()
+	m1 := newManager(t, uniqueRunnerID(), filepath.Join(dir, "a.json"))
+	m2 := newManager(t, uniqueRunnerID(), filepath.Join(dir, "b.json"))
+	n1 := setup(t, m1, "job-a")
+	n2 := setup(t, m2, "job-b")
+	if n1.Prefix.Overlaps(n2.Prefix) {
+		t.Fatalf("runners with separate pool files got %v and %v", n1.Prefix, n2.Prefix)
+	}
+	link, err := netlink.LinkByName(n2.HostIf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes, err := netlink.RouteGet(n2.JobIP.AsSlice())
+	if err != nil || len(routes) == 0 {
+		t.Fatalf("RouteGet(%v) = %v, %v", n2.JobIP, routes, err)
+	}
+	if routes[0].LinkIndex != link.Attrs().Index {
+		t.Errorf("the route to job-b's %v leaves by link %d, not job-b's veth %s (%d)", n2.JobIP, routes[0].LinkIndex, n2.HostIf, link.Attrs().Index)
+	}
+}
