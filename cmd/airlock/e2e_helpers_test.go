@@ -264,13 +264,23 @@ func newE2E(t *testing.T, o e2eOptions) *e2eEnv {
 	return e
 }
 
-// e2ePool returns a random /24 of 10.240.0.0/12 for a test's job networks.
-func e2ePool() string {
+// e2ePoolNext numbers the /24s that e2ePool hands out in this process,
+// from a random one of 10.240.0.0/12: tests of one binary never share
+// one, and test binaries running at once are unlikely to.
+var e2ePoolNext = func() *atomic.Uint32 {
 	b := make([]byte, 2)
 	if _, err := rand.Read(b); err != nil {
 		panic(err)
 	}
-	return fmt.Sprintf("10.%d.%d.0/24", 240+int(b[0]%16), b[1])
+	var n atomic.Uint32
+	n.Store(uint32(b[0])<<8 | uint32(b[1]))
+	return &n
+}()
+
+// e2ePool returns a /24 of 10.240.0.0/12 for a test's job networks.
+func e2ePool() string {
+	n := e2ePoolNext.Add(1) % 4096
+	return fmt.Sprintf("10.%d.%d.0/24", 240+n/256, n%256)
 }
 
 // runnerID is the runner id of the state directory ("" before the first exec).
@@ -426,11 +436,19 @@ func (e *e2eEnv) start(args ...string) *e2eProc {
 		close(p.done)
 	}()
 	e.t.Cleanup(func() {
+		// A test that failed midway leaves its process running: stopped
+		// as an admin would, it cleans up, and what is left after that
+		// (checkNothingLeft, registered before) is a leak of its own.
 		select {
 		case <-p.done:
 		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-p.done:
+			case <-time.After(time.Minute):
+				_ = p.cmd.Process.Kill()
+				<-p.done
+			}
 		}
 		cancel()
 	})
