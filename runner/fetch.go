@@ -65,7 +65,7 @@ func untarInto(r io.Reader, dst, rel string) error {
 	defer root.Close()
 	type link struct{ name, target string }
 	var links []link
-	tr := tar.NewReader(r)
+	tr := newWholeTar(r)
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {

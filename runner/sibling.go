@@ -232,7 +232,7 @@ const clearScript = `mkdir -p -- "$1" && cd -- "$1" && for f in * .[!.]* ..?*; d
 // a directory into tw with that component replaced by rel (hard link
 // targets too). Every name stays below rel.
 func renameInto(tw *tar.Writer, r io.Reader, rel string) error {
-	tr := tar.NewReader(r)
+	tr := newWholeTar(r)
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
