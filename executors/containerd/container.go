@@ -23,10 +23,6 @@ import (
 	"github.com/airlock-ci/airlock/executors/stepd"
 )
 
-// ioDrain bounds how long an exec's output is read after the exec exited
-// (a background process may hold its stdout): Docker's bound too.
-const ioDrain = 2 * time.Second
-
 // Container is a job's containerd container and task.
 type Container struct {
 	e     *Executor
@@ -163,7 +159,8 @@ func (c *Container) taskExec(ctx context.Context, x executors.Exec) (int, error)
 	// Output is copied by one goroutine per stream; the caller's writers
 	// (often one and the same) see one write at a time.
 	var mu sync.Mutex
-	stdout, stderr = &lockedWriter{mu: &mu, w: stdout}, &lockedWriter{mu: &mu, w: stderr}
+	clock := &stepd.DrainClock{}
+	stdout, stderr = &lockedWriter{mu: &mu, w: stdout, clock: clock}, &lockedWriter{mu: &mu, w: stderr, clock: clock}
 	var stdin *eofReader
 	var in io.Reader
 	if x.Stdin != nil {
@@ -217,10 +214,10 @@ func (c *Container) taskExec(ctx context.Context, x executors.Exec) (int, error)
 		if _, ok := waitExit(statusC, 10*time.Second); !ok {
 			killErr = errors.Join(killErr, fmt.Errorf("exec %s of job %s did not exit after SIGKILL", execID, c.job))
 		}
-		c.drain(proc)
+		c.drain(proc, nil)
 		return -1, errors.Join(context.Cause(ctx), killErr)
 	}
-	c.drain(proc)
+	c.drain(proc, clock)
 	code, _, err := st.Result()
 	if err != nil {
 		return -1, fmt.Errorf("exec in job %s: %w", c.job, err)
@@ -228,30 +225,39 @@ func (c *Container) taskExec(ctx context.Context, x executors.Exec) (int, error)
 	return int(code), nil
 }
 
-// drain waits (bounded) until the exec's output has been copied.
-func (c *Container) drain(proc containerd.Process) {
+// drain waits until the exec's output has been copied, for at most
+// stepd.Drain on clock (time spent writing to a slow reader does not
+// count); with no clock, for at most stepd.Drain.
+func (c *Container) drain(proc containerd.Process, clock *stepd.DrainClock) {
 	done := make(chan struct{})
 	go func() {
 		proc.IO().Wait()
 		close(done)
 	}()
-	select {
-	case <-done:
-	case <-time.After(ioDrain):
+	if clock == nil {
+		clock = &stepd.DrainClock{}
+	}
+	clock.Start()
+	if clock.Expired(done, stepd.Drain) {
 		proc.IO().Cancel()
 		<-done
 	}
 }
 
 type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
+	mu    *sync.Mutex
+	w     io.Writer
+	clock *stepd.DrainClock
 }
 
-func (l *lockedWriter) Write(b []byte) (int, error) {
+func (l *lockedWriter) Write(b []byte) (n int, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.w.Write(b)
+	err = l.clock.Timed(func() error {
+		n, err = l.w.Write(b)
+		return err
+	})
+	return n, err
 }
 
 // eofReader closes eof when its reader is exhausted, so that the exec's

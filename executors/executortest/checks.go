@@ -156,6 +156,27 @@ func (s *suite) testStreams(t *testing.T) {
 	if len(got) != lines || got[0] != "line 0" || got[lines-1] != "line 19999" {
 		t.Errorf("large output: %d lines (first %q), want %d", len(got), got[0], lines)
 	}
+	// A slow reader (a copy out of the container feeding another) gets
+	// all of it, though the command exited long before it was read: the
+	// bound on reading after the exit is for output that stops moving.
+	// Also as another user, which the step server cannot be.
+	for _, user := range []string{"", "1000"} {
+		var w slowWriter
+		code, err := c.Exec(context.Background(), executors.Exec{User: user, Stdout: &w,
+			Cmd: []string{"/bin/sh", "-c", `head -c 196608 /dev/zero | tr '\0' x`}})
+		if err != nil || code != 0 || w.n != 196608 {
+			t.Errorf("as user %q, a slow reader got %d of 196608 bytes (exit %d, %v)", user, w.n, code, err)
+		}
+	}
+}
+
+// slowWriter takes half a second over each write.
+type slowWriter struct{ n int }
+
+func (w *slowWriter) Write(b []byte) (int, error) {
+	time.Sleep(500 * time.Millisecond)
+	w.n += len(b)
+	return len(b), nil
 }
 
 // Env is given per Exec, on top of the image's environment, and does not
