@@ -156,6 +156,16 @@ func (s *suite) testStreams(t *testing.T) {
 	if len(got) != lines || got[0] != "line 0" || got[lines-1] != "line 19999" {
 		t.Errorf("large output: %d lines (first %q), want %d", len(got), got[0], lines)
 	}
+	// A background process holding the output does not hold the step
+	// (the engine's exec waits 2 s for it): what it prints at once is
+	// kept, and the step ends long before the process does.
+	for _, user := range []string{"", "1000"} {
+		start := time.Now()
+		r := sh(t, c, `(sleep 0.3; echo late) & sleep 100 & echo early`, func(x *executors.Exec) { x.User = user })
+		if took := time.Since(start); took > 50*time.Second || r.stdout != "early\nlate\n" {
+			t.Errorf("as user %q, a step leaving a process that holds its output printed %q and took %v, want early, late and far less than the 100 s sleep", user, r.stdout, took.Round(time.Millisecond))
+		}
+	}
 	// A slow reader (a copy out of the container feeding another) gets
 	// all of it, though the command exited long before it was read: the
 	// bound on reading after the exit is for output that stops moving.

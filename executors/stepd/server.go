@@ -170,9 +170,11 @@ func (s *Server) exit(id uint32, x Exit) {
 }
 
 // start starts one step and, in the background, streams its output and
-// sends its exit once the process has exited and both its streams ended
-// (as the engine's exec does: a background child holding stdout open
-// keeps the step's output open).
+// sends its exit once the process has exited and both its streams ended,
+// or Drain after its exit (as the engine's exec does): a background child
+// holding stdout open keeps the step's output open for that long, and
+// its output after that is read and dropped (the child is not killed by
+// a broken pipe: a server a step started keeps running for the next).
 func (s *Server) start(id uint32, st Start) {
 	env := MergeEnv(s.environ, st.Env)
 	path, err := lookPath(st.Cmd[0], getenv(env, "PATH"), st.Dir)
@@ -253,6 +255,9 @@ func (s *Server) start(id uint32, st Start) {
 		}()
 	}
 	var streams sync.WaitGroup
+	var clock DrainClock
+	var omu sync.Mutex // one stream's frame at a time; detached under it
+	detached := false
 	stream := func(kind byte, r *os.File) {
 		defer streams.Done()
 		defer r.Close()
@@ -260,7 +265,15 @@ func (s *Server) start(id uint32, st Start) {
 		for {
 			n, err := r.Read(buf)
 			if n > 0 {
-				if s.send(Frame{Kind: kind, ID: id, Payload: append([]byte(nil), buf[:n]...)}) != nil {
+				omu.Lock()
+				var serr error
+				if !detached {
+					serr = clock.Timed(func() error {
+						return s.send(Frame{Kind: kind, ID: id, Payload: append([]byte(nil), buf[:n]...)})
+					})
+				}
+				omu.Unlock()
+				if serr != nil {
 					return
 				}
 			}
@@ -282,7 +295,17 @@ func (s *Server) start(id uint32, st Start) {
 		} else {
 			code = exitCode(cmd, cmd.Wait())
 		}
-		streams.Wait()
+		clock.Start()
+		ended := make(chan struct{})
+		go func() {
+			streams.Wait()
+			close(ended)
+		}()
+		if clock.Expired(ended, Drain) {
+			omu.Lock()
+			detached = true
+			omu.Unlock()
+		}
 		s.mu.Lock()
 		p := s.stdin[id]
 		delete(s.stdin, id)
