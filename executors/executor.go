@@ -72,6 +72,21 @@ type Limits struct {
 	ShmSize int64
 }
 
+// Override is l with the process, memory and CPU limits o sets replacing
+// its own (a service's limits over the job's).
+func (l Limits) Override(o Limits) Limits {
+	if o.Pids != 0 {
+		l.Pids = o.Pids
+	}
+	if o.Memory != 0 {
+		l.Memory = o.Memory
+	}
+	if o.CPUs != 0 {
+		l.CPUs = o.CPUs
+	}
+	return l
+}
+
 // DefaultShmSize is /dev/shm's size when nothing sets it, as Docker's.
 const DefaultShmSize = 64 << 20
 

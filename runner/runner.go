@@ -50,6 +50,9 @@ type Config struct {
 	AllowedImages, AllowedServices []string
 	// Limits for job containers (zero fields: the executor's defaults).
 	Limits executors.Limits
+	// ServiceLimits replace Limits' fields they set for service
+	// containers.
+	ServiceLimits executors.Limits
 	// User runs the steps ("" = the image's user).
 	User string
 	// ServiceWait bounds the health check of a job's services (0:

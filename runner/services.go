@@ -124,7 +124,7 @@ func (e *execution) startServices(ctx context.Context, mounts []executors.Mount)
 			Entrypoint: s.Entrypoint, Cmd: s.Command,
 			Env: public, SecretEnv: secret,
 			Labels: map[string]string{labelOwner: e.r.owner.String()},
-			Limits: e.r.cfg.Limits,
+			Limits: e.r.cfg.Limits.Override(e.r.cfg.ServiceLimits),
 			Mounts: mounts,
 
 			RegistryAuth: e.registryAuth(),

@@ -70,6 +70,8 @@ type Config struct {
 	PidsLimit int64   `toml:"pids_limit"`
 	Memory    string  `toml:"memory"`
 	CPUs      float64 `toml:"cpus"`
+	// Limits of service containers (service_memory etc.; zero: the above).
+	docker.ServiceLimits
 	// ShmSize is the size of job containers' /dev/shm (default 64m), at
 	// most Memory.
 	ShmSize string `toml:"shm_size"`
@@ -187,6 +189,7 @@ func (c Config) Validate(prefix string) []error {
 	if err := docker.ValidShm(prefix, c.ShmSize, c.Memory); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, c.ServiceLimits.Validate(prefix, c.ShmSize)...)
 	if c.Grace < 0 {
 		errs = append(errs, fmt.Errorf("%s.stop_grace: must not be negative", prefix))
 	}

@@ -55,6 +55,8 @@ type Config struct {
 	PidsLimit int64   `toml:"pids_limit"`
 	Memory    string  `toml:"memory"` // e.g. "2g", "512m"
 	CPUs      float64 `toml:"cpus"`
+	// Limits of service containers (service_memory etc.; zero: the above).
+	ServiceLimits
 	// Grace is how long processes get between SIGTERM and SIGKILL.
 	Grace time.Duration `toml:"stop_grace"`
 	// ReadOnly gives job containers a read-only root filesystem; the work
@@ -169,6 +171,7 @@ func (c Config) Validate(prefix string) []error {
 	if err := ValidShm(prefix, c.ShmSize, c.Memory); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, c.ServiceLimits.Validate(prefix, c.ShmSize)...)
 	if c.Grace < 0 {
 		errs = append(errs, fmt.Errorf("%s.stop_grace: must not be negative", prefix))
 	}

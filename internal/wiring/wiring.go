@@ -155,7 +155,7 @@ func openExecutor(ctx context.Context, cfg *config.Config, log hclog.Logger, c *
 		}
 		c.add(ex.Close)
 		return ex, runner.Config{Grace: ex.Grace(), Pull: pull, AllowedPull: allowed, Limits: cfg.Docker.Limits(),
-			AllowedImages: images, AllowedServices: services}, nil
+			ServiceLimits: cfg.Docker.ServiceLimits.Limits(), AllowedImages: images, AllowedServices: services}, nil
 	case config.ExecutorContainerd:
 		ccfg := cfg.Containerd
 		ccfg.RuntimeDir, ccfg.StateDir = cfg.RuntimeDir, cfg.StateDir
@@ -166,7 +166,7 @@ func openExecutor(ctx context.Context, cfg *config.Config, log hclog.Logger, c *
 		c.add(ex.Close)
 		// Limits and the read-only root come from [containerd] itself.
 		return ex, runner.Config{Grace: ex.Grace(), Pull: pull, AllowedPull: allowed,
-			AllowedImages: images, AllowedServices: services}, nil
+			ServiceLimits: cfg.Containerd.ServiceLimits.Limits(), AllowedImages: images, AllowedServices: services}, nil
 	default:
 		return nil, runner.Config{}, fmt.Errorf("executor %q: must be docker or containerd", name)
 	}

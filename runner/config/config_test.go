@@ -190,6 +190,30 @@ func TestShmSizeKeys(t *testing.T) {
 	}
 }
 
+func TestServiceLimitKeys(t *testing.T) {
+	c, err := Load(write(t, "[docker]\nservice_memory = \"512m\"\nservice_cpus = 0.5\nservice_pids_limit = 100\n[containerd]\nservice_memory = \"1g\"\n"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := c.Docker.ServiceLimits.Limits(); l.Memory != 512<<20 || l.CPUs != 0.5 || l.Pids != 100 {
+		t.Errorf("docker service limits = %+v", l)
+	}
+	if l := c.Containerd.ServiceLimits.Limits(); l.Memory != 1<<30 || l.CPUs != 0 || l.Pids != 0 {
+		t.Errorf("containerd service limits = %+v, want 1 GiB and the job's others", l)
+	}
+	for conf, want := range map[string]string{
+		"[docker]\nservice_memory = \"lots\"\n":                          "docker.service_memory: ",
+		"[docker]\nservice_memory = \"32m\"\n":                           "docker.service_memory 32m: less than the services' /dev/shm (docker.shm_size, 64 MiB)",
+		"[containerd]\nshm_size = \"256m\"\nservice_memory = \"128m\"\n": "containerd.service_memory 128m: less than the services' /dev/shm (containerd.shm_size, 256 MiB)",
+		"[containerd]\nservice_cpus = -1\n":                              "containerd.service_cpus: must not be negative",
+		"[docker]\nservice_pids_limit = -5\n":                            "docker.service_pids_limit: must not be negative",
+	} {
+		if _, err := Load(write(t, conf), false); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want one containing %q", conf, err, want)
+		}
+	}
+}
+
 func TestPoolNetworksKey(t *testing.T) {
 	for _, tc := range []struct{ conf, wantErr string }{
 		{"[pool]\nnetworks = 4\n", ""},                            // Docker: held by holders
