@@ -262,6 +262,20 @@ func (l *lockedWriter) Write(b []byte) (n int, err error) {
 
 // eofReader closes eof when its reader is exhausted, so that the exec's
 // stdin can be closed in the shim, which keeps it open until told.
+// errReader keeps the error other than io.EOF its reader returned.
+type errReader struct {
+	r   io.Reader
+	err error
+}
+
+func (r *errReader) Read(b []byte) (int, error) {
+	n, err := r.r.Read(b)
+	if err != nil && !errors.Is(err, io.EOF) && r.err == nil {
+		r.err = err
+	}
+	return n, err
+}
+
 type eofReader struct {
 	r    io.Reader
 	eof  chan struct{}
@@ -492,14 +506,20 @@ func isFinished(err error) bool {
 // image is ever resolved on the host.
 func (c *Container) Upload(ctx context.Context, dir string, tarStream io.Reader) error {
 	var out strings.Builder
+	in := &errReader{r: tarStream}
 	code, err := c.Exec(ctx, executors.Exec{
 		Cmd:    []string{"tar", "-x", "-o", "-f", "-", "-C", dir},
-		Stdin:  tarStream,
+		Stdin:  in,
 		Stdout: &out,
 		Stderr: &out,
 	})
 	if err == nil && code != 0 {
 		err = fmt.Errorf("tar exited with %d: %s", code, strings.TrimSpace(out.String()))
+	}
+	if err == nil && in.err != nil {
+		// The stream broke off: tar may take what it got, ending at an
+		// entry, for a whole archive.
+		err = fmt.Errorf("reading the files: %w", in.err)
 	}
 	if err != nil {
 		return fmt.Errorf("copying into %s of job %s: %w", dir, c.job, err)

@@ -52,7 +52,6 @@ func (c *Container) Download(ctx context.Context, p string) (io.ReadCloser, erro
 		return nil, fmt.Errorf("copying %s from job %s: %w", p, c.job, fs.ErrNotExist)
 	}
 	pr, pw := io.Pipe()
-	ctx, cancel := context.WithCancel(ctx)
 	go func() {
 		var stderr strings.Builder
 		code, err := c.Exec(ctx, executors.Exec{Cmd: []string{"tar", "-c", "-f", "-", "-C", path.Dir(p), path.Base(p)},
@@ -65,16 +64,18 @@ func (c *Container) Download(ctx context.Context, p string) (io.ReadCloser, erro
 		}
 		pw.CloseWithError(err)
 	}()
-	return &cancelReader{PipeReader: pr, cancel: cancel}, nil
+	return &drainOnClose{pr}, nil
 }
 
-// cancelReader ends the command behind the pipe when it is closed.
-type cancelReader struct {
-	*io.PipeReader
-	cancel context.CancelFunc
-}
+// drainOnClose reads what its reader still has when it is closed, in the
+// background, and drops it: the tar behind it ends on its own (a reader
+// of a tar stream stops at the archive's end marker, before the exec has
+// ended). Cancelling that exec instead would stop every process of the
+// container, as a cancelled step does — a concurrent exec and the job's
+// background processes with it.
+type drainOnClose struct{ *io.PipeReader }
 
-func (r *cancelReader) Close() error {
-	r.cancel()
-	return r.PipeReader.Close()
+func (r *drainOnClose) Close() error {
+	go func() { _, _ = io.Copy(io.Discard, r.PipeReader) }()
+	return nil
 }
