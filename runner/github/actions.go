@@ -346,19 +346,30 @@ func (d *Driver) runUses(ctx context.Context, e *entry, h job.StepHost, sc *scop
 		return d.runComposite(ctx, e, h, sc, a, inputs, stepEnv, id)
 	}
 	var state map[string]string
+	run := e
 	if sc.depth == 0 {
 		state = e.state // what pre saved
+	} else {
+		// An action inside a composite one: what its main saves in
+		// GITHUB_STATE is its own post step's, not its siblings'.
+		run = &entry{kind: kindMain, step: e.step, name: e.name, act: a}
 	}
 	var code int
 	if a.isDocker() {
-		code, err = d.runDocker(ctx, e, h, sc, a, kindMain, inputs, stepEnv, id, state)
+		code, err = d.runDocker(ctx, run, h, sc, a, kindMain, inputs, stepEnv, id, state)
 	} else {
-		code, err = d.runNode(ctx, e, h, sc, a, a.manifest.Runs.Main, inputs, stepEnv, id, state)
+		code, err = d.runNode(ctx, run, h, sc, a, a.manifest.Runs.Main, inputs, stepEnv, id, state)
 	}
-	if err == nil && sc.depth == 0 && a.hasPost() {
-		d.posts = append(d.posts, &entry{kind: kindPost, step: e.step, name: "Post " + e.name, act: a, with: inputs, state: e.state})
-	} else if err == nil && a.hasPost() {
-		fmt.Fprintf(h.Log(), "##[warning]The post step of %s inside a composite action is not run by Airlock.\n", a.uses)
+	if err == nil && a.hasPost() {
+		// Post steps run at the job's end in reverse order, those of
+		// actions inside composite ones among them (as on GitHub), in
+		// the scope and environment their main ran in.
+		p := &entry{kind: kindPost, step: e.step, name: "Post " + e.name, act: a, with: inputs, state: run.state}
+		if sc.depth > 0 {
+			p.name += " (" + a.uses + ")"
+			p.scope, p.env = sc, stepEnv
+		}
+		d.posts = append(d.posts, p)
 	}
 	return code, err
 }

@@ -232,3 +232,52 @@ func TestUnpackActionRefusesEscapes(t *testing.T) {
 		t.Error("a ../ name escaped the action directory")
 	}
 }
+
+// The post steps of actions inside a composite action run at the job's
+// end with the job's other post steps, in reverse order, each with the
+// state its own main saved, its inputs and its action path.
+func TestDriverNestedPostSteps(t *testing.T) {
+	img := testenv.RequireNodeImage(t)
+	saver := map[string]string{
+		"action.yml": "inputs:\n  what:\n    required: true\nruns:\n  using: node20\n  main: main.js\n  post: post.js\n",
+		"main.js":    "require('fs').appendFileSync(process.env.GITHUB_STATE, 'key=saved-' + process.env.INPUT_WHAT + '\\n'); console.log('saver-main ' + process.env.INPUT_WHAT);\n",
+		"post.js":    "console.log('saver-post state=' + process.env.STATE_key + ' input=' + process.env.INPUT_WHAT + ' env=' + process.env.FROM_COMPOSITE + ' path=' + process.env.GITHUB_ACTION_PATH.split('/').slice(-2).join('/'));\n",
+	}
+	wrap := `runs:
+  using: composite
+  steps:
+    - uses: acme/saver@v1
+      with:
+        what: a
+    - uses: acme/saver@v1
+      env:
+        FROM_COMPOSITE: b-env
+      with:
+        what: b
+    - shell: sh
+      run: echo wrap-done
+`
+	src := &mapSource{actions: map[string]map[string]string{
+		"acme/saver@v1": saver,
+		"acme/wrap@v1":  {"action.yml": wrap},
+		"acme/hello@v1": {"action.yml": "runs:\n  using: node20\n  main: m.js\n  post: p.js\n", "m.js": "console.log('hello-main');\n", "p.js": "console.log('hello-post');\n"},
+	}}
+	m := testMessage(img,
+		usesStep("hello", "Hello", "acme/hello", "v1", "", nil),
+		usesStep("wrap", "Wrap", "acme/wrap", "v1", "", nil),
+		runStep("later", "Later", lit("echo later-ran")),
+	)
+	res, _, log := runDriven(t, m, nil, DriverOptions{Actions: src})
+	if res.State != runner.Success {
+		t.Fatalf("result = %s (%v)\n%s", res.State, res.Err, log)
+	}
+	inOrder(t, log, []string{
+		"hello-main", "saver-main a", "saver-main b", "wrap-done", "later-ran",
+		"saver-post state=saved-b input=b env=b-env path=saver/v1",
+		"saver-post state=saved-a input=a env=undefined path=saver/v1",
+		"hello-post",
+	})
+	if strings.Contains(log, "is not run by Airlock") {
+		t.Errorf("a nested post step was warned about:\n%s", log)
+	}
+}

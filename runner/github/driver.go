@@ -97,6 +97,10 @@ type entry struct {
 	act   *action
 	with  map[string]string // evaluated inputs (pre/post reuse the main's)
 	state map[string]string // GITHUB_STATE of the main step, for post
+	// The post step of an action inside a composite action runs in the
+	// scope and with the environment its main step had (nil: the job's).
+	scope *scope
+	env   map[string]string
 }
 
 // Paths in the job's container, laid out as GitHub's runner lays out

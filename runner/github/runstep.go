@@ -57,6 +57,11 @@ func (d *Driver) runEntry(ctx context.Context, e *entry, h job.StepHost) (job.St
 	if err != nil {
 		return job.StepResult{ExitCode: -1, Err: err}, false
 	}
+	if e.scope != nil {
+		nsc := *e.scope
+		nsc.status = sc.status // the job's status now, not at its main
+		sc, stepEnv = &nsc, e.env
+	}
 	mayFail := s.AllowFailure
 	if s.ContinueOnError != "" {
 		v, err := d.eval(s.ContinueOnError, sc, stepEnv)
