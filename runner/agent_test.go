@@ -772,3 +772,40 @@ func TestAgentRotatesToken(t *testing.T) {
 		t.Errorf("%d token resets, want 1", n)
 	}
 }
+
+// A job with release: runs GitLab's release commands after a script that
+// succeeded, before after_script; they do not run after a failed script,
+// and a failed release fails the job, as with gitlab-runner.
+func TestAgentReleaseStep(t *testing.T) {
+	e := newAgentEnv(t)
+	spec := func(script, release string) fakegitlab.JobSpec {
+		return fakegitlab.JobSpec{Payload: func(id int64, token string) []byte {
+			return []byte(fmt.Sprintf(`{"id": %d, "token": %q, "job_info": {"name": "release", "project_full_path": "a/b"},
+				"runner_info": {"timeout": 120}, "image": {"name": %q},
+				"variables": [{"key": "GIT_STRATEGY", "value": "none", "public": true}],
+				"steps": [{"name": "script", "script": [%q], "when": "on_success", "timeout": 120},
+					{"name": "release", "script": [%q], "when": "on_success", "timeout": 120},
+					{"name": "after_script", "script": ["echo after-ran"], "when": "always", "timeout": 120}],
+				"features": {"failure_reasons": ["script_failure", "runner_system_failure"]}}`, id, token, testenv.TestImage, script, release))
+		}}
+	}
+	ok := e.gl.Enqueue(spec("echo script-ran", "echo release-cli create --name v1"))
+	noScript := e.gl.Enqueue(spec("exit 3", "echo release-ran-anyway"))
+	badRelease := e.gl.Enqueue(spec("echo script-ran", "exit 7"))
+	_, stop := startAgent(t, e.config(1), e.rec)
+	defer stop()
+
+	st := waitJob(t, e.gl, ok, 2*time.Minute)
+	trace := string(e.gl.Trace(ok))
+	s, r, a := strings.Index(trace, "script-ran"), strings.Index(trace, "release-cli create --name v1\n"), strings.Index(trace, "after-ran")
+	if st.Status != "success" || s < 0 || r < s || a < r {
+		t.Errorf("job with a release ended %s; want success with script, release, after_script in order:\n%s", st.Status, trace)
+	}
+	st = waitJob(t, e.gl, noScript, 2*time.Minute)
+	if trace := string(e.gl.Trace(noScript)); st.Status != "failed" || strings.Contains(trace, "release-ran-anyway") || !strings.Contains(trace, "after-ran") {
+		t.Errorf("release after a failed script: ended %s:\n%s", st.Status, trace)
+	}
+	if st = waitJob(t, e.gl, badRelease, 2*time.Minute); st.Status != "failed" || st.FailureReason != "script_failure" {
+		t.Errorf("a failed release: ended %s/%s, want failed/script_failure", st.Status, st.FailureReason)
+	}
+}

@@ -140,10 +140,12 @@ func (r *JobResponse) convertSteps(j *job.Job) []error {
 		case StepAfterScript:
 			when = job.Always
 		case StepRelease:
-			add("%s: release steps are not supported by Airlock (use the release-cli in a script instead)", where)
-			continue
+			// release: — GitLab's commands for the release CLI (or glab),
+			// run in the job's image after the script as gitlab-runner
+			// runs them; the job token they use is the job's surrogate.
+			when = job.OnSuccess
 		default:
-			add("%s.name %q: unknown step (want script or after_script)", where, truncate(s.Name))
+			add("%s.name %q: unknown step (want script, release or after_script)", where, truncate(s.Name))
 			continue
 		}
 		if s.When != "" {
@@ -166,8 +168,8 @@ func (r *JobResponse) convertSteps(j *job.Job) []error {
 			}
 		}
 		if len(s.Script) == 0 {
-			if s.Name == StepScript {
-				add("%s (script).script: no lines", where)
+			if s.Name != StepAfterScript {
+				add("%s (%s).script: no lines", where, s.Name)
 			}
 			continue // an empty after_script is no step
 		}

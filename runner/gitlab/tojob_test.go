@@ -164,11 +164,11 @@ func TestToJobMalformed(t *testing.T) {
 		{"empty script", func(t *testing.T) []byte {
 			return mutate(t, func(m map[string]any) { m["steps"] = []any{map[string]any{"name": "script", "script": []string{}}} })
 		}, "script: no lines"},
-		{"release step", func(t *testing.T) []byte {
+		{"empty release step", func(t *testing.T) []byte {
 			return mutate(t, func(m map[string]any) {
-				m["steps"] = append(m["steps"].([]any), map[string]any{"name": "release", "script": []string{"release-cli create"}})
+				m["steps"] = append(m["steps"].([]any), map[string]any{"name": "release", "script": []string{}})
 			})
-		}, "release steps are not supported"},
+		}, "(release).script: no lines"},
 		{"unknown step", func(t *testing.T) []byte {
 			return mutate(t, func(m map[string]any) {
 				m["steps"] = append(m["steps"].([]any), map[string]any{"name": "deploy", "script": []string{"x"}})
@@ -237,6 +237,39 @@ func TestToJobMalformed(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// release: arrives as a step of GitLab's commands between the script
+// and after_script; it runs as gitlab-runner runs it: after a script that
+// succeeded, its failure the job's.
+func TestToJobReleaseStep(t *testing.T) {
+	payload := mutate(t, func(m map[string]any) {
+		m["steps"] = []any{
+			map[string]any{"name": "script", "script": []string{"make"}, "when": "on_success", "timeout": 3600},
+			map[string]any{"name": "release", "script": []string{`release-cli create --name "v1" --tag-name "v1"`}, "when": "on_success", "timeout": 3600},
+			map[string]any{"name": "after_script", "script": []string{"echo after"}, "when": "always"},
+		}
+	})
+	resp, err := ParseJobResponse(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Secrets = nil
+	j, err := resp.ToJob()
+	if err != nil {
+		t.Fatalf("ToJob() = %v", err)
+	}
+	var names []string
+	for _, s := range j.Steps {
+		names = append(names, s.Name)
+	}
+	if got := strings.Join(names, ","); got != "script,release,after_script" {
+		t.Fatalf("steps = %s, want script,release,after_script", got)
+	}
+	r := j.Steps[1]
+	if r.When != job.OnSuccess || r.AllowFailure || r.Timeout != time.Hour || len(r.Script) != 1 || !strings.HasPrefix(r.Script[0], "release-cli create") {
+		t.Errorf("release step = %+v", r)
 	}
 }
 
