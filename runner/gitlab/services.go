@@ -41,9 +41,9 @@ func (r *JobResponse) convertServices(j *job.Job) []error {
 			svc.Command = nil
 		}
 		candidates := splitList(expand(s.Alias))
-		candidates = append(candidates, ServiceAliases(name)...)
+		candidates = append(candidates, job.ServiceAliases(name)...)
 		for _, a := range candidates {
-			if !validHostName(a) {
+			if !job.ValidHostName(a) {
 				errs = append(errs, fmt.Errorf("services[%d].alias %q: not a valid host name", i, truncate(a)))
 				continue
 			}
@@ -62,41 +62,4 @@ func (r *JobResponse) convertServices(j *job.Job) []error {
 		j.Services = append(j.Services, svc)
 	}
 	return errs
-}
-
-// ServiceAliases are the names GitLab derives from a service image: tag,
-// digest and registry port dropped, "/" replaced by "__", and by "-" as a
-// second name when that differs.
-func ServiceAliases(image string) []string {
-	name := image
-	if i := strings.IndexByte(name, '@'); i >= 0 {
-		name = name[:i]
-	}
-	if i := strings.LastIndexByte(name, ':'); i >= 0 && !strings.Contains(name[i:], "/") {
-		name = name[:i]
-	}
-	if first, rest, ok := strings.Cut(name, "/"); ok {
-		if host, _, hasPort := strings.Cut(first, ":"); hasPort {
-			name = host + "/" + rest
-		}
-	}
-	a := strings.ReplaceAll(name, "/", "__")
-	out := []string{a}
-	if b := strings.ReplaceAll(name, "/", "-"); b != a {
-		out = append(out, b)
-	}
-	return out
-}
-
-// validHostName: letters, digits, '-', '_', '.'; what /etc/hosts takes.
-func validHostName(s string) bool {
-	if s == "" || len(s) > 253 {
-		return false
-	}
-	for _, c := range s {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return false
-		}
-	}
-	return true
 }
