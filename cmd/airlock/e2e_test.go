@@ -532,3 +532,16 @@ func TestE2EAuditKeysSurviveMasking(t *testing.T) {
 	}
 	e.assertNoLeak([]string{value}, nil)
 }
+
+// TestE2EExecService: `airlock exec` of a job file with services: starts
+// the service in the job's namespace, where the job reaches it by its
+// alias, and removes it with the job.
+func TestE2EExecService(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTestImage(t)
+	e := newE2E(t, e2eOptions{})
+	res := e.run("", "exec", e2eJob("service.yml"))
+	if res.Code != 0 || !strings.Contains(res.Stdout, "service said: ok connected pong from-the-service") {
+		t.Fatalf("exec of a job with a service: %s", res)
+	}
+}

@@ -1,5 +1,5 @@
 // Package local reads job files for `airlock exec`: YAML close to a GitLab
-// CI job (image, before_script, script, after_script, variables, timeout)
+// CI job (image, services, before_script, script, after_script, variables, timeout)
 // plus the credentials and egress the job declares.
 package local
 
@@ -123,7 +123,7 @@ func (p *parser) fail(n *yaml.Node, key, format string, a ...any) {
 	p.errs = append(p.errs, &ParseError{File: p.file, Line: line, Key: key, Msg: fmt.Sprintf(format, a...)})
 }
 
-var topKeys = []string{"image", "variables", "timeout", "before_script", "script", "after_script", "after_script_timeout", "secrets", "egress"}
+var topKeys = []string{"image", "services", "variables", "timeout", "before_script", "script", "after_script", "after_script_timeout", "secrets", "egress"}
 
 func (p *parser) job(n *yaml.Node) *job.Job {
 	if n.Kind != yaml.MappingNode {
@@ -148,6 +148,8 @@ func (p *parser) job(n *yaml.Node) *job.Job {
 		switch key {
 		case "image":
 			j.Image = p.image(v, j)
+		case "services":
+			j.Services = p.services(v)
 		case "variables":
 			j.Variables = p.variables(v)
 		case "timeout":
@@ -341,15 +343,18 @@ func (p *parser) lines(n *yaml.Node, key string) []string {
 	return nil
 }
 
-func (p *parser) variables(n *yaml.Node) []job.Variable {
+func (p *parser) variables(n *yaml.Node) []job.Variable { return p.variablesAt(n, "variables") }
+
+// variablesAt reads a mapping of variables at key.
+func (p *parser) variablesAt(n *yaml.Node, at string) []job.Variable {
 	if n.Kind != yaml.MappingNode {
-		p.fail(n, "variables", "must be a mapping of NAME: value, not %s", kind(n))
+		p.fail(n, at, "must be a mapping of NAME: value, not %s", kind(n))
 		return nil
 	}
 	var out []job.Variable
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
-		key := "variables." + k.Value
+		key := at + "." + k.Value
 		if !job.ValidVarName(k.Value) {
 			p.fail(k, key, "not a valid variable name (letters, digits and _, not starting with a digit)")
 			continue
@@ -443,6 +448,102 @@ func (p *parser) secrets(n *yaml.Node) []job.SecretRequest {
 			continue
 		}
 		out = append(out, s)
+	}
+	return out
+}
+
+// MaxServices bounds a job file's services, as GitLab jobs'.
+const MaxServices = 16
+
+var serviceKeys = []string{"name", "alias", "entrypoint", "command", "variables"}
+
+// services reads `services:` as GitLab's: each an image name or a mapping
+// {name, alias, entrypoint, command, variables}. A service is reached by
+// its aliases (comma or space separated) and the two names GitLab derives
+// from its image; a name an earlier service took is skipped.
+func (p *parser) services(n *yaml.Node) []job.Service {
+	if n.Kind != yaml.SequenceNode {
+		p.fail(n, "services", "must be a list of images or {name, alias, entrypoint, command, variables} mappings, not %s", kind(n))
+		return nil
+	}
+	if len(n.Content) > MaxServices {
+		p.fail(n, "services", "%d services, at most %d", len(n.Content), MaxServices)
+		return nil
+	}
+	taken := map[string]bool{}
+	var out []job.Service
+	for i, c := range n.Content {
+		key := fmt.Sprintf("services[%d]", i)
+		var svc job.Service
+		var alias string
+		switch c.Kind {
+		case yaml.ScalarNode:
+			svc.Image, _ = p.str(c, key)
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(c.Content); i += 2 {
+				fk, fv := c.Content[i], c.Content[i+1]
+				fkey := key + "." + fk.Value
+				switch fk.Value {
+				case "name":
+					svc.Image, _ = p.str(fv, fkey)
+				case "alias":
+					alias, _ = p.str(fv, fkey)
+				case "entrypoint":
+					svc.Entrypoint = p.argv(fv, fkey)
+				case "command":
+					svc.Command = p.argv(fv, fkey)
+				case "variables":
+					for _, v := range p.variablesAt(fv, fkey) {
+						if v.Masked || v.File {
+							p.fail(fv, fkey+"."+v.Key, "a service's variables are plain values (its container's configuration shows them)")
+							continue
+						}
+						v.Public = true
+						svc.Variables = append(svc.Variables, v)
+					}
+				default:
+					p.fail(fk, fkey, "unknown key (known keys: %s)", strings.Join(serviceKeys, ", "))
+				}
+			}
+		default:
+			p.fail(c, key, "must be an image name or a mapping, not %s", kind(c))
+			continue
+		}
+		if strings.TrimSpace(svc.Image) == "" || strings.ContainsAny(svc.Image, " \t\n") {
+			p.fail(c, key+".name", "required: the service's image")
+			continue
+		}
+		for _, a := range append(strings.FieldsFunc(alias, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' }), job.ServiceAliases(svc.Image)...) {
+			if !job.ValidHostName(a) {
+				p.fail(c, key+".alias", "%q is not a valid host name", a)
+				continue
+			}
+			if !taken[a] {
+				taken[a] = true
+				svc.Aliases = append(svc.Aliases, a)
+			}
+		}
+		out = append(out, svc)
+	}
+	return out
+}
+
+// argv reads a command as a list of strings.
+func (p *parser) argv(n *yaml.Node, key string) []string {
+	if n.Kind != yaml.SequenceNode {
+		p.fail(n, key, "must be a list of strings, not %s", kind(n))
+		return nil
+	}
+	var out []string
+	for i, c := range n.Content {
+		s, ok := p.str(c, fmt.Sprintf("%s[%d]", key, i))
+		if !ok {
+			return nil
+		}
+		out = append(out, s)
+	}
+	if len(out) == 0 {
+		return nil
 	}
 	return out
 }

@@ -109,6 +109,36 @@ func TestParseEntrypoint(t *testing.T) {
 	}
 }
 
+func TestParseServices(t *testing.T) {
+	j, err := Parse("job.yml", []byte(`image: a
+script: b
+services:
+  - postgres:16
+  - name: registry.example.com:5000/tools/redis:7
+    alias: cache, kv
+    entrypoint: [/entry.sh]
+    command: [redis-server, --port, "6380"]
+    variables:
+      MODE: test
+  - name: postgres:15
+    alias: old-db
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []job.Service{
+		{Image: "postgres:16", Aliases: []string{"postgres"}},
+		{Image: "registry.example.com:5000/tools/redis:7", Aliases: []string{"cache", "kv", "registry.example.com__tools__redis", "registry.example.com-tools-redis"},
+			Entrypoint: []string{"/entry.sh"}, Command: []string{"redis-server", "--port", "6380"},
+			Variables: []job.Variable{{Key: "MODE", Value: "test", Public: true}}},
+		// "postgres" is the first one's: not given twice.
+		{Image: "postgres:15", Aliases: []string{"old-db"}},
+	}
+	if !reflect.DeepEqual(j.Services, want) {
+		t.Errorf("services = %+v\nwant       %+v", j.Services, want)
+	}
+}
+
 func TestParseErrors(t *testing.T) {
 	tests := []struct {
 		name string
@@ -152,6 +182,12 @@ func TestParseErrors(t *testing.T) {
 		{"secret var clashes", "image: a\nscript: b\nvariables: {T: x}\nsecrets: [t]\n", []string{"clashes with a job variable"}},
 		{"egress not list", "image: a\nscript: b\negress: host\n", []string{"job.yml:3: egress: must be a list"}},
 		{"egress empty entry", "image: a\nscript: b\negress: ['']\n", []string{"egress[0]: empty entry"}},
+		{"services not a list", "image: a\nscript: b\nservices: db\n", []string{"job.yml:3: services: must be a list"}},
+		{"service without image", "image: a\nscript: b\nservices:\n  - {alias: db}\n", []string{"job.yml:4: services[0].name: required"}},
+		{"service unknown key", "image: a\nscript: b\nservices:\n  - {name: pg, ports: [5432]}\n", []string{"services[0].ports: unknown key"}},
+		{"service bad alias", "image: a\nscript: b\nservices:\n  - {name: pg, alias: 'd b!'}\n", []string{"services[0].alias: \"b!\" is not a valid host name"}},
+		{"service command not a list", "image: a\nscript: b\nservices:\n  - {name: pg, command: run}\n", []string{"services[0].command: must be a list of strings"}},
+		{"service masked variable", "image: a\nscript: b\nservices:\n  - {name: pg, variables: {P: {value: pw123456, masked: true}}}\n", []string{"services[0].variables.P: a service's variables are plain values"}},
 		{"every problem at once", "image: [a]\nscript: []\ntimeout: x\nbogus: 1\n", []string{"image:", "script:", "timeout:", "bogus:"}},
 	}
 	for _, tc := range tests {
