@@ -1,8 +1,10 @@
 package testenv
 
 import (
+	"errors"
 	"net"
 	"strconv"
+	"syscall"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -29,17 +31,7 @@ func ServeFakeDNS(t testing.TB, addr string) string {
 		}
 		_ = w.WriteMsg(m)
 	})
-	pc, err := net.ListenPacket("udp4", addr)
-	if err != nil {
-		t.Fatalf("listening for DNS on %s: %v", addr, err)
-	}
-	host, _, _ := net.SplitHostPort(addr)
-	port := pc.LocalAddr().(*net.UDPAddr).Port
-	ln, err := net.Listen("tcp4", net.JoinHostPort(host, strconv.Itoa(port)))
-	if err != nil {
-		pc.Close()
-		t.Fatalf("listening for DNS over TCP on %s: %v", addr, err)
-	}
+	pc, ln := listenDNS(t, addr)
 	udp := &dns.Server{PacketConn: pc, Handler: handler}
 	tcp := &dns.Server{Listener: ln, Handler: handler}
 	started, done := make(chan struct{}, 2), make(chan struct{}, 2)
@@ -56,4 +48,27 @@ func ServeFakeDNS(t testing.TB, addr string) string {
 		<-done
 	})
 	return pc.LocalAddr().String()
+}
+
+// listenDNS listens on addr over UDP and TCP on one port. With port 0 a
+// port free for UDP may be taken for TCP by another process: then it
+// tries another, a few times.
+func listenDNS(t testing.TB, addr string) (net.PacketConn, net.Listener) {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	for try := 1; ; try++ {
+		pc, err := net.ListenPacket("udp4", addr)
+		if err != nil {
+			t.Fatalf("listening for DNS on %s: %v", addr, err)
+		}
+		got := pc.LocalAddr().(*net.UDPAddr).Port
+		ln, err := net.Listen("tcp4", net.JoinHostPort(host, strconv.Itoa(got)))
+		if err == nil {
+			return pc, ln
+		}
+		pc.Close()
+		if port != "0" || try == 20 || !errors.Is(err, syscall.EADDRINUSE) {
+			t.Fatalf("listening for DNS over TCP on %s: %v", addr, err)
+		}
+	}
 }
