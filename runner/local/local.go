@@ -293,14 +293,7 @@ func (p *parser) entrypoint(n *yaml.Node, j *job.Job) {
 		p.fail(n, key, "must be a list of strings (e.g. [\"\"] or [\"/entry.sh\"]), not %s", kind(n))
 		return
 	}
-	var ep []string
-	for i, c := range n.Content {
-		s, ok := p.str(c, fmt.Sprintf("%s[%d]", key, i))
-		if !ok {
-			return
-		}
-		ep = append(ep, s)
-	}
+	ep := p.argv(n, key)
 	switch {
 	case len(ep) == 0:
 	case job.ShellEntrypoint(ep):
@@ -510,7 +503,7 @@ func (p *parser) services(n *yaml.Node) []job.Service {
 			continue
 		}
 		if strings.TrimSpace(svc.Image) == "" || strings.ContainsAny(svc.Image, " \t\n") {
-			p.fail(c, key+".name", "required: the service's image")
+			p.fail(c, key+".name", "required: the service's image name (without spaces)")
 			continue
 		}
 		for _, a := range append(strings.FieldsFunc(alias, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' }), job.ServiceAliases(svc.Image)...) {
