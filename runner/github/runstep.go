@@ -57,11 +57,6 @@ func (d *Driver) runEntry(ctx context.Context, e *entry, h job.StepHost) (job.St
 	if err != nil {
 		return job.StepResult{ExitCode: -1, Err: err}, false
 	}
-	if e.scope != nil {
-		nsc := *e.scope
-		nsc.status = sc.status // the job's status now, not at its main
-		sc, stepEnv = &nsc, e.env
-	}
 	mayFail := s.AllowFailure
 	if s.ContinueOnError != "" {
 		v, err := d.eval(s.ContinueOnError, sc, stepEnv)
@@ -84,6 +79,14 @@ func (d *Driver) runEntry(ctx context.Context, e *entry, h job.StepHost) (job.St
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeoutCause(ctx, timeout, stepTimeoutError{timeout})
 		defer cancel()
+	}
+	if e.scope != nil {
+		// The post step of an action inside a composite one: the
+		// composite step's continue-on-error and timeout above, the
+		// scope and environment its main ran in below.
+		nsc := *e.scope
+		nsc.status = sc.status // the job's status now, not at its main
+		sc, stepEnv = &nsc, e.env
 	}
 	var code int
 	switch {
