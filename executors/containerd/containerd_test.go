@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,7 +14,6 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"testing/iotest"
 	"time"
 
 	"github.com/containerd/containerd/content"
@@ -475,66 +473,6 @@ func TestUpload(t *testing.T) {
 	if err := c.Upload(context.Background(), "/nonexistent", strings.NewReader("not a tar")); err == nil {
 		_, ls := run(t, c, `ls -ld /nonexistent 2>&1; id`)
 		t.Fatalf("Upload of garbage into a missing directory succeeded (in the container: %q)", ls)
-	}
-}
-
-// Closing a copy out of the container, read to its end marker or not
-// at all, leaves the container's processes alone: it used to cancel the
-// tar's exec, which stops every process of the container as a
-// cancelled step does (a Docker action's copies killed the job's
-// concurrent execs and background processes).
-func TestDownloadCloseLeavesProcesses(t *testing.T) {
-	e := newTestExecutor(t, nil)
-	c := create(t, e, testSpec("download"))
-	if code, out := run(t, c, `mkdir -p /builds/d && head -c 1048576 /dev/zero > /builds/d/big && (setsid sleep 1000 > /dev/null 2>&1 &) && echo started`); code != 0 || out != "started\n" {
-		t.Fatalf("setup: %d %q", code, out)
-	}
-	for _, read := range []bool{true, false} {
-		rc, err := c.Download(context.Background(), "/builds/d")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if read {
-			tr := tar.NewReader(rc)
-			for {
-				if _, err := tr.Next(); err != nil {
-					if !errors.Is(err, io.EOF) {
-						t.Fatalf("reading the copy: %v", err)
-					}
-					break
-				}
-			}
-		}
-		if err := rc.Close(); err != nil {
-			t.Fatal(err)
-		}
-		// A stop sends SIGTERM at once.
-		time.Sleep(time.Second)
-		if code, out := run(t, c, `for p in /proc/[0-9]*; do if [ "$(cat $p/comm 2>/dev/null)" = sleep ]; then echo alive; break; fi; done`); code != 0 || out != "alive\n" {
-			t.Errorf("after closing a copy (read to its end: %v), the background process is gone: %d %q", read, code, out)
-		}
-	}
-}
-
-// An upload whose stream breaks off fails, though the tar in the
-// container took what it got (up to an entry's end) for a whole archive.
-func TestUploadOfABrokenStreamFails(t *testing.T) {
-	e := newTestExecutor(t, nil)
-	c := create(t, e, testSpec("upload-broken"))
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Name: "first", Mode: 0o644, Size: 3}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tw.Write([]byte("one")); err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	broken := io.MultiReader(&buf, iotest.ErrReader(errors.New("the job's side failed")))
-	if err := c.Upload(context.Background(), "/builds", broken); err == nil || !strings.Contains(err.Error(), "the job's side failed") {
-		t.Errorf("Upload of a stream that broke off: %v, want its error", err)
 	}
 }
 

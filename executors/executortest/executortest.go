@@ -75,6 +75,7 @@ func Run(t *testing.T, newExecutor func(t *testing.T) executors.Executor, image 
 		{"Limits", s.testLimits},
 		{"ReadOnly", s.testReadOnly},
 		{"Mounts", s.testMounts},
+		{"Copies", s.testCopies},
 		{"CancelKillsProcessTree", s.testCancelKillsTree},
 		{"CancelSendsTERMFirst", s.testCancelTermFirst},
 		{"DestroyStopsRunningExec", s.testDestroyRunning},
