@@ -345,3 +345,34 @@ func TestAgentAuditTrailInArchiveVerifies(t *testing.T) {
 		t.Errorf("job_accepted instance = %q, want the fake GitLab's %q", got, e.gl.URL)
 	}
 }
+
+// GIT_CLONE_PATH moves the project below the builds directory, as with
+// gitlab-runner's custom build directories: the steps run there, it is
+// CI_PROJECT_DIR, and artifacts are collected from it. One outside the
+// builds directory fails the job, naming it.
+func TestAgentCloneDir(t *testing.T) {
+	e := newAgentEnv(t)
+	job := gitlabSpec([]string{`echo "pwd=$(pwd) dir=$CI_PROJECT_DIR builds=$CI_BUILDS_DIR"; echo made > out.txt`}, nil)
+	job.Variables = append(job.Variables, fakegitlab.Variable{Key: "GIT_CLONE_PATH", Value: "$CI_BUILDS_DIR/go/src/app", Public: true})
+	job.Artifacts = []fakegitlab.ArtifactSpec{{Paths: []string{"out.txt"}, Type: "archive", Format: "zip"}}
+	outside := gitlabSpec([]string{"echo ran-anyway"}, nil)
+	outside.Variables = append(outside.Variables, fakegitlab.Variable{Key: "GIT_CLONE_PATH", Value: "/srv/app", Public: true})
+	_, stop := startAgent(t, e.config(1), e.rec)
+	defer stop()
+	id, bad := e.gl.Enqueue(job), e.gl.Enqueue(outside)
+	st := waitJob(t, e.gl, id, 2*time.Minute)
+	trace := string(e.gl.Trace(id))
+	if st.Status != "success" || !strings.Contains(trace, "pwd=/builds/go/src/app dir=/builds/go/src/app builds=/builds\n") {
+		t.Fatalf("job with GIT_CLONE_PATH ended %s:\n%s", st.Status, trace)
+	}
+	arts := e.gl.Artifacts(id)
+	if a := artifactOf(arts, "archive"); a == nil {
+		t.Errorf("no archive uploaded:\n%s", trace)
+	} else if content, _ := zipEntries(t, a.Data); content["out.txt"] != "made\n" {
+		t.Errorf("archive = %v, want out.txt from the clone directory", keys(content))
+	}
+	st = waitJob(t, e.gl, bad, 2*time.Minute)
+	if trace := string(e.gl.Trace(bad)); st.Status != "failed" || strings.Contains(trace, "ran-anyway") || !strings.Contains(trace, "GIT_CLONE_PATH") {
+		t.Errorf("job with GIT_CLONE_PATH outside the builds directory ended %s:\n%s", st.Status, trace)
+	}
+}

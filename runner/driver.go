@@ -146,7 +146,7 @@ func (h *stepHost) Exec(ctx context.Context, x StepExec) (int, error) {
 	e := h.e
 	wd := x.WorkDir
 	if wd == "" {
-		wd = e.r.cfg.WorkDir
+		wd = e.workDir()
 	}
 	stdout := x.Stdout
 	if stdout == nil {
@@ -171,7 +171,7 @@ func (h *stepHost) Exec(ctx context.Context, x StepExec) (int, error) {
 func (h *stepHost) Mask(values ...string) int { return h.e.masker.Add(values...) }
 func (h *stepHost) Log() io.Writer            { return h.e.out }
 func (h *stepHost) Env() []string             { return append([]string(nil), h.e.env...) }
-func (h *stepHost) WorkDir() string           { return h.e.r.cfg.WorkDir }
+func (h *stepHost) WorkDir() string           { return h.e.workDir() }
 func (h *stepHost) RuntimeDir() (string, string) {
 	return h.e.dir, containerRunDir
 }

@@ -44,7 +44,7 @@ func (e *execution) fetch(ctx context.Context, rel, dst string) error {
 	if path.IsAbs(rel) || rel == ".." || strings.HasPrefix(rel, "../") {
 		return fmt.Errorf("copying %q from the job: not inside the working directory", rel)
 	}
-	rc, err := dl.Download(ctx, path.Join(e.r.cfg.WorkDir, rel))
+	rc, err := dl.Download(ctx, path.Join(e.workDir(), rel))
 	if err != nil {
 		return err
 	}

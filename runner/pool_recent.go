@@ -24,7 +24,7 @@ import (
 func (p *Pool) note(j *job.Job) {
 	// Credentials for another registry do not count: GitLab gives every
 	// job its own registry's.
-	if p == nil || p.recent == 0 || j.Image == "" || len(j.Services) > 0 || j.ShmSize != 0 ||
+	if p == nil || p.recent == 0 || j.Image == "" || !warmable(j) ||
 		executors.AuthFor(executors.RegistryHost(j.Image), registryAuth(j)) != nil ||
 		slices.ContainsFunc(privateValues(j), func(v string) bool { return strings.Contains(j.Image, v) }) {
 		return
@@ -140,4 +140,11 @@ func (p *Pool) saveHistory() {
 	if err != nil {
 		p.log.Warn("saving the recent images", "file", p.historyFile, "error", err)
 	}
+}
+
+// warmable reports whether a job can run in a warm sandbox, made ahead
+// without it: no services (their /etc/hosts), the runner's /dev/shm and
+// work directory.
+func warmable(j *job.Job) bool {
+	return len(j.Services) == 0 && j.ShmSize == 0 && j.WorkDir == ""
 }

@@ -59,7 +59,7 @@ func (e *execution) prepare(ctx context.Context) error {
 		JobID:    e.j.ID,
 		Image:    e.j.Image,
 		Limits:   e.limits(),
-		WorkDir:  e.r.cfg.WorkDir,
+		WorkDir:  e.workDir(),
 		User:     e.user(),
 		Mounts:   mounts,
 		Labels:   map[string]string{labelOwner: e.r.owner.String()},
@@ -129,6 +129,15 @@ func (e *execution) limits() executors.Limits {
 	l := e.r.cfg.Limits
 	l.ShmSize = e.j.ShmSize
 	return l
+}
+
+// workDir is where the job's sources are and its steps run: the job's
+// own (GitLab's GIT_CLONE_PATH, below the runner's), else the runner's.
+func (e *execution) workDir() string {
+	if e.j.WorkDir != "" {
+		return e.j.WorkDir
+	}
+	return e.r.cfg.WorkDir
 }
 
 // user is who runs the job's container: the job's (GitLab's
@@ -362,7 +371,8 @@ func (e *execution) variables() ([]string, error) {
 		"CI=true",
 		"AIRLOCK=true",
 		"CI_JOB_ID=" + j.ID,
-		"CI_PROJECT_DIR=" + e.r.cfg.WorkDir,
+		"CI_PROJECT_DIR=" + e.workDir(),
+		"CI_BUILDS_DIR=" + e.r.cfg.WorkDir,
 	}
 	if j.Repo != "" {
 		env = append(env, "CI_PROJECT_PATH="+j.Repo)

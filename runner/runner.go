@@ -292,6 +292,11 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 		res.Reason, res.Err = ConfigurationError, fmt.Errorf("invalid job: %w", err)
 		return res, nil
 	}
+	if j.WorkDir != "" && !strings.HasPrefix(j.WorkDir, strings.TrimSuffix(r.cfg.WorkDir, "/")+"/") {
+		// Below it: with read_only, the writable tmpfs is the runner's.
+		res.Reason, res.Err = ConfigurationError, fmt.Errorf("invalid job: work dir %s is not below the runner's %s", j.WorkDir, r.cfg.WorkDir)
+		return res, nil
+	}
 	if o.Driver != nil && (len(j.StepEntrypoint) > 0 || j.EntrypointFromImage) {
 		res.Reason, res.Err = ConfigurationError, errors.New("invalid job: a step entrypoint is for script steps; this job's coordinator drives its steps")
 		return res, nil
@@ -520,10 +525,10 @@ func (e *execution) decide(ctx context.Context) error {
 	e.bindServiceCredentials()
 	var w *warmSandbox
 	r.pool.Load().note(j)
-	if len(j.Services) == 0 && e.user() == r.cfg.User && j.ShmSize == 0 {
+	if warmable(j) && e.user() == r.cfg.User {
 		// A warm sandbox's container has no /etc/hosts for services'
 		// aliases, and runs as the runner's user with the runner's
-		// /dev/shm.
+		// /dev/shm and work directory.
 		w = r.pool.Load().claim(ctx, j, e.firstPull())
 	}
 	if w != nil {
@@ -635,7 +640,7 @@ func (e *execution) step(ctx, jobCtx context.Context, s job.Step) StepResult {
 	code, err := e.ctr.Exec(stepCtx, executors.Exec{
 		Cmd:     e.stepCmd,
 		Env:     e.env,
-		WorkDir: e.r.cfg.WorkDir,
+		WorkDir: e.workDir(),
 		User:    e.user(),
 		Stdin:   strings.NewReader(stepScript(s.Script, e.debugTrace())),
 		Stdout:  e.out,

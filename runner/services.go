@@ -60,7 +60,7 @@ func (e *execution) writeHosts() (string, error) {
 // are secret: the executor delivers them to the service's process, never
 // in its configuration.
 func (e *execution) serviceEnv(i int) (public, secret []string) {
-	public = []string{"CI=true", "CI_JOB_ID=" + e.j.ID, "CI_PROJECT_DIR=" + e.r.cfg.WorkDir}
+	public = []string{"CI=true", "CI_JOB_ID=" + e.j.ID, "CI_PROJECT_DIR=" + e.workDir()}
 	for _, v := range e.j.Variables {
 		if publicVariable(v) {
 			public = append(public, v.Key+"="+v.Value)

@@ -42,7 +42,7 @@ func (e *execution) workspace(ctx context.Context) error {
 	}
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(tarDir(pw, dir)) }()
-	err := up.Upload(ctx, e.r.cfg.WorkDir, pr)
+	err := up.Upload(ctx, e.workDir(), pr)
 	pr.CloseWithError(err)
 	if err != nil {
 		return fmt.Errorf("copying sources into the job: %w", err)

@@ -34,8 +34,12 @@ type Lease struct {
 	resp    *JobResponse
 	readErr error // the payload could not be read
 	log     hclog.Logger
-	tw      *TraceWriter
-	resumed bool // rebuilt from a crashed run's journal
+	// cloneDir is GIT_CLONE_PATH's directory ("": the runner's work
+	// directory), cloneErr why it is refused.
+	cloneDir string
+	cloneErr error
+	tw       *TraceWriter
+	resumed  bool // rebuilt from a crashed run's journal
 
 	jobOnce sync.Once
 	j       *job.Job
@@ -66,7 +70,11 @@ func (c *Coordinator) newLease(resp *JobResponse, readErr error, rec leaseRecord
 	if workDir == "" {
 		workDir = "/builds"
 	}
-	l.pl = NewPipeline(c.c, resp, PipelineOptions{ProjectDir: workDir, Cache: c.cfg.Cache, TempDir: c.cfg.TempDir, Log: l.log})
+	projectDir := workDir
+	if l.cloneDir, l.cloneErr = resp.CloneDir(workDir); l.cloneDir != "" {
+		projectDir = l.cloneDir
+	}
+	l.pl = NewPipeline(c.c, resp, PipelineOptions{ProjectDir: projectDir, Cache: c.cfg.Cache, TempDir: c.cfg.TempDir, Log: l.log})
 	l.tw = c.c.NewTraceWriter(resp.ID, resp.Token, TraceOptions{
 		Interval:       c.cfg.TraceInterval,
 		KeepAlive:      c.cfg.KeepAlive,
@@ -105,10 +113,11 @@ func (l *Lease) Job() (*job.Job, error) {
 			return
 		}
 		j, err := l.resp.ToJob()
-		if err != nil {
+		if err = errors.Join(err, l.cloneErr); err != nil {
 			l.jobErr = err
 			return
 		}
+		j.WorkDir = l.cloneDir
 		j.ID = JobID(l.co.c.URL(), l.resp.ID)
 		j.CoordinatorID = strconv.FormatInt(l.resp.ID, 10)
 		j.Instance = l.co.c.URL()

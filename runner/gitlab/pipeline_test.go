@@ -74,10 +74,6 @@ func TestToJobRefusesUnsupported(t *testing.T) {
 			delete(m, "secrets")
 			m["variables"] = append(m["variables"].([]any), map[string]any{"key": "SECRETS_RETRIEVAL_ATTEMPTS", "value": "0", "public": true})
 		}, `variable SECRETS_RETRIEVAL_ATTEMPTS "0": must be a number from 1 to 10`},
-		{"clone path", func(m map[string]any) {
-			delete(m, "secrets")
-			m["variables"] = append(m["variables"].([]any), map[string]any{"key": "GIT_CLONE_PATH", "value": "$CI_BUILDS_DIR/go/src/app", "public": true})
-		}, "variable GIT_CLONE_PATH is not supported"},
 		{"no TLS verification", func(m map[string]any) {
 			delete(m, "secrets")
 			m["variables"] = append(m["variables"].([]any), map[string]any{"key": "GIT_SSL_NO_VERIFY", "value": "true", "public": true})
@@ -225,5 +221,36 @@ func TestRestoreCacheKeyOrder(t *testing.T) {
 				t.Errorf("keys tried = %q, want %q\n%s", mc.opened, tc.want, out.String())
 			}
 		})
+	}
+}
+
+// GIT_CLONE_PATH: expanded with $CI_BUILDS_DIR and public variables, it
+// must name a clean path below the builds directory.
+func TestCloneDir(t *testing.T) {
+	for _, tc := range []struct{ value, want, err string }{
+		{"", "", ""},
+		{"$CI_BUILDS_DIR/go/src/$CI_PROJECT_PATH", "/builds/go/src/group/app", ""},
+		{"/builds/x/", "/builds/x", ""},
+		{"$CI_BUILDS_DIR", "", ""},
+		{"/srv/app", "", "must be below the builds directory /builds"},
+		{"/buildsx/app", "", "must be below the builds directory"},
+		{"go/src/app", "", "must be an absolute path"},
+		{"$CI_BUILDS_DIR/../etc", "", "must be an absolute path without . or .."},
+		{"$CI_BUILDS_DIR/$SECRET_PART", "", "SECRET_PART is not a public variable"},
+	} {
+		r := &JobResponse{Variables: []JobVariable{
+			{Key: "CI_PROJECT_PATH", Value: "group/app", Public: true},
+			{Key: "SECRET_PART", Value: "hunter2-secret", Masked: true},
+			{Key: "GIT_CLONE_PATH", Value: tc.value, Public: true},
+		}}
+		got, err := r.CloneDir("/builds")
+		switch {
+		case tc.err == "" && (err != nil || got != tc.want):
+			t.Errorf("GIT_CLONE_PATH %q: %q, %v; want %q", tc.value, got, err, tc.want)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("GIT_CLONE_PATH %q: %q, %v; want an error containing %q", tc.value, got, err, tc.err)
+		case err != nil && strings.Contains(err.Error(), "hunter2"):
+			t.Errorf("GIT_CLONE_PATH %q: the error shows a secret: %v", tc.value, err)
+		}
 	}
 }

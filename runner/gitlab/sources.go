@@ -2,6 +2,8 @@ package gitlab
 
 import (
 	"fmt"
+	"os"
+	"path"
 	"strconv"
 	"strings"
 
@@ -140,9 +142,6 @@ func (r *JobResponse) checkSources() []error {
 			}
 		}
 	}
-	if v, _ := r.variable("GIT_CLONE_PATH"); v != "" {
-		errs = append(errs, fmt.Errorf("variable GIT_CLONE_PATH is not supported by Airlock: the project is always at CI_PROJECT_DIR"))
-	}
 	// Sources are fetched on the host, which verifies GitLab's
 	// certificate against the system's CAs.
 	if v, _ := r.variable("GIT_SSL_NO_VERIFY"); v != "" && !strings.EqualFold(v, "false") && v != "0" {
@@ -164,4 +163,49 @@ func (r *JobResponse) postSourcesScript() []string {
 		}
 	}
 	return nil
+}
+
+// CloneDir is where GIT_CLONE_PATH puts the project: "" when it is unset
+// or names buildsDir itself. Its variables are expanded, $CI_BUILDS_DIR
+// as buildsDir and otherwise public ones only (the path is in the
+// container's configuration, where no secret may be); as gitlab-runner's
+// custom build directories it must be below buildsDir.
+func (r *JobResponse) CloneDir(buildsDir string) (string, error) {
+	raw, _ := r.variable("GIT_CLONE_PATH")
+	if raw == "" {
+		return "", nil
+	}
+	public := map[string]string{}
+	for _, v := range r.Variables {
+		if v.Public && !v.Masked {
+			public[v.Key] = v.Value
+		} else {
+			delete(public, v.Key)
+		}
+	}
+	var private []string
+	dir := os.Expand(raw, func(k string) string {
+		if k == "CI_BUILDS_DIR" {
+			return buildsDir
+		}
+		v, ok := public[k]
+		if _, known := r.variable(k); !ok && known {
+			private = append(private, k)
+		}
+		return v
+	})
+	switch {
+	case len(private) > 0:
+		return "", fmt.Errorf("variable GIT_CLONE_PATH: %s is not a public variable (the path is in the container's configuration, where no secret may be)", strings.Join(private, ", "))
+	case !cleanText(dir) || !path.IsAbs(dir) || path.Clean(dir) != strings.TrimSuffix(dir, "/"):
+		return "", fmt.Errorf("variable GIT_CLONE_PATH %q: must be an absolute path without . or .. components", truncate(dir))
+	}
+	dir = path.Clean(dir)
+	if dir == path.Clean(buildsDir) {
+		return "", nil
+	}
+	if !strings.HasPrefix(dir, path.Clean(buildsDir)+"/") {
+		return "", fmt.Errorf("variable GIT_CLONE_PATH %q: must be below the builds directory %s ($CI_BUILDS_DIR)", truncate(dir), buildsDir)
+	}
+	return dir, nil
 }

@@ -116,6 +116,10 @@ type Job struct {
 	// container.options --shm-size); 0: the runner's. At most the
 	// container's memory limit, which the executor checks.
 	ShmSize int64
+	// WorkDir is where the sources are and the steps run (CI_PROJECT_DIR;
+	// GitLab's GIT_CLONE_PATH), when not the runner's work directory: an
+	// absolute, clean path below it.
+	WorkDir string
 
 	Steps     []Step
 	Variables []Variable
@@ -382,6 +386,9 @@ func (j *Job) Validate() error {
 	}
 	if j.ShmSize < 0 {
 		add("shm_size: must not be negative")
+	}
+	if j.WorkDir != "" && (!path.IsAbs(j.WorkDir) || path.Clean(j.WorkDir) != j.WorkDir || j.WorkDir == "/" || strings.ContainsRune(j.WorkDir, 0)) {
+		add("work dir %q: must be an absolute, clean path below /", j.WorkDir)
 	}
 	if len(j.Steps) == 0 {
 		add("steps: at least one step is required")
