@@ -233,8 +233,14 @@ func (p *pool) allocate(a allocation, taken map[netip.Prefix]bool) (netip.Prefix
 				return true, nil
 			}
 		}
-		if len(taken) > 0 {
-			return false, fmt.Errorf("address pool %s is exhausted (%d allocations, %d more /30s hold addresses of the host's interfaces)", p.prefix, len(st.Allocations), len(taken))
+		others := 0
+		for s := range taken {
+			if !used[s] {
+				others++
+			}
+		}
+		if others > 0 {
+			return false, fmt.Errorf("address pool %s is exhausted (%d allocations, %d more /30s hold addresses of the host's interfaces)", p.prefix, len(st.Allocations), others)
 		}
 		return false, fmt.Errorf("address pool %s is exhausted (%d allocations)", p.prefix, len(st.Allocations))
 	})

@@ -128,3 +128,31 @@ func atoi(t *testing.T, s string) int {
 	}
 	return i
 }
+
+// The /30s the host has addresses in are passed over; once they are all
+// that is left, the pool is exhausted and says how many the host holds
+// (its own allocations, whose veths have addresses too, not counted).
+func TestPoolPassesOverTakenSlots(t *testing.T) {
+	p, err := newPool(netip.MustParsePrefix("10.250.1.0/28"), filepath.Join(t.TempDir(), "netpool.json")) // 4 slots
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := func(i int) netip.Prefix { return p.slot(i) }
+	taken := map[netip.Prefix]bool{s(0): true, s(2): true}
+	var got []netip.Prefix
+	for i := range 2 {
+		pr, err := p.allocate(allocation{HostIf: fmt.Sprint("if", i), PID: os.Getpid()}, taken)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, pr)
+		taken[pr] = true // its veth's address, as the host shows it
+	}
+	if got[0] != s(1) || got[1] != s(3) {
+		t.Errorf("allocated %v, want %v and %v", got, s(1), s(3))
+	}
+	_, err = p.allocate(allocation{HostIf: "if9", PID: os.Getpid()}, taken)
+	if err == nil || !strings.Contains(err.Error(), "exhausted (2 allocations, 2 more /30s hold addresses of the host's interfaces)") {
+		t.Errorf("allocate with every slot taken: %v", err)
+	}
+}
