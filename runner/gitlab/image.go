@@ -36,22 +36,8 @@ func (r *JobResponse) convertImage(j *job.Job) []error {
 	}
 	// Expanded with public variables only: the user is in the
 	// container's configuration, where no secret may be.
-	public := map[string]string{}
-	for _, v := range r.Variables {
-		if v.Public && !v.Masked {
-			public[v.Key] = v.Value
-		} else {
-			delete(public, v.Key)
-		}
-	}
-	var private []string
-	u := strings.TrimSpace(os.Expand(r.Image.ExecutorOpts.Docker.User, func(k string) string {
-		v, ok := public[k]
-		if _, known := r.variable(k); !ok && known {
-			private = append(private, k)
-		}
-		return v
-	}))
+	u, private := r.expandPublic(r.Image.ExecutorOpts.Docker.User, nil)
+	u = strings.TrimSpace(u)
 	if len(private) > 0 {
 		errs = append(errs, fmt.Errorf("image.docker.user: %s is not a public variable (a user name is in the container's configuration, where no secret may be)", strings.Join(private, ", ")))
 	} else if u != "" {
@@ -61,6 +47,33 @@ func (r *JobResponse) convertImage(j *job.Job) []error {
 		j.User = u
 	}
 	return errs
+}
+
+// expandPublic expands s with the job's public variables and the names
+// in extra (which win), for what goes into container configuration; it
+// also returns the names of variables s names that are not public (they
+// expand to "").
+func (r *JobResponse) expandPublic(s string, extra map[string]string) (string, []string) {
+	public := map[string]string{}
+	for _, v := range r.Variables {
+		if v.Public && !v.Masked {
+			public[v.Key] = v.Value
+		} else {
+			delete(public, v.Key)
+		}
+	}
+	var private []string
+	out := os.Expand(s, func(k string) string {
+		if v, ok := extra[k]; ok {
+			return v
+		}
+		v, ok := public[k]
+		if _, known := r.variable(k); !ok && known {
+			private = append(private, k)
+		}
+		return v
+	})
+	return out, private
 }
 
 // checkImageOptions checks what the job image and services share: the

@@ -2,7 +2,6 @@ package gitlab
 
 import (
 	"fmt"
-	"os"
 	"path"
 	"strconv"
 	"strings"
@@ -175,25 +174,7 @@ func (r *JobResponse) CloneDir(buildsDir string) (string, error) {
 	if raw == "" {
 		return "", nil
 	}
-	public := map[string]string{}
-	for _, v := range r.Variables {
-		if v.Public && !v.Masked {
-			public[v.Key] = v.Value
-		} else {
-			delete(public, v.Key)
-		}
-	}
-	var private []string
-	dir := os.Expand(raw, func(k string) string {
-		if k == "CI_BUILDS_DIR" {
-			return buildsDir
-		}
-		v, ok := public[k]
-		if _, known := r.variable(k); !ok && known {
-			private = append(private, k)
-		}
-		return v
-	})
+	dir, private := r.expandPublic(raw, map[string]string{"CI_BUILDS_DIR": buildsDir})
 	switch {
 	case len(private) > 0:
 		return "", fmt.Errorf("variable GIT_CLONE_PATH: %s is not a public variable (the path is in the container's configuration, where no secret may be)", strings.Join(private, ", "))
