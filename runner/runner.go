@@ -292,7 +292,7 @@ func (r *Runner) Run(ctx context.Context, j *job.Job, o RunOptions) (res *Result
 		res.Reason, res.Err = ConfigurationError, fmt.Errorf("invalid job: %w", err)
 		return res, nil
 	}
-	if j.WorkDir != "" && !strings.HasPrefix(j.WorkDir, strings.TrimSuffix(r.cfg.WorkDir, "/")+"/") {
+	if _, err := below(r.cfg.WorkDir, j.WorkDir); j.WorkDir != "" && err != nil {
 		// Below it: with read_only, the writable tmpfs is the runner's.
 		res.Reason, res.Err = ConfigurationError, fmt.Errorf("invalid job: work dir %s is not below the runner's %s", j.WorkDir, r.cfg.WorkDir)
 		return res, nil
